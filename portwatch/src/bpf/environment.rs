@@ -1,0 +1,249 @@
+//! Checks the host can run portwatch's eBPF programs, and says clearly what is missing.
+//!
+//! Each check runs before loading, so the user sees "you lack CAP_BPF" rather than the
+//! verifier's or perf_event_open's EPERM.
+use std::{fs, io, path::PathBuf};
+
+use anyhow::{Result, bail};
+
+/// Capability numbers from include/uapi/linux/capability.h.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
+
+/// The tracepoint portwatch attaches to, and the fields of its record the eBPF program
+/// reads at fixed offsets (`InetSockSetStateArgs` in portwatch-ebpf): name, offset, size.
+pub const STATE_TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
+const STATE_TRACEPOINT_FIELDS: [(&str, usize, usize); 11] = [
+    ("skaddr", 8, 8),
+    ("oldstate", 16, 4),
+    ("newstate", 20, 4),
+    ("sport", 24, 2),
+    ("dport", 26, 2),
+    ("family", 28, 2),
+    ("protocol", 30, 2),
+    ("saddr", 32, 4),
+    ("daddr", 36, 4),
+    ("saddr_v6", 40, 16),
+    ("daddr_v6", 56, 16),
+];
+
+/// Runs every check and fixes what portwatch may fix itself (mounting tracefs, raising
+/// the memlock limit). Returns the tracefs mount point.
+pub fn prepare() -> Result<PathBuf> {
+    check_capabilities(effective_capabilities()?)?;
+    raise_memlock_limit();
+    let tracefs = tracefs()?;
+    check_state_tracepoint(&tracefs)?;
+    Ok(tracefs)
+}
+
+fn effective_capabilities() -> Result<u64> {
+    let status = fs::read_to_string("/proc/self/status")?;
+    parse_cap_eff(&status).ok_or_else(|| anyhow::anyhow!("no CapEff line in /proc/self/status"))
+}
+
+fn parse_cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+fn check_capabilities(effective: u64) -> Result<()> {
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) {
+        return Ok(());
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let who = if root {
+        "portwatch runs as root but without"
+    } else {
+        "portwatch is not running as root and lacks"
+    };
+    bail!(
+        "{who} {}: loading eBPF programs needs CAP_BPF and attaching them to kernel \
+         tracepoints needs CAP_PERFMON (or CAP_SYS_ADMIN for both). Run it with sudo, or \
+         grant them with `setcap cap_bpf,cap_perfmon,cap_dac_override+ep $(command -v portwatch)`.",
+        missing.join(" and ")
+    )
+}
+
+/// Since Linux 5.11 eBPF memory is charged to the memory cgroup, but older kernels count
+/// it against RLIMIT_MEMLOCK, whose default (8 MiB or less) is smaller than the ring
+/// buffer. Raising it is harmless where it is not needed.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct; failure is reported by return value.
+    // Failure is not fatal: on 5.11+ the limit does not apply, and if a load fails with
+    // EPERM the loader's error names this limit.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+}
+
+/// Finds tracefs, mounting it at /sys/kernel/tracing if no mount exists (many minimal
+/// hosts and containers do not mount it by default).
+fn tracefs() -> Result<PathBuf> {
+    if let Some(found) = TRACEFS_MOUNTS
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.join("events").is_dir())
+    {
+        return Ok(found);
+    }
+    let target = PathBuf::from(TRACEFS_MOUNTS[0]);
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "tracefs"])
+        .arg(&target)
+        .output();
+    match mounted {
+        Ok(output) if output.status.success() && target.join("events").is_dir() => Ok(target),
+        Ok(output) => bail!(
+            "tracefs is not mounted and mounting it at {} failed ({}): portwatch finds \
+             kernel tracepoints through it. Mount it with `mount -t tracefs tracefs {}`.",
+            target.display(),
+            String::from_utf8_lossy(&output.stderr).trim(),
+            target.display()
+        ),
+        Err(err) => bail!(
+            "tracefs is not mounted and `mount` could not be run ({err}): mount it with \
+             `mount -t tracefs tracefs {}`.",
+            target.display()
+        ),
+    }
+}
+
+fn check_state_tracepoint(tracefs: &std::path::Path) -> Result<()> {
+    let (category, name) = STATE_TRACEPOINT;
+    let format_path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    let format = match fs::read_to_string(&format_path) {
+        Ok(format) => format,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => bail!(
+            "this kernel has no {category}:{name} tracepoint ({} is missing): portwatch needs \
+             it to see TCP state changes, and it exists since Linux 4.16.",
+            format_path.display()
+        ),
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => bail!(
+            "cannot read {} (permission denied): portwatch needs read access to tracefs; \
+             run it as root or grant CAP_DAC_OVERRIDE.",
+            format_path.display()
+        ),
+        Err(err) => bail!("cannot read {}: {err}", format_path.display()),
+    };
+    check_format(&format).map_err(|problem| {
+        anyhow::anyhow!(
+            "the {category}:{name} tracepoint on this kernel has a record layout portwatch \
+             does not know ({problem}), so its eBPF program would read the wrong fields. \
+             Please report this with the contents of {}.",
+            format_path.display()
+        )
+    })
+}
+
+/// Compares a tracepoint's format file with the offsets the eBPF program was built for.
+fn check_format(format: &str) -> Result<(), String> {
+    for (field, offset, size) in STATE_TRACEPOINT_FIELDS {
+        let Some((found_offset, found_size)) = field_layout(format, field) else {
+            return Err(format!("no field `{field}`"));
+        };
+        if (found_offset, found_size) != (offset, size) {
+            return Err(format!(
+                "field `{field}` is at offset {found_offset} size {found_size}, expected offset \
+                 {offset} size {size}"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Finds `field:<type> <name>[..];\toffset:N;\tsize:M;` in a tracefs format file.
+fn field_layout(format: &str, name: &str) -> Option<(usize, usize)> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        let field_name = declaration.rsplit(' ').next()?;
+        let field_name = field_name.split('[').next()?;
+        if field_name != name {
+            return None;
+        }
+        let offset = parts.next()?.strip_prefix("offset:")?.parse().ok()?;
+        let size = parts.next()?.strip_prefix("size:")?.parse().ok()?;
+        Some((offset, size))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The format file of Linux 6.18 (also 5.10, 6.1, 6.12).
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 2287
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+
+print fmt: \"family=%s\"";
+
+    #[test]
+    fn known_format_passes() {
+        assert_eq!(field_layout(FORMAT, "saddr_v6"), Some((40, 16)));
+        assert_eq!(field_layout(FORMAT, "skaddr"), Some((8, 8)));
+        assert_eq!(check_format(FORMAT), Ok(()));
+    }
+
+    #[test]
+    fn moved_or_missing_fields_are_named() {
+        let moved = FORMAT.replace("sport;\toffset:24", "sport;\toffset:22");
+        assert!(check_format(&moved).unwrap_err().contains("`sport`"));
+        let missing = FORMAT.replace("protocol", "proto");
+        assert_eq!(check_format(&missing), Err("no field `protocol`".into()));
+    }
+
+    #[test]
+    fn capabilities() {
+        let status = "Name:\tportwatch\nCapEff:\t000001ffffffffff\n";
+        assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
+        assert!(check_capabilities(0x1ff_ffff_ffff).is_ok());
+        assert!(check_capabilities(1 << CAP_SYS_ADMIN).is_ok());
+        assert!(check_capabilities((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_ok());
+        let err = check_capabilities(1 << CAP_BPF).unwrap_err().to_string();
+        assert!(
+            err.contains("CAP_PERFMON") && !err.contains("without CAP_BPF"),
+            "{err}"
+        );
+        let err = check_capabilities(0).unwrap_err().to_string();
+        assert!(err.contains("CAP_BPF and CAP_PERFMON"), "{err}");
+    }
+}

@@ -1,0 +1,135 @@
+//! Loads portwatch's eBPF object, attaches it, and owns it until dropped.
+//!
+//! Nothing is pinned: every program, link and map belongs to this process's file
+//! descriptors, so dropping the [`Tracer`] (or the process dying, however it dies)
+//! detaches everything.
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use portwatch_common::{COUNTER_SLOTS, Counter, names};
+
+use super::{environment, reader::EventReader};
+
+/// The eBPF object built by build.rs from the portwatch-ebpf crate.
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/portwatch.bpf.o"));
+
+/// Load-time settings.
+#[derive(Clone, Copy, Debug)]
+pub struct TracerOptions {
+    /// Ring-buffer size in bytes: a power of two, at least one page.
+    pub ring_buffer_bytes: u32,
+    /// Capacity of the kernel's live-socket table.
+    pub max_sockets: u32,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        TracerOptions {
+            ring_buffer_bytes: 8 << 20,
+            max_sockets: 65536,
+        }
+    }
+}
+
+/// Loss counters summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Events lost because the ring buffer was full.
+    pub ring_buffer_full: u64,
+    /// Sockets the kernel table had no room for.
+    pub socket_table_full: u64,
+}
+
+/// portwatch's programs, loaded and attached.
+pub struct Tracer {
+    // Field order matters for drop order only in that both must go; aya detaches on drop.
+    ebpf: Ebpf,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+impl Tracer {
+    /// Checks the environment, loads the programs and attaches them. Returns the tracer
+    /// and the reader of its events.
+    pub fn start(options: &TracerOptions) -> Result<(Tracer, EventReader)> {
+        check_ring_buffer_size(options.ring_buffer_bytes)?;
+        let tracefs = environment::prepare()?;
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
+            .map_max_entries(names::SOCKETS, options.max_sockets)
+            .load(EBPF_OBJECT)
+            .map_err(|err| load_error(err.into()))?;
+
+        let program: &mut TracePoint = ebpf
+            .program_mut(names::PROG_INET_SOCK_SET_STATE)
+            .context("the eBPF object has no inet_sock_set_state program")?
+            .try_into()?;
+        program.load().map_err(|err| load_error(err.into()))?;
+        let (category, name) = environment::STATE_TRACEPOINT;
+        program.attach(category, name).with_context(|| {
+            format!(
+                "attaching to the {category}:{name} tracepoint (tracefs at {})",
+                tracefs.display()
+            )
+        })?;
+
+        let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
+        let counters =
+            PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
+        let reader = EventReader::new(ring).context("registering the ring buffer with tokio")?;
+        Ok((Tracer { ebpf, counters }, reader))
+    }
+
+    /// What the kernel could not deliver so far.
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let sum = |counter: Counter| -> Result<u64> {
+            let per_cpu = self.counters.get(&(counter as u32), 0)?;
+            Ok(per_cpu.iter().sum())
+        };
+        debug_assert_eq!(COUNTER_SLOTS, 2);
+        Ok(KernelCounters {
+            ring_buffer_full: sum(Counter::RingBufFull)?,
+            socket_table_full: sum(Counter::SocketTableFull)?,
+        })
+    }
+
+    /// The kernel ids of the loaded programs, for tests that check detach.
+    pub fn program_ids(&self) -> Vec<u32> {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, program)| program.info().ok().map(|info| info.id()))
+            .collect()
+    }
+}
+
+fn check_ring_buffer_size(bytes: u32) -> Result<()> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u32;
+    if !bytes.is_power_of_two() || bytes < page {
+        bail!(
+            "the ring buffer size must be a power of two of at least one page ({page} bytes), \
+             got {bytes}"
+        );
+    }
+    Ok(())
+}
+
+/// Turns a load failure into advice: EPERM usually means missing privileges or, before
+/// Linux 5.11, a locked-memory limit too small for the ring buffer.
+fn load_error(err: anyhow::Error) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if text.contains("Operation not permitted") || text.contains("EPERM") {
+        anyhow::anyhow!(
+            "the kernel refused to load portwatch's eBPF programs ({text}). This happens \
+             without CAP_BPF/CAP_SYS_ADMIN, under a lockdown=confidentiality kernel, or on \
+             kernels before 5.11 when the locked-memory limit is too low for the ring buffer: \
+             try `ulimit -l unlimited` or a smaller --ring-buffer-size."
+        )
+    } else {
+        err.context("loading portwatch's eBPF programs")
+    }
+}

@@ -1,0 +1,7 @@
+//! The kernel side, seen from userspace: environment checks, loading, reading.
+pub mod environment;
+mod loader;
+mod reader;
+
+pub use loader::{KernelCounters, Tracer, TracerOptions};
+pub use reader::EventReader;

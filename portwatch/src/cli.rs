@@ -1,0 +1,173 @@
+//! Command-line interface.
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{bpf::TracerOptions, output::stream::Format, tcp_state::TcpState};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portwatch",
+    version,
+    about = "Finds the processes behind TCP port exhaustion, from the kernel's TCP state tracepoint",
+    long_about = "portwatch traces every TCP state change on this host with eBPF and shows which \
+                  processes leak sockets in CLOSE_WAIT or churn through short connections that \
+                  fill TIME_WAIT. It needs root (or CAP_BPF and CAP_PERFMON).",
+    after_help = "Examples:\n  \
+                  portwatch stream                      every transition, until Ctrl-C\n  \
+                  portwatch stream --state CLOSE_WAIT   sockets entering or leaving CLOSE_WAIT\n  \
+                  portwatch stream --port 5432 --format json --duration 30s > events.jsonl"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print one line per TCP state transition, as it happens.
+    Stream(StreamArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// Output format: aligned text, or one JSON object per line (schema in README.md).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Only transitions whose task has this PID (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Only sockets with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+
+    /// Only transitions from or to this state, e.g. CLOSE_WAIT or time-wait (repeatable).
+    #[arg(long = "state", value_name = "STATE")]
+    pub states: Vec<TcpState>,
+
+    /// Stop after this long, e.g. 10s, 2m, 1h30m. Default: until Ctrl-C or SIGTERM.
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// Sizes of the kernel-side buffers, shared by every tracing command.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Kernel buffers")]
+pub struct KernelArgs {
+    /// Ring-buffer size between kernel and portwatch: a power of two such as 4M, 16M.
+    /// Events that find it full are counted as dropped.
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    pub ring_buffer_size: u32,
+
+    /// How many live sockets the kernel-side table can hold. Sockets beyond it are counted
+    /// and shown without their time in state.
+    #[arg(long, value_name = "N", default_value_t = 65536)]
+    pub max_sockets: u32,
+}
+
+impl KernelArgs {
+    pub fn options(&self) -> TracerOptions {
+        TracerOptions {
+            ring_buffer_bytes: self.ring_buffer_size,
+            max_sockets: self.max_sockets,
+        }
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{err} (write a number and a unit, e.g. 10s, 2m, 1h)"))?;
+    if duration.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(duration)
+}
+
+/// `4096`, `512K`, `8M`, `1G` (binary units; a trailing `iB`/`B` is accepted).
+fn parse_size(text: &str) -> Result<u32, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let digits = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (number, shift) = match digits.chars().last() {
+        Some('K') => (&digits[..digits.len() - 1], 10),
+        Some('M') => (&digits[..digits.len() - 1], 20),
+        Some('G') => (&digits[..digits.len() - 1], 30),
+        _ => (digits, 0),
+    };
+    let number: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 4096, 512K or 8M"))?;
+    let bytes = number << shift;
+    u32::try_from(bytes).map_err(|_| format!("{text} is larger than 4G"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("8M"), Ok(8 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("8X").is_err());
+        assert!(parse_size("8G").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("10").unwrap_err().contains("e.g. 10s"));
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn stream_options_parse() {
+        let cli = Cli::try_parse_from([
+            "portwatch",
+            "stream",
+            "--format",
+            "json",
+            "--pid",
+            "1",
+            "--pid",
+            "2",
+            "--port",
+            "80",
+            "--state",
+            "close-wait",
+            "--duration",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Stream(args) = cli.command;
+        assert_eq!(args.format, Format::Json);
+        assert_eq!(args.pids, [1, 2]);
+        assert_eq!(args.ports, [80]);
+        assert_eq!(args.states, [TcpState::CloseWait]);
+        assert_eq!(args.duration, Some(Duration::from_secs(5)));
+        assert_eq!(args.kernel.ring_buffer_size, 8 << 20);
+    }
+
+    #[test]
+    fn bad_state_is_a_usage_error() {
+        let err = Cli::try_parse_from(["portwatch", "stream", "--state", "OPEN"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+}

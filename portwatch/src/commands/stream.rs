@@ -1,0 +1,114 @@
+//! `portwatch stream`: every TCP state transition, printed as it happens.
+use std::io::{self, BufWriter, Write};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    bpf::Tracer,
+    cli::StreamArgs,
+    event::decode,
+    filter::Filter,
+    output::{format::WallClock, stream::StreamPrinter},
+};
+
+pub async fn run(args: StreamArgs) -> Result<()> {
+    let filter = Filter {
+        pids: args.pids,
+        ports: args.ports,
+        states: args.states,
+    };
+    let (tracer, mut reader) = Tracer::start(&args.kernel.options())?;
+    eprintln!("portwatch: tracing TCP state changes; Ctrl-C to stop");
+
+    let out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let mut sink = Sink {
+        printer: StreamPrinter::new(out, args.format, WallClock::now()),
+        filter,
+        seen: 0,
+        shown: 0,
+        undecodable: 0,
+        write_error: None,
+    };
+    sink.write(|printer| printer.header());
+    sink.flush();
+
+    let stop = super::stop_requested(args.duration);
+    tokio::pin!(stop);
+    while sink.write_error.is_none() {
+        tokio::select! {
+            biased;
+            stopped = &mut stop => {
+                stopped.context("listening for signals")?;
+                break;
+            }
+            batch = reader.read_batch(|record| sink.record(record)) => {
+                batch.context("reading the ring buffer")?;
+                // One flush per batch: live when traffic is light, few syscalls when heavy.
+                sink.flush();
+            }
+        }
+    }
+    reader.drain(|record| sink.record(record));
+    sink.flush();
+    let counters = tracer.counters()?;
+    drop(tracer);
+
+    let mut summary = format!(
+        "portwatch: {} events seen ({} shown), {} dropped (ring buffer full)",
+        sink.seen, sink.shown, counters.ring_buffer_full
+    );
+    if counters.socket_table_full > 0 {
+        summary += &format!(
+            ", {} sockets untracked (socket table full)",
+            counters.socket_table_full
+        );
+    }
+    if sink.undecodable > 0 {
+        summary += &format!(", {} undecodable records", sink.undecodable);
+    }
+    eprintln!("{summary}");
+
+    match sink.write_error {
+        // The reader went away (`portwatch stream | head`): a normal way to stop.
+        Some(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Some(err) => Err(err).context("writing to standard output"),
+        None => Ok(()),
+    }
+}
+
+/// Decodes, filters, prints and counts records; remembers the first write error so the
+/// loop can stop without losing the summary.
+struct Sink<W: Write> {
+    printer: StreamPrinter<W>,
+    filter: Filter,
+    seen: u64,
+    shown: u64,
+    undecodable: u64,
+    write_error: Option<io::Error>,
+}
+
+impl<W: Write> Sink<W> {
+    fn record(&mut self, bytes: &[u8]) {
+        self.seen += 1;
+        let Ok(event) = decode(bytes) else {
+            self.undecodable += 1;
+            return;
+        };
+        if self.filter.matches(&event) {
+            self.shown += 1;
+            self.write(|printer| printer.print(&event));
+        }
+    }
+
+    fn flush(&mut self) {
+        self.write(StreamPrinter::flush);
+    }
+
+    fn write(&mut self, op: impl FnOnce(&mut StreamPrinter<W>) -> io::Result<()>) {
+        if self.write_error.is_none()
+            && let Err(err) = op(&mut self.printer)
+        {
+            self.write_error = Some(err);
+        }
+    }
+}

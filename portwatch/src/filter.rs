@@ -1,0 +1,84 @@
+//! Which transitions the user asked to see.
+use crate::{event::Transition, tcp_state::TcpState};
+
+/// Every non-empty list must match (AND across kinds); within a list, any value may
+/// match (OR). Empty lists match everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub pids: Vec<u32>,
+    /// Matches the local or the remote port.
+    pub ports: Vec<u16>,
+    /// Matches the old or the new state.
+    pub states: Vec<TcpState>,
+}
+
+impl Filter {
+    pub fn matches(&self, event: &Transition) -> bool {
+        (self.pids.is_empty() || self.pids.contains(&event.pid))
+            && (self.ports.is_empty()
+                || self.ports.contains(&event.sport)
+                || self.ports.contains(&event.dport))
+            && (self.states.is_empty()
+                || self.states.contains(&event.old_state)
+                || self.states.contains(&event.new_state))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Transition, tests::raw_v4};
+
+    fn event() -> Transition {
+        // pid 4242, 127.0.0.1:40000 -> 10.1.2.3:443, SYN_SENT -> ESTABLISHED
+        Transition::try_from(&raw_v4()).unwrap()
+    }
+
+    #[test]
+    fn empty_filter_matches_everything() {
+        assert!(Filter::default().matches(&event()));
+    }
+
+    #[test]
+    fn pid_filter() {
+        let only = |pids: Vec<u32>| Filter {
+            pids,
+            ..Filter::default()
+        };
+        assert!(only(vec![4242]).matches(&event()));
+        assert!(only(vec![1, 4242]).matches(&event()));
+        assert!(!only(vec![1]).matches(&event()));
+    }
+
+    #[test]
+    fn port_filter_matches_either_end() {
+        let only = |ports: Vec<u16>| Filter {
+            ports,
+            ..Filter::default()
+        };
+        assert!(only(vec![443]).matches(&event()));
+        assert!(only(vec![40000]).matches(&event()));
+        assert!(!only(vec![80]).matches(&event()));
+    }
+
+    #[test]
+    fn state_filter_matches_old_or_new() {
+        let only = |states: Vec<TcpState>| Filter {
+            states,
+            ..Filter::default()
+        };
+        assert!(only(vec![TcpState::SynSent]).matches(&event()));
+        assert!(only(vec![TcpState::Established]).matches(&event()));
+        assert!(!only(vec![TcpState::CloseWait]).matches(&event()));
+    }
+
+    #[test]
+    fn kinds_combine_with_and() {
+        let filter = Filter {
+            pids: vec![4242],
+            ports: vec![80],
+            states: vec![],
+        };
+        assert!(!filter.matches(&event()));
+    }
+}

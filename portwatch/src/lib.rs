@@ -1,0 +1,10 @@
+//! portwatch: finds the processes behind TCP port exhaustion.
+//!
+//! The binary is a thin shell over these modules; integration tests use them directly.
+pub mod bpf;
+pub mod cli;
+pub mod commands;
+pub mod event;
+pub mod filter;
+pub mod output;
+pub mod tcp_state;

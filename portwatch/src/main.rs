@@ -1,0 +1,31 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use portwatch::{
+    cli::{Cli, Command},
+    commands,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One paragraph: the error and its causes, no backtrace.
+            eprintln!("portwatch: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // One thread is plenty: the work is one ring buffer and one output.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Stream(args) => commands::stream::run(args).await,
+        }
+    })
+}

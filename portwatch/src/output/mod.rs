@@ -1,0 +1,3 @@
+//! How portwatch shows what it saw.
+pub mod format;
+pub mod stream;

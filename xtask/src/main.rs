@@ -1,0 +1,139 @@
+//! portwatch's project tasks: `cargo xtask setup | run | test`.
+//!
+//! Every task installs what it needs first, idempotently, so a newcomer on a fresh
+//! machine needs nothing but cargo.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "portwatch's build, setup and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing portwatch needs: rust-src, bpf-linker (built
+    /// against this Rust toolchain's LLVM, under target/tools) and Debian packages.
+    /// Safe to run again: finished steps are skipped.
+    Setup,
+    /// Set up, build portwatch (release) and run it. Without arguments it streams TCP
+    /// state transitions until Ctrl-C; pass portwatch's own arguments after `--`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every check CI runs: rustfmt, clippy (host and eBPF crates)
+    /// and the whole test suite, including the privileged tests that load eBPF (root).
+    Test,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let workspace = workspace_root()?;
+    match cli.task {
+        Task::Setup => setup::all(&workspace),
+        Task::Run { args } => {
+            setup::all(&workspace)?;
+            cargo(
+                &workspace,
+                &["build", "--release", "--package", "portwatch"],
+            )?;
+            let args = if args.is_empty() {
+                vec!["stream".to_owned()]
+            } else {
+                args
+            };
+            let binary = workspace.join("target/release/portwatch");
+            let status = Command::new(&binary)
+                .args(&args)
+                .status()
+                .with_context(|| format!("running {}", binary.display()))?;
+            if !status.success() {
+                // portwatch already said why; just pass its failure on.
+                std::process::exit(status.code().unwrap_or(1));
+            }
+            Ok(())
+        }
+        Task::Test => {
+            setup::all(&workspace)?;
+            cargo(&workspace, &["fmt", "--all", "--check"])?;
+            cargo(
+                &workspace,
+                &["clippy", "--all-targets", "--", "-D", "warnings"],
+            )?;
+            clippy_ebpf(&workspace)?;
+            // Privileged tests attach to the same kernel tracepoint and would see each
+            // other's traffic: one test at a time keeps their assertions exact.
+            cargo(
+                &workspace,
+                &[
+                    "test",
+                    "--workspace",
+                    "--exclude",
+                    "portwatch-ebpf",
+                    "--",
+                    "--test-threads=1",
+                ],
+            )
+        }
+    }
+}
+
+/// Clippy for the eBPF crate, which only builds for the BPF target.
+fn clippy_ebpf(workspace: &Path) -> Result<()> {
+    let status = Command::new(cargo_bin())
+        .current_dir(workspace)
+        .args(["clippy", "--package", "portwatch-ebpf", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .status()
+        .context("running cargo clippy for the eBPF crate")?;
+    if !status.success() {
+        bail!("clippy found problems in portwatch-ebpf");
+    }
+    Ok(())
+}
+
+fn cargo(workspace: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(cargo_bin())
+        .current_dir(workspace)
+        .args(args)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("`cargo {}` failed", args.join(" "));
+    }
+    Ok(())
+}
+
+/// The cargo that runs us, so every step uses the same toolchain.
+fn cargo_bin() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .context("xtask/ has no parent directory")
+}
