@@ -61,7 +61,7 @@ pub struct StreamArgs {
 pub struct KernelArgs {
     /// Ring-buffer size between kernel and portwatch: a power of two such as 4M, 16M.
     /// Events that find it full are counted as dropped.
-    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_ring_buffer_size)]
     pub ring_buffer_size: u32,
 
     /// How many live sockets the kernel-side table can hold. Sockets beyond it are counted
@@ -106,6 +106,17 @@ fn parse_size(text: &str) -> Result<u32, String> {
     u32::try_from(bytes).map_err(|_| format!("{text} is larger than 4G"))
 }
 
+/// The kernel wants a power-of-two number of pages.
+fn parse_ring_buffer_size(text: &str) -> Result<u32, String> {
+    let bytes = parse_size(text)?;
+    if !bytes.is_power_of_two() || bytes < 4096 {
+        return Err(format!(
+            "the ring buffer size must be a power of two of at least 4K, such as 4M or 16M; got {bytes} bytes"
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -126,6 +137,13 @@ mod tests {
         assert_eq!(parse_size("1g"), Ok(1 << 30));
         assert!(parse_size("8X").is_err());
         assert!(parse_size("8G").is_err());
+        assert_eq!(parse_ring_buffer_size("16M"), Ok(16 << 20));
+        assert!(
+            parse_ring_buffer_size("3M")
+                .unwrap_err()
+                .contains("power of two")
+        );
+        assert!(parse_ring_buffer_size("2K").is_err());
     }
 
     #[test]

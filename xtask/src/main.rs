@@ -33,8 +33,12 @@ enum Task {
     },
     /// Set up, then run every check CI runs: rustfmt, clippy (host and eBPF crates)
     /// and the whole test suite, including the privileged tests that load eBPF (root).
+    /// PORTWATCH_UNPRIVILEGED=1 runs only the unit tests, for machines without root.
     Test,
 }
+
+/// Set to 1 on a machine without root to run only the tests that need no eBPF.
+const UNPRIVILEGED: &str = "PORTWATCH_UNPRIVILEGED";
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -80,19 +84,22 @@ fn run(cli: Cli) -> Result<()> {
                 &["clippy", "--all-targets", "--", "-D", "warnings"],
             )?;
             clippy_ebpf(&workspace)?;
+            if std::env::var_os(UNPRIVILEGED).is_some_and(|value| value == "1") {
+                if std::env::var_os("CI").is_some() {
+                    bail!(
+                        "{UNPRIVILEGED}=1 is for developer laptops: CI must run the privileged tests"
+                    );
+                }
+                cargo(&workspace, &["test", "--lib", "--bins"])?;
+                eprintln!(
+                    "xtask: {UNPRIVILEGED}=1: ran the unit tests only; the privileged tests \
+                     that load eBPF (portwatch/tests/) did NOT run"
+                );
+                return Ok(());
+            }
             // Privileged tests attach to the same kernel tracepoint and would see each
             // other's traffic: one test at a time keeps their assertions exact.
-            cargo(
-                &workspace,
-                &[
-                    "test",
-                    "--workspace",
-                    "--exclude",
-                    "portwatch-ebpf",
-                    "--",
-                    "--test-threads=1",
-                ],
-            )
+            cargo(&workspace, &["test", "--", "--test-threads=1"])
         }
     }
 }

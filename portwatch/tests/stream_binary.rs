@@ -1,0 +1,234 @@
+//! Runs the real `portwatch` binary. PRIVILEGED except where noted: it attaches to the
+//! running kernel; another process (bash, via /dev/tcp) makes the connection it must see.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead as _, BufReader, Read as _},
+    net::TcpListener,
+    process::{Command, Stdio},
+};
+
+use common::require_privileges;
+use serde_json::Value;
+
+const PORTWATCH: &str = env!("CARGO_BIN_EXE_portwatch");
+
+/// Ids of every eBPF program loaded in the kernel, from bpftool.
+fn loaded_program_ids() -> BTreeSet<u64> {
+    let output = Command::new("bpftool")
+        .args(["--json", "prog", "show"])
+        .output()
+        .expect("running bpftool (installed by `cargo xtask setup`)");
+    assert!(output.status.success(), "bpftool prog show failed");
+    let programs: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    programs.iter().map(|p| p["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn stream_json_reports_another_process_connection_and_detaches() {
+    require_privileges();
+    let before = loaded_program_ids();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+
+    let mut portwatch = Command::new(PORTWATCH)
+        .args(["stream", "--format", "json", "--duration", "4s"])
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it says it is attached, rather than guessing how long that takes.
+    let mut stderr = BufReader::new(portwatch.stderr.take().unwrap());
+    let mut first_line = String::new();
+    stderr.read_line(&mut first_line).unwrap();
+    assert!(
+        first_line.contains("tracing"),
+        "unexpected first stderr line: {first_line:?}"
+    );
+    let during = loaded_program_ids();
+    assert!(
+        during.len() > before.len(),
+        "portwatch's program is loaded while it runs"
+    );
+
+    // Another process connects and closes: bash's /dev/tcp.
+    let mut client = Command::new("bash")
+        .args([
+            "-c",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&-"),
+        ])
+        .spawn()
+        .unwrap();
+    let client_pid = client.id();
+    let (mut accepted, client_addr) = listener.accept().unwrap();
+    assert!(client.wait().unwrap().success());
+    let mut buffer = [0u8; 1];
+    assert_eq!(accepted.read(&mut buffer).unwrap(), 0, "client closed");
+    drop(accepted);
+
+    let mut stdout = String::new();
+    portwatch
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = portwatch.wait().unwrap();
+    assert!(status.success(), "portwatch failed: {rest}");
+
+    let events: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    for event in &events {
+        for field in [
+            "ts_ns",
+            "pid",
+            "comm",
+            "family",
+            "saddr",
+            "sport",
+            "daddr",
+            "dport",
+            "old_state",
+            "new_state",
+            "sock",
+            "in_state_ns",
+        ] {
+            assert!(event.get(field).is_some(), "missing {field}: {event}");
+        }
+        assert_eq!(event["family"], "ipv4");
+    }
+    let connect = events
+        .iter()
+        .find(|e| e["old_state"] == "CLOSE" && e["new_state"] == "SYN_SENT")
+        .unwrap_or_else(|| panic!("no CLOSE -> SYN_SENT in {stdout}"));
+    assert_eq!(
+        connect["pid"], client_pid,
+        "connect side is attributed to bash"
+    );
+    assert_eq!(connect["comm"], "bash");
+    assert_eq!(connect["dport"], port);
+    let client_sock = &connect["sock"];
+    let client_states: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| &e["sock"] == client_sock)
+        .map(|e| {
+            (
+                e["old_state"].as_str().unwrap(),
+                e["new_state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        client_states,
+        [
+            ("CLOSE", "SYN_SENT"),
+            ("SYN_SENT", "ESTABLISHED"),
+            ("ESTABLISHED", "FIN_WAIT1"),
+            ("FIN_WAIT1", "FIN_WAIT2"),
+            ("FIN_WAIT2", "CLOSE"),
+        ]
+    );
+    let established = events
+        .iter()
+        .find(|e| &e["sock"] == client_sock && e["new_state"] == "ESTABLISHED")
+        .unwrap();
+    assert_eq!(established["sport"], client_addr.port());
+    assert_eq!(established["saddr"], "127.0.0.1");
+    assert!(established["in_state_ns"].as_u64().is_some());
+    assert!(
+        events.iter().any(|e| e["old_state"] == "ESTABLISHED"
+            && e["new_state"] == "CLOSE_WAIT"
+            && e["sport"] == port),
+        "the server side's CLOSE_WAIT is reported"
+    );
+
+    let summary = rest.lines().last().unwrap_or_default();
+    assert!(
+        summary.contains(&format!("{} shown", events.len())) && summary.contains("0 dropped"),
+        "summary line: {rest}"
+    );
+    assert_eq!(
+        loaded_program_ids(),
+        before,
+        "detach leaves no program behind"
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly_with_a_summary() {
+    require_privileges();
+    let before = loaded_program_ids();
+    let mut portwatch = Command::new(PORTWATCH)
+        .arg("stream")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(portwatch.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    assert!(line.contains("tracing"), "{line}");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
+    let killed = unsafe { libc::kill(portwatch.id() as i32, libc::SIGTERM) };
+    assert_eq!(killed, 0);
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    assert!(portwatch.wait().unwrap().success());
+    assert!(
+        rest.contains("events seen") && rest.contains("dropped"),
+        "{rest}"
+    );
+    assert_eq!(loaded_program_ids(), before);
+}
+
+/// Unprivileged user: a clear paragraph naming the missing capabilities, exit code 1.
+#[test]
+fn without_privileges_explains_what_is_missing() {
+    require_privileges(); // to drop them with setpriv
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
+        .args([PORTWATCH, "stream", "--duration", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not running as root") && stderr.contains("CAP_BPF"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one paragraph: {stderr}");
+}
+
+/// Unprivileged: bad arguments get clap's usage error (exit code 2).
+#[test]
+fn bad_arguments_are_usage_errors() {
+    for args in [
+        &["stream", "--state", "OPEN"][..],
+        &["stream", "--duration", "soon"],
+        &["stream", "--port", "70000"],
+        &["stream", "--ring-buffer-size", "3M"],
+    ] {
+        let output = Command::new(PORTWATCH).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: invalid value"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
