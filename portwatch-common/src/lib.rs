@@ -3,7 +3,7 @@
 //! Everything here crosses the kernel/user boundary as raw bytes, so every type is
 //! `#[repr(C)]`, ordered largest field first, with any padding spelled out and the size
 //! checked at compile time. Userspace must decode defensively (length check,
-//! `read_unaligned`, `TryFrom` for states); see `portwatch::event`.
+//! `read_unaligned`, `TryFrom` for enums); see `portwatch::event`.
 #![no_std]
 
 use core::mem::size_of;
@@ -19,12 +19,86 @@ pub const COMM_LEN: usize = 16;
 pub enum EventKind {
     /// A [`StateEvent`]: one TCP socket changed state.
     State = 1,
+    /// An [`OwnerEvent`]: a process accepted a socket, so it is the socket's owner now.
+    Owner = 2,
+    /// An [`ExitEvent`]: a process exited.
+    Exit = 3,
 }
 
-/// Set in [`StateEvent::flags`] when `in_state_ns` is known, i.e. portwatch saw the
-/// socket enter its old state. Without it the socket predates portwatch (or its table
-/// entry was lost) and `in_state_ns` is meaningless.
+/// [`StateEvent::flags`]: `in_state_ns` is known, i.e. portwatch saw the socket enter
+/// its old state. Without it the socket predates portwatch (or its table entry was
+/// lost) and `in_state_ns` is meaningless.
 pub const FLAG_IN_STATE_KNOWN: u32 = 1 << 0;
+/// [`StateEvent::flags`]: only a system call on the socket makes this transition
+/// (connect, listen, close, shutdown), so `tgid`/`comm` are a process holding it.
+/// Without it the transition may have run in softirq context, on whatever task was
+/// interrupted.
+pub const FLAG_BY_SYSCALL: u32 = 1 << 1;
+
+/// How portwatch learned a socket's owner. Numbers are part of the wire format.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerSource {
+    /// Not learned yet.
+    Unknown = 0,
+    /// The process called connect() (CLOSE -> SYN_SENT ran in its context).
+    Connect = 1,
+    /// The process called listen() (CLOSE -> LISTEN).
+    Listen = 2,
+    /// The process accept()ed the socket.
+    Accept = 3,
+    /// Another transition ran in the process's own system call (close, shutdown, ...).
+    Syscall = 4,
+    /// Provisional: inherited from the owner of the listening socket that created this
+    /// one, until a process accepts it.
+    Listener = 5,
+    /// Userspace found the process holding the socket's file descriptor in /proc.
+    Procfs = 6,
+}
+
+/// How a socket came to be. Numbers are part of the wire format.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// portwatch did not see the socket open.
+    Unknown = 0,
+    /// Opened by connect().
+    Active = 1,
+    /// Created by a listening socket for an incoming connection.
+    Passive = 2,
+    /// A listening socket.
+    Listener = 3,
+}
+
+/// The process a socket belongs to, as the kernel learned it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// `bpf_get_current_cgroup_id()` of the owner when it was learned (cgroup v2 id).
+    pub cgroup_id: u64,
+    /// Thread group id (userspace PID); 0 when unknown.
+    pub tgid: u32,
+    /// An [`OwnerSource`] as `u8`.
+    pub source: u8,
+    /// The socket's [`Origin`] as `u8`.
+    pub origin: u8,
+    pub _pad: u16,
+    /// The owner's comm, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(size_of::<Owner>() == 32);
+
+impl Owner {
+    pub const UNKNOWN: Owner = Owner {
+        cgroup_id: 0,
+        tgid: 0,
+        source: OwnerSource::Unknown as u8,
+        origin: Origin::Unknown as u8,
+        _pad: 0,
+        comm: [0; COMM_LEN],
+    };
+}
 
 /// One call of the `sock:inet_sock_set_state` tracepoint for a TCP socket.
 #[repr(C)]
@@ -42,8 +116,10 @@ pub struct StateEvent {
     pub sock: u64,
     /// Time the socket spent in `old_state`, valid when `FLAG_IN_STATE_KNOWN` is set.
     pub in_state_ns: u64,
-    /// Thread group id (the userspace PID) of the task current on the CPU. In softirq
-    /// context this is whoever was interrupted, not necessarily the socket's owner.
+    /// When portwatch saw the socket open (`bpf_ktime_get_ns()`), 0 if it did not.
+    pub opened_ns: u64,
+    /// Thread group id (the userspace PID) of the task current on the CPU. Without
+    /// `FLAG_BY_SYSCALL` this may be whoever was interrupted; see `owner` instead.
     pub tgid: u32,
     /// Thread id of that task.
     pub tid: u32,
@@ -63,24 +139,56 @@ pub struct StateEvent {
     pub old_state: u8,
     /// The kernel's `TCP_*` state number after the transition.
     pub new_state: u8,
+    /// The socket's owner as known after this transition.
+    pub owner: Owner,
 }
 
-const _: () = assert!(size_of::<StateEvent>() == 96);
+const _: () = assert!(size_of::<StateEvent>() == 136);
+
+/// A process accepted `sock`: it owns it from now on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnerEvent {
+    /// Always [`EventKind::Owner`] as `u32`.
+    pub kind: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub sock: u64,
+    pub owner: Owner,
+}
+
+const _: () = assert!(size_of::<OwnerEvent>() == 56);
+
+/// A process (thread group leader) exited: sockets it owned outlive it as orphans, and
+/// its PID may be reused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitEvent {
+    /// Always [`EventKind::Exit`] as `u32`.
+    pub kind: u32,
+    pub tgid: u32,
+    pub ts_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(size_of::<ExitEvent>() == 32);
 
 /// Indexes into the per-CPU `COUNTERS` array, where the kernel counts what it could
-/// not deliver. Userspace sums them over CPUs.
+/// not deliver or remember. Userspace sums them over CPUs.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
     /// An event was lost because the ring buffer was full.
     RingBufFull = 0,
     /// A socket could not be added to the kernel socket table because it was full:
-    /// its later events carry no `in_state_ns`.
+    /// its later events carry no `in_state_ns` and no owner.
     SocketTableFull = 1,
+    /// A listener, accept or peer entry found its table full: an owner may be missed.
+    OwnerTableFull = 2,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const COUNTER_SLOTS: u32 = 2;
+pub const COUNTER_SLOTS: u32 = 3;
 
 /// What the kernel remembers about a socket between two of its transitions.
 /// Value type of the `SOCKETS` hash map, keyed by [`StateEvent::sock`].
@@ -89,9 +197,27 @@ pub const COUNTER_SLOTS: u32 = 2;
 pub struct SocketEntry {
     /// When the socket entered its current state (`bpf_ktime_get_ns()`).
     pub state_since_ns: u64,
+    /// When portwatch saw it open, 0 if it did not.
+    pub opened_ns: u64,
+    pub owner: Owner,
 }
 
-const _: () = assert!(size_of::<SocketEntry>() == 8);
+const _: () = assert!(size_of::<SocketEntry>() == 48);
+
+/// Key of the `PEERS` map: the remote end of a passive socket that has not been
+/// accepted yet, as accept() reports it to the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerKey {
+    /// Laid out like [`StateEvent::daddr`].
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u16,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<PeerKey>() == 24);
 
 /// Names of the maps and programs in the eBPF object, shared so a rename cannot
 /// silently break the loader.
@@ -99,7 +225,13 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SOCKETS: &str = "SOCKETS";
+    pub const LISTENERS: &str = "LISTENERS";
+    pub const PEERS: &str = "PEERS";
+    pub const ACCEPTS: &str = "ACCEPTS";
     pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
+    pub const PROG_ACCEPT_EXIT: &str = "accept_exit";
+    pub const PROG_PROCESS_EXIT: &str = "process_exit";
 }
 
 /// Kernel `TCP_*` state numbers (include/net/tcp_states.h), stable since Linux 2.x.
@@ -124,11 +256,14 @@ pub const IPPROTO_TCP: u16 = 6;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{SocketEntry, StateEvent};
+    use super::{Owner, PeerKey, SocketEntry};
 
-    // SAFETY: plain-old-data, `#[repr(C)]`, no padding (size asserted above), every bit
-    // pattern valid.
-    unsafe impl aya::Pod for StateEvent {}
-    // SAFETY: as above.
+    // SAFETY (all three): plain-old-data, `#[repr(C)]`, no implicit padding (sizes
+    // asserted above), every bit pattern valid.
+    // SAFETY: see above.
     unsafe impl aya::Pod for SocketEntry {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for Owner {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for PeerKey {}
 }

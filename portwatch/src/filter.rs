@@ -5,6 +5,7 @@ use crate::{event::Transition, tcp_state::TcpState};
 /// match (OR). Empty lists match everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Filter {
+    /// Matches the socket's owner.
     pub pids: Vec<u32>,
     /// Matches the local or the remote port.
     pub ports: Vec<u16>,
@@ -13,8 +14,9 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, event: &Transition) -> bool {
-        (self.pids.is_empty() || self.pids.contains(&event.pid))
+    /// `owner_pid` is the socket's owner, as the socket table resolved it.
+    pub fn matches(&self, event: &Transition, owner_pid: Option<u32>) -> bool {
+        (self.pids.is_empty() || owner_pid.is_some_and(|pid| self.pids.contains(&pid)))
             && (self.ports.is_empty()
                 || self.ports.contains(&event.sport)
                 || self.ports.contains(&event.dport))
@@ -30,13 +32,15 @@ mod tests {
     use crate::event::{Transition, tests::raw_v4};
 
     fn event() -> Transition {
-        // pid 4242, 127.0.0.1:40000 -> 10.1.2.3:443, SYN_SENT -> ESTABLISHED
+        // 127.0.0.1:40000 -> 10.1.2.3:443, SYN_SENT -> ESTABLISHED
         Transition::try_from(&raw_v4()).unwrap()
     }
 
+    const OWNER: Option<u32> = Some(4242);
+
     #[test]
     fn empty_filter_matches_everything() {
-        assert!(Filter::default().matches(&event()));
+        assert!(Filter::default().matches(&event(), OWNER));
     }
 
     #[test]
@@ -45,9 +49,10 @@ mod tests {
             pids,
             ..Filter::default()
         };
-        assert!(only(vec![4242]).matches(&event()));
-        assert!(only(vec![1, 4242]).matches(&event()));
-        assert!(!only(vec![1]).matches(&event()));
+        assert!(only(vec![4242]).matches(&event(), OWNER));
+        assert!(only(vec![1, 4242]).matches(&event(), OWNER));
+        assert!(!only(vec![1]).matches(&event(), OWNER));
+        assert!(!only(vec![4242]).matches(&event(), None), "unknown owner");
     }
 
     #[test]
@@ -56,9 +61,9 @@ mod tests {
             ports,
             ..Filter::default()
         };
-        assert!(only(vec![443]).matches(&event()));
-        assert!(only(vec![40000]).matches(&event()));
-        assert!(!only(vec![80]).matches(&event()));
+        assert!(only(vec![443]).matches(&event(), OWNER));
+        assert!(only(vec![40000]).matches(&event(), OWNER));
+        assert!(!only(vec![80]).matches(&event(), OWNER));
     }
 
     #[test]
@@ -67,9 +72,9 @@ mod tests {
             states,
             ..Filter::default()
         };
-        assert!(only(vec![TcpState::SynSent]).matches(&event()));
-        assert!(only(vec![TcpState::Established]).matches(&event()));
-        assert!(!only(vec![TcpState::CloseWait]).matches(&event()));
+        assert!(only(vec![TcpState::SynSent]).matches(&event(), OWNER));
+        assert!(only(vec![TcpState::Established]).matches(&event(), OWNER));
+        assert!(!only(vec![TcpState::CloseWait]).matches(&event(), OWNER));
     }
 
     #[test]
@@ -79,6 +84,6 @@ mod tests {
             ports: vec![80],
             states: vec![],
         };
-        assert!(!filter.matches(&event()));
+        assert!(!filter.matches(&event(), OWNER));
     }
 }

@@ -30,14 +30,71 @@ const STATE_TRACEPOINT_FIELDS: [(&str, usize, usize); 11] = [
     ("daddr_v6", 56, 16),
 ];
 
+/// The accept tracepoints and the fields the accept hook reads: syscall entry
+/// `upeer_sockaddr`, syscall exit `ret`. They exist with CONFIG_FTRACE_SYSCALLS.
+pub const ACCEPT_ENTER_TRACEPOINTS: [(&str, &str); 2] = [
+    ("syscalls", "sys_enter_accept4"),
+    ("syscalls", "sys_enter_accept"),
+];
+pub const ACCEPT_EXIT_TRACEPOINTS: [(&str, &str); 2] = [
+    ("syscalls", "sys_exit_accept4"),
+    ("syscalls", "sys_exit_accept"),
+];
+const ACCEPT_ENTER_FIELDS: [(&str, usize, usize); 1] = [("upeer_sockaddr", 24, 8)];
+const ACCEPT_EXIT_FIELDS: [(&str, usize, usize); 1] = [("ret", 16, 8)];
+pub const EXIT_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exit");
+
+/// Which optional hooks this kernel can serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Features {
+    /// Why the accept hook cannot run, if it cannot.
+    pub accept_hook: Result<(), String>,
+    /// Why the process-exit hook cannot run, if it cannot.
+    pub exit_hook: Result<(), String>,
+}
+
 /// Runs every check and fixes what portwatch may fix itself (mounting tracefs, raising
-/// the memlock limit). Returns the tracefs mount point.
-pub fn prepare() -> Result<PathBuf> {
+/// the memlock limit). Returns the tracefs mount point and the optional hooks this
+/// kernel supports.
+pub fn prepare() -> Result<(PathBuf, Features)> {
     check_capabilities(effective_capabilities()?)?;
     raise_memlock_limit();
     let tracefs = tracefs()?;
     check_state_tracepoint(&tracefs)?;
-    Ok(tracefs)
+    let accept_hook = ACCEPT_ENTER_TRACEPOINTS
+        .iter()
+        .try_for_each(|&tp| check_optional(&tracefs, tp, &ACCEPT_ENTER_FIELDS))
+        .and_then(|()| {
+            ACCEPT_EXIT_TRACEPOINTS
+                .iter()
+                .try_for_each(|&tp| check_optional(&tracefs, tp, &ACCEPT_EXIT_FIELDS))
+        });
+    let exit_hook = check_optional(&tracefs, EXIT_TRACEPOINT, &[]);
+    Ok((
+        tracefs,
+        Features {
+            accept_hook,
+            exit_hook,
+        },
+    ))
+}
+
+/// Checks an optional tracepoint exists with the fields a program reads.
+fn check_optional(
+    tracefs: &std::path::Path,
+    (category, name): (&str, &str),
+    fields: &[(&str, usize, usize)],
+) -> Result<(), String> {
+    let path = tracefs
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    let format = fs::read_to_string(&path)
+        .map_err(|err| format!("tracepoint {category}:{name} is unavailable ({err})"))?;
+    check_fields(&format, fields).map_err(|problem| {
+        format!("tracepoint {category}:{name} has an unknown layout ({problem})")
+    })
 }
 
 fn effective_capabilities() -> Result<u64> {
@@ -157,9 +214,14 @@ fn check_state_tracepoint(tracefs: &std::path::Path) -> Result<()> {
     })
 }
 
-/// Compares a tracepoint's format file with the offsets the eBPF program was built for.
+/// Compares the state tracepoint's format file with the offsets the eBPF program was
+/// built for.
 fn check_format(format: &str) -> Result<(), String> {
-    for (field, offset, size) in STATE_TRACEPOINT_FIELDS {
+    check_fields(format, &STATE_TRACEPOINT_FIELDS)
+}
+
+fn check_fields(format: &str, fields: &[(&str, usize, usize)]) -> Result<(), String> {
+    for &(field, offset, size) in fields {
         let Some((found_offset, found_size)) = field_layout(format, field) else {
             return Err(format!("no field `{field}`"));
         };

@@ -6,12 +6,15 @@
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use portwatch_common::{COUNTER_SLOTS, Counter, names};
+use portwatch_common::{COUNTER_SLOTS, Counter, Owner, names};
 
-use super::{environment, reader::EventReader};
+use super::{
+    environment::{self, Features},
+    reader::EventReader,
+};
 
 /// The eBPF object built by build.rs from the portwatch-ebpf crate.
 static EBPF_OBJECT: &[u8] =
@@ -42,13 +45,16 @@ pub struct KernelCounters {
     pub ring_buffer_full: u64,
     /// Sockets the kernel table had no room for.
     pub socket_table_full: u64,
+    /// Listener, accept or peer entries the kernel had no room for (owners missed).
+    pub owner_table_full: u64,
 }
 
 /// portwatch's programs, loaded and attached.
 pub struct Tracer {
-    // Field order matters for drop order only in that both must go; aya detaches on drop.
+    // aya detaches every program and closes every map when `ebpf` is dropped.
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
+    features: Features,
 }
 
 impl Tracer {
@@ -56,32 +62,72 @@ impl Tracer {
     /// and the reader of its events.
     pub fn start(options: &TracerOptions) -> Result<(Tracer, EventReader)> {
         check_ring_buffer_size(options.ring_buffer_bytes)?;
-        let tracefs = environment::prepare()?;
+        let (tracefs, features) = environment::prepare()?;
 
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
             .map_max_entries(names::SOCKETS, options.max_sockets)
+            .map_max_entries(names::PEERS, options.max_sockets)
             .load(EBPF_OBJECT)
             .map_err(|err| load_error(err.into()))?;
 
-        let program: &mut TracePoint = ebpf
-            .program_mut(names::PROG_INET_SOCK_SET_STATE)
-            .context("the eBPF object has no inet_sock_set_state program")?
-            .try_into()?;
-        program.load().map_err(|err| load_error(err.into()))?;
-        let (category, name) = environment::STATE_TRACEPOINT;
-        program.attach(category, name).with_context(|| {
-            format!(
-                "attaching to the {category}:{name} tracepoint (tracefs at {})",
-                tracefs.display()
-            )
-        })?;
+        // Attach the optional hooks first: the state program's events carry what they
+        // learn, so it should not run without them.
+        if features.accept_hook.is_ok() {
+            attach(
+                &mut ebpf,
+                names::PROG_ACCEPT_ENTER,
+                &environment::ACCEPT_ENTER_TRACEPOINTS,
+            )?;
+            attach(
+                &mut ebpf,
+                names::PROG_ACCEPT_EXIT,
+                &environment::ACCEPT_EXIT_TRACEPOINTS,
+            )?;
+        }
+        if features.exit_hook.is_ok() {
+            attach(
+                &mut ebpf,
+                names::PROG_PROCESS_EXIT,
+                &[environment::EXIT_TRACEPOINT],
+            )?;
+        }
+        attach(
+            &mut ebpf,
+            names::PROG_INET_SOCK_SET_STATE,
+            &[environment::STATE_TRACEPOINT],
+        )
+        .with_context(|| format!("tracefs at {}", tracefs.display()))?;
 
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
         let reader = EventReader::new(ring).context("registering the ring buffer with tokio")?;
-        Ok((Tracer { ebpf, counters }, reader))
+        Ok((
+            Tracer {
+                ebpf,
+                counters,
+                features,
+            },
+            reader,
+        ))
+    }
+
+    /// Which optional hooks run on this kernel, and why not where they do not.
+    pub fn features(&self) -> &Features {
+        &self.features
+    }
+
+    /// Tells the kernel who owns a listening socket that predates portwatch, so the
+    /// sockets it creates start with that owner.
+    pub fn seed_listener(&mut self, port: u16, owner: &Owner) -> Result<()> {
+        let mut listeners: BpfHashMap<_, u32, Owner> = BpfHashMap::try_from(
+            self.ebpf
+                .map_mut(names::LISTENERS)
+                .context("no LISTENERS map")?,
+        )?;
+        listeners.insert(u32::from(port), owner, 0)?;
+        Ok(())
     }
 
     /// What the kernel could not deliver so far.
@@ -90,10 +136,11 @@ impl Tracer {
             let per_cpu = self.counters.get(&(counter as u32), 0)?;
             Ok(per_cpu.iter().sum())
         };
-        debug_assert_eq!(COUNTER_SLOTS, 2);
+        debug_assert_eq!(COUNTER_SLOTS, 3);
         Ok(KernelCounters {
             ring_buffer_full: sum(Counter::RingBufFull)?,
             socket_table_full: sum(Counter::SocketTableFull)?,
+            owner_table_full: sum(Counter::OwnerTableFull)?,
         })
     }
 
@@ -104,6 +151,21 @@ impl Tracer {
             .filter_map(|(_, program)| program.info().ok().map(|info| info.id()))
             .collect()
     }
+}
+
+/// Loads a tracepoint program and attaches it to each of `tracepoints`.
+fn attach(ebpf: &mut Ebpf, program: &str, tracepoints: &[(&str, &str)]) -> Result<()> {
+    let tracepoint: &mut TracePoint = ebpf
+        .program_mut(program)
+        .with_context(|| format!("the eBPF object has no {program} program"))?
+        .try_into()?;
+    tracepoint.load().map_err(|err| load_error(err.into()))?;
+    for &(category, name) in tracepoints {
+        tracepoint
+            .attach(category, name)
+            .with_context(|| format!("attaching {program} to the {category}:{name} tracepoint"))?;
+    }
+    Ok(())
 }
 
 fn check_ring_buffer_size(bytes: u32) -> Result<()> {

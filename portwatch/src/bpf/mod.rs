@@ -3,5 +3,6 @@ pub mod environment;
 mod loader;
 mod reader;
 
+pub use environment::Features;
 pub use loader::{KernelCounters, Tracer, TracerOptions};
 pub use reader::EventReader;

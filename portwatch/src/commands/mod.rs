@@ -3,21 +3,54 @@ pub mod stream;
 
 use std::time::Duration;
 
-/// Resolves when the user asks portwatch to stop (Ctrl-C, SIGTERM) or `duration` passes.
-pub async fn stop_requested(duration: Option<Duration>) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let deadline = async {
-        match duration {
-            Some(duration) => tokio::time::sleep(duration).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-        () = deadline => {}
+use crate::bpf::Features;
+
+/// Tells the user, once, which optional hooks this kernel cannot serve and what that
+/// costs.
+pub fn warn_about_missing_features(features: &Features) {
+    if let Err(why) = &features.accept_hook {
+        eprintln!(
+            "portwatch: warning: {why}; accepted sockets keep their listener's owner until \
+             the accepting process acts on them"
+        );
     }
-    Ok(())
+    if let Err(why) = &features.exit_hook {
+        eprintln!("portwatch: warning: {why}; owners that exit are not marked as such");
+    }
+}
+
+/// The user's ways to stop a run: Ctrl-C, SIGTERM, or a duration running out.
+///
+/// Install it before telling the user portwatch is running: until the handlers are in
+/// place, a signal would kill the process before it can detach and report.
+pub struct StopSignal {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl StopSignal {
+    pub fn install(duration: Option<Duration>) -> std::io::Result<StopSignal> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignal {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            deadline: duration.map(|duration| tokio::time::Instant::now() + duration),
+        })
+    }
+
+    /// Resolves when a stop is requested.
+    pub async fn requested(&mut self) {
+        let deadline = async {
+            match self.deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+            () = deadline => {}
+        }
+    }
 }

@@ -6,9 +6,13 @@ use anyhow::{Context as _, Result};
 use crate::{
     bpf::Tracer,
     cli::StreamArgs,
-    event::decode,
+    event::{Event, decode},
     filter::Filter,
-    output::{format::WallClock, stream::StreamPrinter},
+    output::{
+        format::WallClock,
+        stream::{ShownOwner, StreamPrinter},
+    },
+    sockets::table::SocketTable,
 };
 
 pub async fn run(args: StreamArgs) -> Result<()> {
@@ -17,13 +21,17 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         ports: args.ports,
         states: args.states,
     };
+    let mut stop =
+        super::StopSignal::install(args.duration).context("installing signal handlers")?;
     let (tracer, mut reader) = Tracer::start(&args.kernel.options())?;
+    super::warn_about_missing_features(tracer.features());
     eprintln!("portwatch: tracing TCP state changes; Ctrl-C to stop");
 
     let out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut sink = Sink {
         printer: StreamPrinter::new(out, args.format, WallClock::now()),
         filter,
+        table: SocketTable::new(),
         seen: 0,
         shown: 0,
         undecodable: 0,
@@ -32,15 +40,10 @@ pub async fn run(args: StreamArgs) -> Result<()> {
     sink.write(|printer| printer.header());
     sink.flush();
 
-    let stop = super::stop_requested(args.duration);
-    tokio::pin!(stop);
     while sink.write_error.is_none() {
         tokio::select! {
             biased;
-            stopped = &mut stop => {
-                stopped.context("listening for signals")?;
-                break;
-            }
+            () = stop.requested() => break,
             batch = reader.read_batch(|record| sink.record(record)) => {
                 batch.context("reading the ring buffer")?;
                 // One flush per batch: live when traffic is light, few syscalls when heavy.
@@ -57,6 +60,12 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         "portwatch: {} events seen ({} shown), {} dropped (ring buffer full)",
         sink.seen, sink.shown, counters.ring_buffer_full
     );
+    if counters.owner_table_full > 0 {
+        summary += &format!(
+            ", {} owner lookups lost (owner tables full)",
+            counters.owner_table_full
+        );
+    }
     if counters.socket_table_full > 0 {
         summary += &format!(
             ", {} sockets untracked (socket table full)",
@@ -81,6 +90,7 @@ pub async fn run(args: StreamArgs) -> Result<()> {
 struct Sink<W: Write> {
     printer: StreamPrinter<W>,
     filter: Filter,
+    table: SocketTable,
     seen: u64,
     shown: u64,
     undecodable: u64,
@@ -94,9 +104,23 @@ impl<W: Write> Sink<W> {
             self.undecodable += 1;
             return;
         };
-        if self.filter.matches(&event) {
+        let owner = self.table.apply(&event);
+        let Event::Transition(transition) = event else {
+            return;
+        };
+        let shown = owner.map(|owner| ShownOwner {
+            pid: owner.process.pid,
+            comm: owner.comm,
+            source: owner.source,
+            alive: self.table.is_alive(&owner.process),
+            cgroup_id: owner.cgroup_id,
+        });
+        if self
+            .filter
+            .matches(&transition, shown.map(|owner| owner.pid))
+        {
             self.shown += 1;
-            self.write(|printer| printer.print(&event));
+            self.write(|printer| printer.print(&transition, shown.as_ref()));
         }
     }
 

@@ -4,10 +4,21 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use crate::{
-    event::{Family, Transition},
+    event::{Comm, Family, Origin, OwnerSource, Transition},
     output::format::{Endpoint, HumanDuration, WallClock},
     tcp_state::TcpState,
 };
+
+/// The owner to show next to a transition, as the socket table resolved it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShownOwner {
+    pub pid: u32,
+    pub comm: Comm,
+    pub source: OwnerSource,
+    /// False once the process has exited (the PID may name another process now).
+    pub alive: bool,
+    pub cgroup_id: u64,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -26,11 +37,20 @@ pub struct StreamPrinter<W: Write> {
 /// One `--format json` line. Field names are a stable interface: README.md documents
 /// them; add fields, never rename or remove.
 #[derive(Serialize)]
-pub struct JsonTransition<'a> {
+pub struct JsonTransition {
     pub ts_ns: u64,
-    pub pid: u32,
-    pub tid: u32,
-    pub comm: &'a str,
+    /// The socket's owner; null when portwatch does not know it.
+    pub pid: Option<u32>,
+    pub comm: Option<Comm>,
+    pub owner_source: Option<OwnerSource>,
+    pub owner_alive: Option<bool>,
+    pub cgroup_id: Option<u64>,
+    /// The task that was on the CPU; unless `by_syscall`, possibly a bystander.
+    pub task_pid: u32,
+    pub task_tid: u32,
+    pub task_comm: Comm,
+    pub by_syscall: bool,
+    pub origin: Option<Origin>,
     pub family: Family,
     pub saddr: std::net::IpAddr,
     pub sport: u16,
@@ -43,13 +63,20 @@ pub struct JsonTransition<'a> {
     pub in_state_ns: Option<u64>,
 }
 
-impl<'a> From<&'a Transition> for JsonTransition<'a> {
-    fn from(event: &'a Transition) -> Self {
+impl JsonTransition {
+    pub fn new(event: &Transition, owner: Option<&ShownOwner>) -> Self {
         JsonTransition {
             ts_ns: event.ts_ns,
-            pid: event.pid,
-            tid: event.tid,
-            comm: &event.comm,
+            pid: owner.map(|o| o.pid),
+            comm: owner.map(|o| o.comm),
+            owner_source: owner.map(|o| o.source),
+            owner_alive: owner.map(|o| o.alive),
+            cgroup_id: owner.map(|o| o.cgroup_id).filter(|&id| id != 0),
+            task_pid: event.task.pid,
+            task_tid: event.task.tid,
+            task_comm: event.task.comm,
+            by_syscall: event.by_syscall,
+            origin: event.origin,
             family: event.family,
             saddr: event.saddr,
             sport: event.sport,
@@ -79,10 +106,10 @@ impl<W: Write> StreamPrinter<W> {
         Ok(())
     }
 
-    pub fn print(&mut self, event: &Transition) -> io::Result<()> {
+    pub fn print(&mut self, event: &Transition, owner: Option<&ShownOwner>) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, &JsonTransition::from(event))?;
+                serde_json::to_writer(&mut self.out, &JsonTransition::new(event, owner))?;
                 self.out.write_all(b"\n")
             }
             Format::Text => {
@@ -91,8 +118,8 @@ impl<W: Write> StreamPrinter<W> {
                     self.out,
                     "{} {:>7} {:<16} {:<22} {:<22} {:<26} ",
                     self.clock.time_of_day(event.ts_ns),
-                    event.pid,
-                    event.comm,
+                    OwnerPid(owner),
+                    OwnerComm(owner),
                     Endpoint(event.saddr, event.sport),
                     Endpoint(event.daddr, event.dport),
                     transition,
@@ -111,6 +138,31 @@ impl<W: Write> StreamPrinter<W> {
 
     pub fn into_inner(self) -> W {
         self.out
+    }
+}
+
+/// The owner's PID, or `-` when unknown.
+struct OwnerPid<'a>(Option<&'a ShownOwner>);
+
+impl std::fmt::Display for OwnerPid<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(owner) => owner.pid.fmt(f),
+            None => f.pad("-"),
+        }
+    }
+}
+
+/// The owner's comm; `?` when unknown, a dagger suffix when it has exited.
+struct OwnerComm<'a>(Option<&'a ShownOwner>);
+
+impl std::fmt::Display for OwnerComm<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(owner) if owner.alive => owner.comm.fmt(f),
+            Some(owner) => f.pad(&format!("{}\u{2020}", owner.comm)),
+            None => f.pad("?"),
+        }
     }
 }
 
@@ -147,9 +199,21 @@ mod tests {
         Transition::try_from(&raw_v4()).unwrap()
     }
 
+    const OWNER: ShownOwner = ShownOwner {
+        pid: 1000,
+        comm: Comm::from_bytes(*b"nginx\0\0\0\0\0\0\0\0\0\0\0"),
+        source: OwnerSource::Accept,
+        alive: true,
+        cgroup_id: 77,
+    };
+
     fn printed(format: Format, event: &Transition) -> String {
+        printed_with(format, event, Some(&OWNER))
+    }
+
+    fn printed_with(format: Format, event: &Transition, owner: Option<&ShownOwner>) -> String {
         let mut printer = StreamPrinter::new(Vec::new(), format, WallClock::now());
-        printer.print(event).unwrap();
+        printer.print(event, owner).unwrap();
         String::from_utf8(printer.into_inner()).unwrap()
     }
 
@@ -162,9 +226,16 @@ mod tests {
             value,
             serde_json::json!({
                 "ts_ns": 123_456_789,
-                "pid": 4242,
-                "tid": 4243,
-                "comm": "curl",
+                "pid": 1000,
+                "comm": "nginx",
+                "owner_source": "accept",
+                "owner_alive": true,
+                "cgroup_id": 77,
+                "task_pid": 4242,
+                "task_tid": 4243,
+                "task_comm": "curl",
+                "by_syscall": false,
+                "origin": "active",
                 "family": "ipv4",
                 "saddr": "127.0.0.1",
                 "sport": 40000,
@@ -192,14 +263,31 @@ mod tests {
     }
 
     #[test]
+    fn unknown_and_exited_owners() {
+        let value: serde_json::Value =
+            serde_json::from_str(&printed_with(Format::Json, &event(), None)).unwrap();
+        assert_eq!(value["pid"], serde_json::Value::Null);
+        assert_eq!(value["comm"], serde_json::Value::Null);
+        assert_eq!(value["task_pid"], 4242);
+        let text = printed_with(Format::Text, &event(), None);
+        assert_eq!(text.split_whitespace().nth(1), Some("-"));
+        let exited = ShownOwner {
+            alive: false,
+            ..OWNER
+        };
+        let text = printed_with(Format::Text, &event(), Some(&exited));
+        assert_eq!(text.split_whitespace().nth(2), Some("nginx\u{2020}"));
+    }
+
+    #[test]
     fn text_line_reads_left_to_right() {
         let line = printed(Format::Text, &event());
         let columns: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(
             &columns[1..],
             [
-                "4242",
-                "curl",
+                "1000",
+                "nginx",
                 "127.0.0.1:40000",
                 "10.1.2.3:443",
                 "SYN_SENT",
@@ -215,7 +303,7 @@ mod tests {
     fn text_columns_line_up_with_the_header() {
         let mut printer = StreamPrinter::new(Vec::new(), Format::Text, WallClock::now());
         printer.header().unwrap();
-        printer.print(&event()).unwrap();
+        printer.print(&event(), Some(&OWNER)).unwrap();
         let text = String::from_utf8(printer.into_inner()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         let column = |line: &str, needle: &str| line.find(needle).unwrap();

@@ -4,13 +4,16 @@
 
 use std::{
     collections::HashMap,
+    io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     time::Duration,
 };
 
 use portwatch::{
     bpf::{EventReader, Tracer, TracerOptions},
-    event::{Transition, decode},
+    event::{Event, Transition, decode},
+    sockets::table::{SocketOwner, SocketTable},
     tcp_state::TcpState,
 };
 
@@ -34,13 +37,13 @@ pub fn start_tracer(options: &TracerOptions) -> (Tracer, EventReader) {
 }
 
 /// Reads events until `done` says the collected ones are complete, or fails after
-/// `timeout`. Only events for which `keep` is true are collected.
+/// `timeout`. Transitions are kept when `keep` says so; accept and exit events always.
 pub async fn collect_until(
     reader: &mut EventReader,
     keep: impl Fn(&Transition) -> bool,
-    done: impl Fn(&[Transition]) -> bool,
+    done: impl Fn(&[Event]) -> bool,
     timeout: Duration,
-) -> Vec<Transition> {
+) -> Vec<Event> {
     let mut events = Vec::new();
     let deadline = tokio::time::Instant::now() + timeout;
     while !done(&events) {
@@ -48,7 +51,11 @@ pub async fn collect_until(
             deadline,
             reader.read_batch(|bytes| {
                 let event = decode(bytes).expect("the kernel sent an undecodable record");
-                if keep(&event) {
+                let wanted = match &event {
+                    Event::Transition(transition) => keep(transition),
+                    Event::Accepted(_) | Event::Exited(_) => true,
+                };
+                if wanted {
                     events.push(event);
                 }
             }),
@@ -64,8 +71,18 @@ pub async fn collect_until(
     events
 }
 
-/// Events grouped by socket, in arrival order.
-pub fn by_socket(events: &[Transition]) -> HashMap<u64, Vec<&Transition>> {
+pub fn transitions_of(events: &[Event]) -> Vec<&Transition> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Transition(transition) => Some(transition),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Transitions grouped by socket, in arrival order.
+pub fn by_socket<'a>(events: &[&'a Transition]) -> HashMap<u64, Vec<&'a Transition>> {
     let mut sockets: HashMap<u64, Vec<&Transition>> = HashMap::new();
     for event in events {
         sockets.entry(event.sock).or_default().push(event);
@@ -75,6 +92,22 @@ pub fn by_socket(events: &[Transition]) -> HashMap<u64, Vec<&Transition>> {
 
 pub fn transitions(events: &[&Transition]) -> Vec<(TcpState, TcpState)> {
     events.iter().map(|e| (e.old_state, e.new_state)).collect()
+}
+
+/// Feeds events to a socket table, as portwatch does, and returns each transition with
+/// the owner the table resolved for it.
+pub fn resolve_owners(
+    table: &mut SocketTable,
+    events: &[Event],
+) -> Vec<(Transition, Option<SocketOwner>)> {
+    let mut resolved = Vec::new();
+    for event in events {
+        let owner = table.apply(event);
+        if let Event::Transition(transition) = event {
+            resolved.push((transition.clone(), owner));
+        }
+    }
+    resolved
 }
 
 /// One complete connection on loopback: the client connects, closes first, the server
@@ -95,11 +128,79 @@ pub fn connect_and_close(listen_on: SocketAddr) -> (SocketAddr, SocketAddr) {
     (server_addr, client_addr)
 }
 
-/// True when `events` hold a transition to CLOSE for all `count` sockets seen.
-pub fn all_closed(events: &[Transition], count: usize) -> bool {
-    let sockets = by_socket(events);
+/// True when the transitions hold a transition to CLOSE for all `count` sockets seen.
+pub fn all_closed(events: &[Event], count: usize) -> bool {
+    let transitions = transitions_of(events);
+    let sockets = by_socket(&transitions);
     sockets.len() == count
         && sockets
             .values()
             .all(|events| events.iter().any(|e| e.new_state == TcpState::Close))
+}
+
+/// A real process playing a TCP role from tests/fixtures/tcp_actor.py. It is killed
+/// when dropped.
+pub struct Actor {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+    pub port: u16,
+}
+
+impl Actor {
+    /// Starts `role` with `args` and waits for its "ready <pid> <port>" line.
+    pub fn start(role: &str, args: &[&str]) -> Actor {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tcp_actor.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(role)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the test actors");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut actor = Actor {
+            child,
+            stdin,
+            stdout,
+            pid: 0,
+            port: 0,
+        };
+        let ready = actor.expect_line("ready");
+        actor.pid = ready[0].parse().unwrap();
+        actor.port = ready[1].parse().unwrap();
+        actor
+    }
+
+    /// Waits for the next line, which must start with `word`; returns its other words.
+    pub fn expect_line(&mut self, word: &str) -> Vec<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("reading the actor");
+        let mut words = line.split_whitespace().map(str::to_owned);
+        assert_eq!(words.next().as_deref(), Some(word), "actor said {line:?}");
+        words.collect()
+    }
+
+    /// Lets the actor go on past its current wait.
+    pub fn proceed(&mut self) {
+        let stdin = self.stdin.as_mut().expect("actor stdin");
+        stdin.write_all(b"go\n").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    /// Waits for the actor to exit by itself.
+    pub fn wait(mut self) {
+        self.stdin.take();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Actor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -1,0 +1,37 @@
+//! `sched:sched_process_exit`: a process is gone, so its PID may be reused.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use portwatch_common::{COMM_LEN, Counter, EventKind, ExitEvent};
+
+use crate::{EVENTS, count};
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn process_exit(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // Only the thread group leader's exit ends the process as a PID's owner.
+    if tgid != tid {
+        return 0;
+    }
+    let Some(mut record) = EVENTS.reserve::<ExitEvent>(0) else {
+        count(Counter::RingBufFull);
+        return 0;
+    };
+    let event = record.as_mut_ptr();
+    // SAFETY: `event` points at a reserved record of size_of::<ExitEvent>() bytes that
+    // only this program writes until submit; every field is written.
+    unsafe {
+        (*event).kind = EventKind::Exit as u32;
+        (*event).tgid = tgid;
+        (*event).ts_ns = bpf_ktime_get_ns();
+        let comm = (*event).comm.as_mut_ptr().cast();
+        if bpf_get_current_comm(comm, COMM_LEN as u32) != 0 {
+            (*event).comm = [0; COMM_LEN];
+        }
+    }
+    record.submit(0);
+    0
+}

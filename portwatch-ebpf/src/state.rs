@@ -1,0 +1,274 @@
+//! `sock:inet_sock_set_state`: every TCP transition, with the socket's owner.
+//!
+//! Who owns a socket is learned only where it is certain, and then carried with the
+//! socket in `SOCKETS`:
+//! - transitions that only a system call on the socket makes (connect: CLOSE ->
+//!   SYN_SENT, listen: CLOSE -> LISTEN, close/shutdown: -> FIN_WAIT1, CLOSE_WAIT ->
+//!   LAST_ACK, LISTEN -> CLOSE) run in the context of a process holding the socket, so
+//!   the current task owns it;
+//! - every other transition (packet receive, timers, resets: SYN_RECV -> ESTABLISHED,
+//!   ESTABLISHED -> CLOSE_WAIT, LAST_ACK -> CLOSE, ...) may run in softirq context on
+//!   whatever task was interrupted, and never changes the owner. (BPF cannot read the
+//!   record's common_flags, which would tell the context: the kernel overwrites the
+//!   first 8 bytes of the record with a pt_regs pointer for BPF programs.)
+//! - a passive socket starts with its listener's owner (provisional), until the accept
+//!   hook sees a process accept it.
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use portwatch_common::{
+    AF_INET6, COMM_LEN, Counter, EventKind, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN, IPPROTO_TCP,
+    Origin, Owner, OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state,
+};
+
+use crate::{EVENTS, LISTENERS, PEERS, SOCKETS, count, current_owner, field};
+
+/// The record of `sock:inet_sock_set_state`, as its format file in tracefs describes it
+/// (include/trace/events/sock.h): stable since Linux 4.16, which added `protocol`.
+/// Userspace checks these offsets against the running kernel's format file before
+/// loading this program. Addresses are integers so each is read with aligned loads.
+#[repr(C)]
+struct InetSockSetStateArgs {
+    /// The common fields; not readable from BPF.
+    _common: u64,
+    skaddr: u64,
+    oldstate: i32,
+    newstate: i32,
+    sport: u16,
+    dport: u16,
+    family: u16,
+    protocol: u16,
+    saddr: u32,
+    daddr: u32,
+    saddr_v6: [u64; 2],
+    daddr_v6: [u64; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<InetSockSetStateArgs>() == 72);
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    on_state_change(&ctx);
+    0
+}
+
+fn on_state_change(ctx: &TracePointContext) {
+    let args = ctx.as_ptr().cast::<InetSockSetStateArgs>().cast_const();
+    if field!(args.protocol) != IPPROTO_TCP {
+        return;
+    }
+    // SAFETY: bpf_ktime_get_ns has no preconditions; aya marks all raw helpers unsafe.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let sock = field!(args.skaddr);
+    let old_state = field!(args.oldstate) as u8;
+    let new_state = field!(args.newstate) as u8;
+    let sport = field!(args.sport);
+    let dport = field!(args.dport);
+    let family = field!(args.family);
+    let (saddr, daddr) = if family == AF_INET6 {
+        (
+            [field!(args.saddr_v6[0]), field!(args.saddr_v6[1])],
+            [field!(args.daddr_v6[0]), field!(args.daddr_v6[1])],
+        )
+    } else {
+        // AF_INET: the address's 4 bytes, in network order, first.
+        (
+            [field!(args.saddr) as u64, 0],
+            [field!(args.daddr) as u64, 0],
+        )
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let by_syscall = made_by_syscall(old_state, new_state);
+    let actor = by_syscall && (pid_tgid >> 32) != 0;
+
+    let tracked = track(sock, old_state, new_state, sport, now, actor);
+    if new_state == tcp_state::LISTEN {
+        remember_listener(sport, &tracked.owner);
+    } else if old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE {
+        let _ = LISTENERS.remove(u32::from(sport));
+    }
+    let peer = PeerKey {
+        addr: addr_bytes(daddr),
+        port: dport,
+        family,
+        _pad: 0,
+    };
+    if old_state == tcp_state::LISTEN && new_state == tcp_state::SYN_RECV {
+        if PEERS.insert(peer, sock, 0).is_err() {
+            count(Counter::OwnerTableFull);
+        }
+    } else if new_state == tcp_state::CLOSE && tracked.owner.origin == Origin::Passive as u8 {
+        let _ = PEERS.remove(peer);
+    }
+
+    let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
+        count(Counter::RingBufFull);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    let mut flags = 0;
+    if tracked.in_state_ns.is_some() {
+        flags |= FLAG_IN_STATE_KNOWN;
+    }
+    if by_syscall {
+        flags |= FLAG_BY_SYSCALL;
+    }
+    // SAFETY: `event` points at a reserved, 8-byte aligned ring-buffer record of
+    // size_of::<StateEvent>() bytes that only this program writes until submit. Every
+    // field is written, so no stale bytes reach userspace. The address fields sit at
+    // 8-byte aligned offsets (48 and 64), so they can be stored as two u64 each.
+    unsafe {
+        (*event).kind = EventKind::State as u32;
+        (*event).flags = flags;
+        (*event).ts_ns = now;
+        (*event).sock = sock;
+        (*event).in_state_ns = tracked.in_state_ns.unwrap_or(0);
+        (*event).opened_ns = tracked.opened_ns;
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).tid = pid_tgid as u32;
+        *(*event).saddr.as_mut_ptr().cast::<[u64; 2]>() = saddr;
+        *(*event).daddr.as_mut_ptr().cast::<[u64; 2]>() = daddr;
+        let comm = (*event).comm.as_mut_ptr().cast();
+        if bpf_get_current_comm(comm, COMM_LEN as u32) != 0 {
+            (*event).comm = [0; COMM_LEN];
+        }
+        (*event).sport = sport;
+        (*event).dport = dport;
+        (*event).family = family;
+        (*event).old_state = old_state;
+        (*event).new_state = new_state;
+        (*event).owner = tracked.owner;
+    }
+    entry.submit(0);
+}
+
+/// What the socket table says about a socket after a transition.
+struct Tracked {
+    in_state_ns: Option<u64>,
+    opened_ns: u64,
+    owner: Owner,
+}
+
+/// Updates the socket's entry in `SOCKETS` for a transition at `now` and returns what
+/// the event should carry.
+#[inline(always)]
+fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: bool) -> Tracked {
+    if let Some(entry) = SOCKETS.get_ptr_mut(sock) {
+        // SAFETY: the map returned a valid pointer to the value; tracepoints for one
+        // socket are serialised by the socket lock, so nothing else writes it now.
+        let entry = unsafe { &mut *entry };
+        let in_state_ns = Some(now.saturating_sub(entry.state_since_ns));
+        if actor && !owner_is_certain(&entry.owner) {
+            let origin = entry.owner.origin;
+            entry.owner = current_owner(OwnerSource::Syscall, origin);
+        }
+        let tracked = Tracked {
+            in_state_ns,
+            opened_ns: entry.opened_ns,
+            owner: entry.owner,
+        };
+        if new_state == tcp_state::CLOSE {
+            // The socket is done (or became a time-wait mini-socket, which this
+            // tracepoint never reports; the event carries its owner to userspace).
+            let _ = SOCKETS.remove(sock);
+        } else {
+            entry.state_since_ns = now;
+        }
+        return tracked;
+    }
+
+    // First sight of this socket: either it is new, or it predates portwatch.
+    let (origin, opened_ns) = match (old_state, new_state) {
+        (tcp_state::CLOSE, tcp_state::SYN_SENT) => (Origin::Active, now),
+        (tcp_state::CLOSE, tcp_state::LISTEN) => (Origin::Listener, now),
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) => (Origin::Passive, now),
+        _ => (Origin::Unknown, 0),
+    };
+    let owner = if actor {
+        let source = match new_state {
+            tcp_state::SYN_SENT => OwnerSource::Connect,
+            tcp_state::LISTEN => OwnerSource::Listen,
+            _ => OwnerSource::Syscall,
+        };
+        current_owner(source, origin as u8)
+    } else if origin == Origin::Passive {
+        inherited_from_listener(sport)
+    } else {
+        Owner {
+            origin: origin as u8,
+            ..Owner::UNKNOWN
+        }
+    };
+    if new_state != tcp_state::CLOSE {
+        let entry = SocketEntry {
+            state_since_ns: now,
+            opened_ns,
+            owner,
+        };
+        if SOCKETS.insert(sock, entry, 0).is_err() {
+            count(Counter::SocketTableFull);
+        }
+    }
+    Tracked {
+        in_state_ns: None,
+        opened_ns,
+        owner,
+    }
+}
+
+/// Transitions only a system call on the socket makes (include/net/tcp_states.h and
+/// net/ipv4/tcp.c: tcp_v4_connect, inet_csk_listen_start, tcp_close_state). Each runs
+/// in the calling process, so its current task holds the socket.
+#[inline(always)]
+fn made_by_syscall(old_state: u8, new_state: u8) -> bool {
+    matches!(
+        (old_state, new_state),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT)
+            | (tcp_state::CLOSE, tcp_state::LISTEN)
+            | (tcp_state::LISTEN, tcp_state::CLOSE)
+            | (tcp_state::ESTABLISHED, tcp_state::FIN_WAIT1)
+            | (tcp_state::SYN_RECV, tcp_state::FIN_WAIT1)
+            | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK)
+    )
+}
+
+/// Learned in the owner's own system call, as opposed to unknown or provisional.
+#[inline(always)]
+fn owner_is_certain(owner: &Owner) -> bool {
+    owner.source != OwnerSource::Unknown as u8 && owner.source != OwnerSource::Listener as u8
+}
+
+#[inline(always)]
+fn inherited_from_listener(port: u16) -> Owner {
+    // SAFETY: the value is copied out at once; a concurrent update of the same
+    // listener can only make it one owner staler.
+    match unsafe { LISTENERS.get(u32::from(port)) } {
+        Some(listener) => Owner {
+            source: OwnerSource::Listener as u8,
+            origin: Origin::Passive as u8,
+            ..*listener
+        },
+        None => Owner {
+            origin: Origin::Passive as u8,
+            ..Owner::UNKNOWN
+        },
+    }
+}
+
+#[inline(always)]
+fn remember_listener(port: u16, owner: &Owner) {
+    if owner.tgid != 0 && LISTENERS.insert(u32::from(port), *owner, 0).is_err() {
+        count(Counter::OwnerTableFull);
+    }
+}
+
+#[inline(always)]
+fn addr_bytes(words: [u64; 2]) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&words[0].to_ne_bytes());
+    bytes[8..].copy_from_slice(&words[1].to_ne_bytes());
+    bytes
+}

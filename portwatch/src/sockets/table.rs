@@ -1,0 +1,429 @@
+//! The live socket table in userspace: a mirror of the kernel's, fed by events, seeded
+//! by the startup snapshot, and the one place that answers "who owns this socket?".
+//!
+//! Pure code over events and timestamps (no clock, no I/O), so it is tested with
+//! synthetic streams.
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::{
+    event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
+    tcp_state::TcpState,
+};
+
+/// Linux keeps a socket in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN), not configurable.
+pub const TIME_WAIT_NS: u64 = 60_000_000_000;
+
+/// A connection's two ends, as seen from the socket's side. IPv4-mapped IPv6
+/// addresses are stored as IPv4, so the kernel's events and sock_diag agree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Tuple {
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+impl Tuple {
+    pub fn of(event: &Transition) -> Self {
+        Tuple {
+            saddr: event.saddr,
+            sport: event.sport,
+            daddr: event.daddr,
+            dport: event.dport,
+        }
+    }
+}
+
+/// A process as an owner: its PID and which life of that PID (see
+/// [`SocketTable::is_alive`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessRef {
+    pub pid: u32,
+    /// How many exits of this PID portwatch had seen when it learned the owner.
+    pub generation: u32,
+}
+
+/// Who owns a socket, as far as portwatch knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub process: ProcessRef,
+    pub comm: Comm,
+    pub cgroup_id: u64,
+    pub source: OwnerSource,
+}
+
+/// A socket that existed before portwatch attached, from the startup snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seed {
+    pub tuple: Tuple,
+    pub state: TcpState,
+    /// Processes holding its file descriptor; the first is taken as the owner.
+    pub holders: Vec<(u32, Comm)>,
+    /// A lower bound on how long it has been in `state` when the snapshot was taken.
+    pub in_state_at_least_ns: Option<u64>,
+    /// CLOCK_MONOTONIC time of the snapshot.
+    pub taken_ns: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LiveSocket {
+    pub tuple: Tuple,
+    pub state: TcpState,
+    /// When it entered `state`; for sockets that predate portwatch, the latest time it
+    /// can have (see `state_since_exact`).
+    pub state_since_ns: u64,
+    /// False when `state_since_ns` is only an upper bound (the socket predates portwatch).
+    pub state_since_exact: bool,
+    pub opened_ns: Option<u64>,
+    pub origin: Option<Origin>,
+    pub owner: Option<SocketOwner>,
+}
+
+/// A time-wait mini-socket, charged to the process whose socket closed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeWait {
+    pub tuple: Tuple,
+    pub since_ns: u64,
+    pub owner: Option<SocketOwner>,
+}
+
+#[derive(Debug, Default)]
+pub struct SocketTable {
+    live: HashMap<u64, LiveSocket>,
+    /// In the order they entered TIME_WAIT, which is also the order they expire.
+    time_wait: VecDeque<TimeWait>,
+    /// Sockets from the startup snapshot that no event has named yet.
+    seeds: HashMap<Tuple, Seed>,
+    /// Exits seen per PID: an owner learned before the latest exit is gone.
+    exits: HashMap<u32, u32>,
+}
+
+impl SocketTable {
+    pub fn new() -> Self {
+        SocketTable::default()
+    }
+
+    /// Adds a socket from the startup snapshot. It is matched to the kernel's identity
+    /// by its 4-tuple when its first event arrives.
+    pub fn seed(&mut self, seed: Seed) {
+        self.seeds.insert(seed.tuple, seed);
+    }
+
+    /// Applies one event; for a transition, returns the socket's owner afterwards.
+    pub fn apply(&mut self, event: &Event) -> Option<SocketOwner> {
+        match event {
+            Event::Transition(transition) => self.transition(transition),
+            Event::Accepted(accepted) => {
+                self.accepted(accepted);
+                None
+            }
+            Event::Exited(exited) => {
+                self.exited(exited);
+                None
+            }
+        }
+    }
+
+    fn transition(&mut self, event: &Transition) -> Option<SocketOwner> {
+        self.expire_time_wait(event.ts_ns);
+        let learned = event.owner.map(|owner| self.owner_from(&owner));
+        let tuple = Tuple::of(event);
+        let socket = match self.live.entry(event.sock) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let seed = self.seeds.remove(&tuple);
+                entry.insert(new_socket(event, seed, &self.exits))
+            }
+        };
+        if let Some(learned) = learned
+            && should_replace(socket.owner.as_ref(), &learned)
+        {
+            socket.owner = Some(learned);
+        }
+        // The local port of CLOSE -> SYN_SENT is 0: the kernel picks it afterwards.
+        socket.tuple = tuple;
+        socket.state = event.new_state;
+        socket.state_since_ns = event.ts_ns;
+        socket.state_since_exact = true;
+        if event.origin.is_some() {
+            socket.origin = event.origin;
+        }
+        let owner = socket.owner;
+        if event.new_state == TcpState::Close {
+            self.live.remove(&event.sock);
+            if event.enters_time_wait() {
+                self.time_wait.push_back(TimeWait {
+                    tuple,
+                    since_ns: event.ts_ns,
+                    owner,
+                });
+            }
+        }
+        owner
+    }
+
+    fn accepted(&mut self, event: &Accepted) {
+        let owner = self.owner_from(&event.owner);
+        if let Some(socket) = self.live.get_mut(&event.sock) {
+            socket.owner = Some(owner);
+        }
+    }
+
+    fn exited(&mut self, event: &Exited) {
+        *self.exits.entry(event.pid).or_default() += 1;
+    }
+
+    fn owner_from(&self, owner: &Owner) -> SocketOwner {
+        SocketOwner {
+            process: ProcessRef {
+                pid: owner.pid,
+                generation: self.exits.get(&owner.pid).copied().unwrap_or(0),
+            },
+            comm: owner.comm,
+            cgroup_id: owner.cgroup_id,
+            source: owner.source,
+        }
+    }
+
+    /// False once the process has exited: its PID may belong to another process now.
+    pub fn is_alive(&self, process: &ProcessRef) -> bool {
+        self.exits.get(&process.pid).copied().unwrap_or(0) == process.generation
+    }
+
+    /// Forgets TIME_WAIT sockets older than 60 s at `now_ns`.
+    pub fn expire_time_wait(&mut self, now_ns: u64) {
+        while let Some(oldest) = self.time_wait.front() {
+            if now_ns.saturating_sub(oldest.since_ns) < TIME_WAIT_NS {
+                break;
+            }
+            self.time_wait.pop_front();
+        }
+    }
+
+    pub fn live(&self) -> impl Iterator<Item = (&u64, &LiveSocket)> {
+        self.live.iter()
+    }
+
+    pub fn time_wait(&self) -> impl Iterator<Item = &TimeWait> {
+        self.time_wait.iter()
+    }
+
+    /// Startup-snapshot sockets no event has touched yet (still in their seeded state).
+    pub fn unmatched_seeds(&self) -> impl Iterator<Item = &Seed> {
+        self.seeds.values()
+    }
+
+    pub fn get(&self, sock: u64) -> Option<&LiveSocket> {
+        self.live.get(&sock)
+    }
+}
+
+fn new_socket(event: &Transition, seed: Option<Seed>, exits: &HashMap<u32, u32>) -> LiveSocket {
+    let seeded_owner = seed.as_ref().and_then(|seed| {
+        let &(pid, comm) = seed.holders.first()?;
+        Some(SocketOwner {
+            process: ProcessRef {
+                pid,
+                generation: exits.get(&pid).copied().unwrap_or(0),
+            },
+            comm,
+            cgroup_id: 0,
+            source: OwnerSource::Procfs,
+        })
+    });
+    LiveSocket {
+        tuple: Tuple::of(event),
+        state: event.old_state,
+        state_since_ns: event.ts_ns,
+        state_since_exact: false,
+        opened_ns: event.opened_ns,
+        origin: event.origin,
+        owner: seeded_owner,
+    }
+}
+
+/// Owners learned in the owner's own system call win; a provisional (listener) owner
+/// never replaces one found in /proc or learned for certain.
+///
+/// The same PID and comm again is the same owner: keeping the one learned first keeps
+/// its generation, so an owner that has exited stays exited.
+fn should_replace(current: Option<&SocketOwner>, learned: &SocketOwner) -> bool {
+    match current {
+        None => true,
+        Some(current)
+            if current.process.pid == learned.process.pid && current.comm == learned.comm =>
+        {
+            false
+        }
+        Some(_) if learned.source.is_certain() => true,
+        Some(current) => !current.source.is_certain() && current.source != OwnerSource::Procfs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Family, Task};
+
+    const SERVER: u32 = 100;
+    const CLIENT: u32 = 200;
+
+    fn owner(pid: u32, name: &str, source: OwnerSource) -> Option<Owner> {
+        Some(Owner {
+            pid,
+            comm: Comm::new(name),
+            cgroup_id: 1,
+            source,
+        })
+    }
+
+    fn event(sock: u64, ts: u64, old: TcpState, new: TcpState, owner: Option<Owner>) -> Event {
+        Event::Transition(Transition {
+            ts_ns: ts,
+            sock,
+            task: Task {
+                pid: 0,
+                tid: 0,
+                comm: Comm::new("swapper/0"),
+            },
+            by_syscall: false,
+            owner,
+            origin: Some(Origin::Passive),
+            family: Family::Ipv4,
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport: 8080,
+            daddr: "127.0.0.1".parse().unwrap(),
+            dport: 40000 + (sock as u16),
+            old_state: old,
+            new_state: new,
+            in_state_ns: None,
+            opened_ns: Some(ts),
+        })
+    }
+
+    #[test]
+    fn accept_replaces_the_provisional_listener_owner() {
+        let mut table = SocketTable::new();
+        let parent = owner(SERVER, "parent", OwnerSource::Listener);
+        table.apply(&event(1, 10, TcpState::Listen, TcpState::SynRecv, parent));
+        let child = owner(SERVER + 1, "child", OwnerSource::Accept).unwrap();
+        table.apply(&Event::Accepted(Accepted {
+            ts_ns: 20,
+            sock: 1,
+            owner: child,
+        }));
+        // A later softirq transition still carries the kernel's (now accepted) owner,
+        // but even a stale provisional one must not undo the accept.
+        let shown = table
+            .apply(&event(
+                1,
+                30,
+                TcpState::Established,
+                TcpState::CloseWait,
+                parent,
+            ))
+            .unwrap();
+        assert_eq!(shown.process.pid, SERVER + 1);
+        assert_eq!(shown.source, OwnerSource::Accept);
+        assert_eq!(table.get(1).unwrap().state, TcpState::CloseWait);
+    }
+
+    #[test]
+    fn seeded_socket_gets_its_snapshot_owner() {
+        let mut table = SocketTable::new();
+        let tuple = Tuple {
+            saddr: "127.0.0.1".parse().unwrap(),
+            sport: 8080,
+            daddr: "127.0.0.1".parse().unwrap(),
+            dport: 40007,
+        };
+        table.seed(Seed {
+            tuple,
+            state: TcpState::CloseWait,
+            holders: vec![(SERVER, Comm::new("leaky"))],
+            in_state_at_least_ns: Some(40_000_000_000),
+            taken_ns: 5,
+        });
+        assert_eq!(table.unmatched_seeds().count(), 1);
+        // The leaker finally closes: CLOSE_WAIT -> LAST_ACK, unknown to the kernel table.
+        let shown = table
+            .apply(&event(7, 50, TcpState::CloseWait, TcpState::LastAck, None))
+            .unwrap();
+        assert_eq!(shown.process.pid, SERVER);
+        assert_eq!(shown.source, OwnerSource::Procfs);
+        assert_eq!(table.unmatched_seeds().count(), 0);
+    }
+
+    #[test]
+    fn time_wait_is_charged_to_the_closer_and_expires_after_60s() {
+        let mut table = SocketTable::new();
+        let client = owner(CLIENT, "client", OwnerSource::Connect);
+        table.apply(&event(2, 0, TcpState::Close, TcpState::SynSent, client));
+        table.apply(&event(
+            2,
+            10,
+            TcpState::FinWait1,
+            TcpState::FinWait2,
+            client,
+        ));
+        table.apply(&event(2, 20, TcpState::FinWait2, TcpState::Close, client));
+        assert!(table.get(2).is_none());
+        let tw: Vec<_> = table.time_wait().collect();
+        assert_eq!(tw.len(), 1);
+        assert_eq!(tw[0].owner.unwrap().process.pid, CLIENT);
+        table.expire_time_wait(20 + TIME_WAIT_NS - 1);
+        assert_eq!(table.time_wait().count(), 1);
+        table.expire_time_wait(20 + TIME_WAIT_NS);
+        assert_eq!(table.time_wait().count(), 0);
+    }
+
+    #[test]
+    fn a_reset_from_last_ack_is_not_time_wait() {
+        let mut table = SocketTable::new();
+        table.apply(&event(3, 0, TcpState::LastAck, TcpState::Close, None));
+        assert_eq!(table.time_wait().count(), 0);
+    }
+
+    #[test]
+    fn exited_owner_is_not_confused_with_a_reused_pid() {
+        let mut table = SocketTable::new();
+        let first = owner(SERVER, "old", OwnerSource::Accept);
+        let before = table
+            .apply(&event(
+                4,
+                0,
+                TcpState::Established,
+                TcpState::CloseWait,
+                first,
+            ))
+            .unwrap();
+        assert!(table.is_alive(&before.process));
+        table.apply(&Event::Exited(Exited {
+            ts_ns: 1,
+            pid: SERVER,
+            comm: Comm::new("old"),
+        }));
+        assert!(!table.is_alive(&before.process), "the owner is gone");
+        // A new process gets the same PID and opens a socket of its own.
+        let reused = owner(SERVER, "new", OwnerSource::Connect);
+        let now = table
+            .apply(&event(5, 2, TcpState::Close, TcpState::SynSent, reused))
+            .unwrap();
+        assert!(table.is_alive(&now.process));
+        assert_ne!(now.process, before.process);
+        // The orphan's later events still carry the old owner from the kernel table: it
+        // stays known to be gone.
+        let later = table
+            .apply(&event(4, 3, TcpState::CloseWait, TcpState::LastAck, first))
+            .unwrap();
+        assert!(!table.is_alive(&later.process));
+        let orphan = table.get(4).unwrap().owner.unwrap();
+        assert_eq!(orphan.comm, Comm::new("old"));
+        assert!(!table.is_alive(&orphan.process));
+    }
+}
