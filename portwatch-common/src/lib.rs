@@ -23,6 +23,8 @@ pub enum EventKind {
     Owner = 2,
     /// An [`ExitEvent`]: a process exited.
     Exit = 3,
+    /// A [`ConnectFailedEvent`]: connect() failed with EADDRNOTAVAIL.
+    ConnectFailed = 4,
 }
 
 /// [`StateEvent::flags`]: `in_state_ns` is known, i.e. portwatch saw the socket enter
@@ -173,6 +175,27 @@ pub struct ExitEvent {
 
 const _: () = assert!(size_of::<ExitEvent>() == 32);
 
+/// connect() returned -EADDRNOTAVAIL: no free local port for the destination, i.e. port
+/// exhaustion that already happened. The destination is in the SYN_SENT -> CLOSE
+/// transition with local port 0 that the same thread's connect() made just before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectFailedEvent {
+    /// Always [`EventKind::ConnectFailed`] as `u32`.
+    pub kind: u32,
+    /// The error, positive (99 for EADDRNOTAVAIL).
+    pub errno: u32,
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(size_of::<ConnectFailedEvent>() == 40);
+
+/// `EADDRNOTAVAIL` (include/uapi/asm-generic/errno.h).
+pub const EADDRNOTAVAIL: u32 = 99;
+
 /// Indexes into the per-CPU `COUNTERS` array, where the kernel counts what it could
 /// not deliver or remember. Userspace sums them over CPUs.
 #[repr(u32)]
@@ -232,6 +255,7 @@ pub mod names {
     pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
     pub const PROG_ACCEPT_EXIT: &str = "accept_exit";
     pub const PROG_PROCESS_EXIT: &str = "process_exit";
+    pub const PROG_CONNECT_EXIT: &str = "connect_exit";
 }
 
 /// Kernel `TCP_*` state numbers (include/net/tcp_states.h), stable since Linux 2.x.

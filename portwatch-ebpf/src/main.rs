@@ -3,11 +3,13 @@
 //!   socket table that carries each socket's owner;
 //! - `accept`: `syscalls:sys_{enter,exit}_accept{,4}`, which names the process that
 //!   accepted a socket;
+//! - `connect`: `syscalls:sys_exit_connect`, for connect() failing with EADDRNOTAVAIL;
 //! - `exit`: `sched:sched_process_exit`, so userspace never blames a reused PID.
 #![no_std]
 #![no_main]
 
 mod accept;
+mod connect;
 mod exit;
 mod state;
 

@@ -5,8 +5,9 @@ use std::{
 };
 
 use portwatch_common::{
-    AF_INET, AF_INET6, COMM_LEN, EventKind, ExitEvent, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN,
-    Origin as RawOrigin, Owner as RawOwner, OwnerEvent, OwnerSource as RawSource, StateEvent,
+    AF_INET, AF_INET6, COMM_LEN, ConnectFailedEvent, EventKind, ExitEvent, FLAG_BY_SYSCALL,
+    FLAG_IN_STATE_KNOWN, Origin as RawOrigin, Owner as RawOwner, OwnerEvent,
+    OwnerSource as RawSource, StateEvent,
 };
 use serde::{Serialize, Serializer};
 
@@ -178,11 +179,20 @@ pub struct Exited {
     pub comm: Comm,
 }
 
+/// connect() failed with EADDRNOTAVAIL: no local port was free for its destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectFailed {
+    pub ts_ns: u64,
+    pub task: Task,
+    pub errno: u32,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     Transition(Transition),
     Accepted(Accepted),
     Exited(Exited),
+    ConnectFailed(ConnectFailed),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -235,6 +245,18 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
                 comm: Comm(raw.comm),
             }))
         }
+        kind if kind == EventKind::ConnectFailed as u32 => {
+            let raw: ConnectFailedEvent = read_record(bytes, kind)?;
+            Ok(Event::ConnectFailed(ConnectFailed {
+                ts_ns: raw.ts_ns,
+                task: Task {
+                    pid: raw.tgid,
+                    tid: raw.tid,
+                    comm: Comm(raw.comm),
+                },
+                errno: raw.errno,
+            }))
+        }
         kind => Err(DecodeError::UnknownKind(kind)),
     }
 }
@@ -244,6 +266,7 @@ pub(crate) trait Record: Copy {}
 impl Record for StateEvent {}
 impl Record for OwnerEvent {}
 impl Record for ExitEvent {}
+impl Record for ConnectFailedEvent {}
 
 fn read_record<T: Record>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     let expected = size_of::<T>();
@@ -508,6 +531,26 @@ pub(crate) mod tests {
                 comm: Comm::new("curl")
             }))
         );
+    }
+
+    #[test]
+    fn decodes_connect_failures() {
+        let raw = ConnectFailedEvent {
+            kind: EventKind::ConnectFailed as u32,
+            errno: 99,
+            ts_ns: 7,
+            tgid: 10,
+            tid: 11,
+            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+        };
+        let Ok(Event::ConnectFailed(failed)) = decode(&bytes_of(&raw)) else {
+            panic!("not a connect failure");
+        };
+        assert_eq!(
+            (failed.task.pid, failed.task.tid, failed.errno),
+            (10, 11, 99)
+        );
+        assert_eq!(failed.task.comm, Comm::new("curl"));
     }
 
     #[test]

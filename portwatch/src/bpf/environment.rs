@@ -41,8 +41,9 @@ pub const ACCEPT_EXIT_TRACEPOINTS: [(&str, &str); 2] = [
     ("syscalls", "sys_exit_accept"),
 ];
 const ACCEPT_ENTER_FIELDS: [(&str, usize, usize); 1] = [("upeer_sockaddr", 24, 8)];
-const ACCEPT_EXIT_FIELDS: [(&str, usize, usize); 1] = [("ret", 16, 8)];
+const SYSCALL_EXIT_FIELDS: [(&str, usize, usize); 1] = [("ret", 16, 8)];
 pub const EXIT_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exit");
+pub const CONNECT_EXIT_TRACEPOINT: (&str, &str) = ("syscalls", "sys_exit_connect");
 
 /// Which optional hooks this kernel can serve.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct Features {
     pub accept_hook: Result<(), String>,
     /// Why the process-exit hook cannot run, if it cannot.
     pub exit_hook: Result<(), String>,
+    /// Why the failed-connect (EADDRNOTAVAIL) hook cannot run, if it cannot.
+    pub connect_hook: Result<(), String>,
 }
 
 /// Runs every check and fixes what portwatch may fix itself (mounting tracefs, raising
@@ -67,14 +70,16 @@ pub fn prepare() -> Result<(PathBuf, Features)> {
         .and_then(|()| {
             ACCEPT_EXIT_TRACEPOINTS
                 .iter()
-                .try_for_each(|&tp| check_optional(&tracefs, tp, &ACCEPT_EXIT_FIELDS))
+                .try_for_each(|&tp| check_optional(&tracefs, tp, &SYSCALL_EXIT_FIELDS))
         });
     let exit_hook = check_optional(&tracefs, EXIT_TRACEPOINT, &[]);
+    let connect_hook = check_optional(&tracefs, CONNECT_EXIT_TRACEPOINT, &SYSCALL_EXIT_FIELDS);
     Ok((
         tracefs,
         Features {
             accept_hook,
             exit_hook,
+            connect_hook,
         },
     ))
 }

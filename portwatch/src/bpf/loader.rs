@@ -92,6 +92,13 @@ impl Tracer {
                 &[environment::EXIT_TRACEPOINT],
             )?;
         }
+        if features.connect_hook.is_ok() {
+            attach(
+                &mut ebpf,
+                names::PROG_CONNECT_EXIT,
+                &[environment::CONNECT_EXIT_TRACEPOINT],
+            )?;
+        }
         attach(
             &mut ebpf,
             names::PROG_INET_SOCK_SET_STATE,

@@ -14,6 +14,12 @@ pub fn warn_about_missing_features(features: &Features) {
              the accepting process acts on them"
         );
     }
+    if let Err(why) = &features.connect_hook {
+        eprintln!(
+            "portwatch: warning: {why}; connects failing for want of a local port \
+             (EADDRNOTAVAIL) are not counted"
+        );
+    }
     if let Err(why) = &features.exit_hook {
         eprintln!("portwatch: warning: {why}; owners that exit are not marked as such");
     }

@@ -126,6 +126,7 @@ impl SocketTable {
                 self.exited(exited);
                 None
             }
+            Event::ConnectFailed(_) => None,
         }
     }
 

@@ -53,7 +53,7 @@ pub async fn collect_until(
                 let event = decode(bytes).expect("the kernel sent an undecodable record");
                 let wanted = match &event {
                     Event::Transition(transition) => keep(transition),
-                    Event::Accepted(_) | Event::Exited(_) => true,
+                    Event::Accepted(_) | Event::Exited(_) | Event::ConnectFailed(_) => true,
                 };
                 if wanted {
                     events.push(event);

@@ -1,0 +1,49 @@
+//! `syscalls:sys_exit_connect`: connect() failing with EADDRNOTAVAIL is port exhaustion
+//! that has already happened. Only failures are sent; the cost for every other connect
+//! is one load and one compare.
+use aya_ebpf::{
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use portwatch_common::{COMM_LEN, ConnectFailedEvent, Counter, EADDRNOTAVAIL, EventKind};
+
+use crate::{EVENTS, count, field};
+
+/// `syscalls:sys_exit_connect`.
+#[repr(C)]
+struct SyscallExitArgs {
+    _common: u64,
+    _syscall_nr: u64,
+    ret: i64,
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn connect_exit(ctx: TracePointContext) -> u32 {
+    let args = ctx.as_ptr().cast::<SyscallExitArgs>().cast_const();
+    if field!(args.ret) != -i64::from(EADDRNOTAVAIL) {
+        return 0;
+    }
+    let Some(mut record) = EVENTS.reserve::<ConnectFailedEvent>(0) else {
+        count(Counter::RingBufFull);
+        return 0;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = record.as_mut_ptr();
+    // SAFETY: `event` points at a reserved record of size_of::<ConnectFailedEvent>()
+    // bytes that only this program writes until submit; every field is written.
+    unsafe {
+        (*event).kind = EventKind::ConnectFailed as u32;
+        (*event).errno = EADDRNOTAVAIL;
+        (*event).ts_ns = bpf_ktime_get_ns();
+        (*event).tgid = (pid_tgid >> 32) as u32;
+        (*event).tid = pid_tgid as u32;
+        let comm = (*event).comm.as_mut_ptr().cast();
+        if bpf_get_current_comm(comm, COMM_LEN as u32) != 0 {
+            (*event).comm = [0; COMM_LEN];
+        }
+    }
+    record.submit(0);
+    0
+}
