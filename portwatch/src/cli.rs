@@ -3,7 +3,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{bpf::TracerOptions, output::stream::Format, tcp_state::TcpState};
+use crate::{
+    bpf::TracerOptions,
+    detect::report::{Severity, Thresholds},
+    output::stream::Format,
+    tcp_state::TcpState,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,8 +30,101 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Trace for a while, then name the processes that leak CLOSE_WAIT sockets or churn
+    /// connections, and forecast ephemeral-port exhaustion.
+    Report(ReportArgs),
     /// Print one line per TCP state transition, as it happens.
     Stream(StreamArgs),
+    /// Save a window of events (with the sockets open at the start) for
+    /// `report --replay`, which needs no root.
+    Record(RecordArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    /// Findings, then a table of processes.
+    Text,
+    /// One JSON object (schema in README.md).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// How long to trace, e.g. 30s, 2m. Ctrl-C ends early and still reports.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+
+    /// Exit with code 2 when a finding this severe or worse exists (for scripts and
+    /// health checks).
+    #[arg(long, value_enum, value_name = "SEVERITY")]
+    pub fail_on: Option<Severity>,
+
+    /// Report on a file made by `portwatch record` instead of tracing (no root needed).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub detection: DetectionArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+impl ReportArgs {
+    pub fn thresholds(&self) -> Thresholds {
+        let d = &self.detection;
+        Thresholds {
+            close_wait_age_ns: d.close_wait_age.as_nanos() as u64,
+            close_wait_critical: d.close_wait_critical,
+            churn_rate_per_s: d.churn_rate,
+            short_lived_ns: d.short_lived.as_nanos() as u64,
+            exhaustion_critical_s: d.exhaustion_critical.as_secs_f64(),
+        }
+    }
+}
+
+/// When behaviour becomes a finding.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Detection thresholds")]
+pub struct DetectionArgs {
+    /// A socket in CLOSE_WAIT this long is leaked (applications close within
+    /// milliseconds of reading EOF).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub close_wait_age: Duration,
+
+    /// This many CLOSE_WAIT sockets make a leak critical (so does one older than 10 min).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub close_wait_critical: usize,
+
+    /// Connections opened per second (by one process) that count as churn, when most
+    /// are short-lived.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 20.0)]
+    pub churn_rate: f64,
+
+    /// Connections shorter than this are short-lived.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub short_lived: Duration,
+
+    /// Port exhaustion forecast sooner than this is critical, later a warning.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    pub exhaustion_critical: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct RecordArgs {
+    /// The file to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: std::path::PathBuf,
+
+    /// How long to record, e.g. 30s, 2m. Ctrl-C ends early and keeps what was recorded.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 #[derive(Debug, Args)]
@@ -174,7 +272,9 @@ mod tests {
             "5s",
         ])
         .unwrap();
-        let Command::Stream(args) = cli.command;
+        let Command::Stream(args) = cli.command else {
+            panic!("not stream");
+        };
         assert_eq!(args.format, Format::Json);
         assert_eq!(args.pids, [1, 2]);
         assert_eq!(args.ports, [80]);

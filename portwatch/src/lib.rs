@@ -4,8 +4,10 @@
 pub mod bpf;
 pub mod cli;
 pub mod commands;
+pub mod detect;
 pub mod event;
 pub mod filter;
 pub mod output;
+pub mod record;
 pub mod sockets;
 pub mod tcp_state;

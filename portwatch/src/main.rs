@@ -9,7 +9,7 @@ use portwatch::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             // One paragraph: the error and its causes, no backtrace.
             eprintln!("portwatch: {err:#}");
@@ -18,14 +18,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // One thread is plenty: the work is one ring buffer and one output.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Stream(args) => commands::stream::run(args).await,
+            Command::Stream(args) => commands::stream::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Record(args) => commands::record::run(args)
+                .await
+                .map(|()| ExitCode::SUCCESS),
+            Command::Report(args) => Ok(match commands::report::run(args).await? {
+                commands::report::Outcome::Clean => ExitCode::SUCCESS,
+                // Distinct from 1 (could not run), for scripts and health checks.
+                commands::report::Outcome::FailOn => ExitCode::from(2),
+            }),
         }
     })
 }

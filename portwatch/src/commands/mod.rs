@@ -1,5 +1,9 @@
 //! One module per subcommand: each wires the tracer, the model and an output together.
+pub mod record;
+pub mod report;
+pub mod startup;
 pub mod stream;
+pub mod trace;
 
 use std::time::Duration;
 

@@ -1,3 +1,4 @@
 //! How portwatch shows what it saw.
 pub mod format;
+pub mod report;
 pub mod stream;

@@ -1,0 +1,135 @@
+//! `portwatch report`: trace a window (or replay a recording), then name the leakers,
+//! churners and exhausted destinations.
+use std::io::{self, Write as _};
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    cli::{ReportArgs, ReportFormat},
+    commands::trace::{self, Sink},
+    detect::{
+        model::Model,
+        ports::PortSettings,
+        report::{self, Context, Report},
+    },
+    event::decode,
+    output, record,
+    sockets::table::Seed,
+};
+
+/// Whether the run found something at or above `--fail-on`.
+pub enum Outcome {
+    Clean,
+    FailOn,
+}
+
+/// Feeds records to the model, counting the ones it cannot decode.
+struct ModelSink {
+    model: Model,
+    undecodable: u64,
+}
+
+impl Sink for ModelSink {
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) {
+        self.model.start_ns = start_ns;
+        self.model.last_ns = start_ns;
+        for seed in seeds {
+            self.model.seed(seed);
+        }
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        match decode(bytes) {
+            Ok(event) => self.model.apply(&event),
+            Err(_) => self.undecodable += 1,
+        }
+    }
+}
+
+pub async fn run(args: ReportArgs) -> Result<Outcome> {
+    let report = match &args.replay {
+        Some(path) => replay(path, &args)?,
+        None => live(&args).await?,
+    };
+    let mut out = io::stdout().lock();
+    let written = match args.format {
+        ReportFormat::Text => output::report::text(&mut out, &report),
+        ReportFormat::Json => output::report::json(&mut out, &report),
+    };
+    match written.and_then(|()| out.flush()) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing the report")?,
+    }
+    let failed = args
+        .fail_on
+        .is_some_and(|level| report.findings.iter().any(|f| f.severity >= level));
+    Ok(if failed {
+        Outcome::FailOn
+    } else {
+        Outcome::Clean
+    })
+}
+
+async fn live(args: &ReportArgs) -> Result<Report> {
+    let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
+    let mut sink = ModelSink {
+        model: Model::new(0),
+        undecodable: 0,
+    };
+    let traced = trace::trace(&args.kernel, Some(args.duration), "tracing", &mut sink).await?;
+    let untracked = traced.counters.socket_table_full + traced.counters.owner_table_full;
+    Ok(build(
+        &sink.model,
+        traced.end_ns,
+        &settings,
+        args,
+        traced.counters.ring_buffer_full,
+        untracked,
+    ))
+}
+
+fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
+    let recording = record::read(path)?;
+    let mut sink = ModelSink {
+        model: Model::new(recording.header.start_ns),
+        undecodable: 0,
+    };
+    let seeds = recording
+        .header
+        .seeds
+        .iter()
+        .map(Seed::try_from)
+        .collect::<Result<Vec<_>>>()?;
+    sink.start(recording.header.start_ns, seeds);
+    for bytes in &recording.records {
+        sink.record(bytes);
+    }
+    let trailer = &recording.trailer;
+    Ok(build(
+        &sink.model,
+        trailer.end_ns,
+        &recording.header.settings,
+        args,
+        trailer.dropped,
+        trailer.untracked,
+    ))
+}
+
+fn build(
+    model: &Model,
+    end_ns: u64,
+    settings: &PortSettings,
+    args: &ReportArgs,
+    dropped: u64,
+    untracked: u64,
+) -> Report {
+    let workload = |pid: u32| crate::commands::startup::workload(pid);
+    let context = Context {
+        settings,
+        thresholds: &args.thresholds(),
+        dropped,
+        untracked,
+        workload: &workload,
+    };
+    report::build(model, end_ns, &context)
+}

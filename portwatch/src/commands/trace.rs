@@ -1,0 +1,73 @@
+//! The tracing loop shared by `report` and `record`: attach, hand every kernel record
+//! to the caller until a stop is requested, detach, and say what was lost.
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+
+use crate::{
+    bpf::{KernelCounters, Tracer},
+    cli::KernelArgs,
+    output::format::clock_ns,
+    sockets::table::Seed,
+};
+
+/// What a traced window was, besides its records.
+pub struct Traced {
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub counters: KernelCounters,
+}
+
+/// Where a traced window goes.
+pub trait Sink {
+    /// Tracing began at `start_ns` (CLOCK_MONOTONIC) with these sockets already open;
+    /// called once, before any record.
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>);
+    /// One kernel record, in order.
+    fn record(&mut self, bytes: &[u8]);
+}
+
+/// Traces until Ctrl-C, SIGTERM or `duration`, feeding `sink`.
+pub async fn trace(
+    kernel: &KernelArgs,
+    duration: Option<Duration>,
+    what: &str,
+    sink: &mut impl Sink,
+) -> Result<Traced> {
+    let mut stop = super::StopSignal::install(duration).context("installing signal handlers")?;
+    let (mut tracer, mut reader) = Tracer::start(&kernel.options())?;
+    super::warn_about_missing_features(tracer.features());
+    let start_ns = monotonic_ns();
+    // After attaching, so no socket falls between the snapshot and the first event.
+    sink.start(start_ns, super::startup::seeds(&mut tracer));
+    match duration {
+        Some(duration) => eprintln!(
+            "portwatch: {what} for {}; Ctrl-C to stop early",
+            humantime::format_duration(duration)
+        ),
+        None => eprintln!("portwatch: {what} until Ctrl-C"),
+    }
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.requested() => break,
+            batch = reader.read_batch(|bytes| sink.record(bytes)) => {
+                batch.context("reading the ring buffer")?;
+            }
+        }
+    }
+    reader.drain(|bytes| sink.record(bytes));
+    let end_ns = monotonic_ns();
+    let counters = tracer.counters()?;
+    drop(tracer);
+    Ok(Traced {
+        start_ns,
+        end_ns,
+        counters,
+    })
+}
+
+/// CLOCK_MONOTONIC, the kernel's bpf_ktime_get_ns() clock.
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC) as u64
+}

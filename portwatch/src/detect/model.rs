@@ -1,0 +1,436 @@
+//! What happened in a window, per process and per destination: pure code over the event
+//! stream, so live runs, replays and tests all go through it.
+use std::{collections::HashMap, net::IpAddr};
+
+use crate::{
+    detect::histogram::Histogram,
+    event::{Comm, ConnectFailed, Event, Origin, Transition},
+    sockets::table::{ProcessRef, Seed, SocketOwner, SocketTable},
+    tcp_state::TcpState,
+};
+
+/// Where an active connection goes, from one local address: the unit the ephemeral
+/// port range is counted against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Destination {
+    pub saddr: IpAddr,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+impl Destination {
+    fn of(event: &Transition) -> Self {
+        Destination {
+            saddr: event.saddr,
+            daddr: event.daddr,
+            dport: event.dport,
+        }
+    }
+}
+
+/// What one process did during the window.
+#[derive(Clone, Debug, Default)]
+pub struct Activity {
+    pub comm: Comm,
+    pub cgroup_id: u64,
+    /// Connections that reached ESTABLISHED, by who opened them.
+    pub opened_active: u64,
+    pub opened_passive: u64,
+    /// Established connections that reached CLOSE, by who opened them.
+    pub closed_active: u64,
+    pub closed_passive: u64,
+    /// Lifetimes (open to close, ns) of connections opened and closed in the window.
+    pub lifetimes: Histogram,
+    /// Connections this process closed first (it sent the first FIN): its side ends up
+    /// in TIME_WAIT.
+    pub closed_first: u64,
+    /// Connections the peer closed first (ESTABLISHED -> CLOSE_WAIT).
+    pub peer_closed_first: u64,
+    pub time_wait_created: u64,
+    pub close_wait_entered: u64,
+    pub close_wait_left: u64,
+    /// connect() calls that failed with EADDRNOTAVAIL.
+    pub failed_connects: u64,
+    /// Active connections opened, per destination.
+    pub destinations: HashMap<Destination, u64>,
+}
+
+/// What happened toward one destination during the window.
+#[derive(Clone, Debug, Default)]
+pub struct DestinationActivity {
+    pub opened: u64,
+    pub failed_connects: u64,
+    pub lifetimes: Histogram,
+    /// Connections opened (or failed) per process.
+    pub consumers: HashMap<ProcessRef, u64>,
+}
+
+/// A connect() that got as far as SYN_SENT and fell back to CLOSE without a local port.
+#[derive(Clone, Copy, Debug)]
+struct PortlessClose {
+    destination: Destination,
+    owner: Option<SocketOwner>,
+}
+
+/// The window's model. Feed it events in order with [`Model::apply`].
+#[derive(Debug)]
+pub struct Model {
+    pub table: SocketTable,
+    pub processes: HashMap<ProcessRef, Activity>,
+    pub destinations: HashMap<Destination, DestinationActivity>,
+    /// The last portless SYN_SENT -> CLOSE per thread, to give a following
+    /// EADDRNOTAVAIL its destination.
+    portless: HashMap<u32, PortlessClose>,
+    pub start_ns: u64,
+    pub last_ns: u64,
+    /// Records seen, of every kind.
+    pub seen: u64,
+}
+
+/// Processes whose owner portwatch does not know are counted under PID 0.
+pub const UNKNOWN: ProcessRef = ProcessRef {
+    pid: 0,
+    generation: 0,
+};
+
+impl Model {
+    pub fn new(start_ns: u64) -> Self {
+        Model {
+            table: SocketTable::new(),
+            processes: HashMap::new(),
+            destinations: HashMap::new(),
+            portless: HashMap::new(),
+            start_ns,
+            last_ns: start_ns,
+            seen: 0,
+        }
+    }
+
+    pub fn seed(&mut self, seed: Seed) {
+        self.table.seed(seed);
+    }
+
+    pub fn apply(&mut self, event: &Event) {
+        self.seen += 1;
+        let owner = self.table.apply(event);
+        match event {
+            Event::Transition(transition) => {
+                self.last_ns = self.last_ns.max(transition.ts_ns);
+                self.transition(transition, owner);
+            }
+            Event::ConnectFailed(failed) => {
+                self.last_ns = self.last_ns.max(failed.ts_ns);
+                self.connect_failed(failed);
+            }
+            Event::Accepted(_) | Event::Exited(_) => {}
+        }
+    }
+
+    fn activity(&mut self, owner: Option<&SocketOwner>) -> &mut Activity {
+        let key = owner.map_or(UNKNOWN, |owner| owner.process);
+        let activity = self.processes.entry(key).or_default();
+        if let Some(owner) = owner {
+            activity.comm = owner.comm;
+            activity.cgroup_id = owner.cgroup_id;
+        }
+        activity
+    }
+
+    fn transition(&mut self, event: &Transition, owner: Option<SocketOwner>) {
+        use TcpState::*;
+        let process = owner.map_or(UNKNOWN, |owner| owner.process);
+        let activity = self.activity(owner.as_ref());
+        match (event.old_state, event.new_state) {
+            (SynSent, Established) => {
+                activity.opened_active += 1;
+                let destination = Destination::of(event);
+                *activity.destinations.entry(destination).or_default() += 1;
+                let toward = self.destinations.entry(destination).or_default();
+                toward.opened += 1;
+                *toward.consumers.entry(process).or_default() += 1;
+            }
+            (SynRecv, Established) => activity.opened_passive += 1,
+            (Established, FinWait1) => activity.closed_first += 1,
+            (Established, CloseWait) => {
+                activity.peer_closed_first += 1;
+                activity.close_wait_entered += 1;
+            }
+            (CloseWait, LastAck | Close) => activity.close_wait_left += 1,
+            (SynSent, Close) if event.sport == 0 => {
+                // connect() found no local port; its EADDRNOTAVAIL record follows.
+                self.portless.insert(
+                    event.task.tid,
+                    PortlessClose {
+                        destination: Destination::of(event),
+                        owner,
+                    },
+                );
+            }
+            _ => {}
+        }
+        if event.new_state != Close {
+            return;
+        }
+        let activity = self.activity(owner.as_ref());
+        if event.enters_time_wait() {
+            activity.time_wait_created += 1;
+        }
+        let was_established = !matches!(event.old_state, SynSent | SynRecv | Listen | Close);
+        if !was_established {
+            return;
+        }
+        let active = event.origin == Some(Origin::Active);
+        if active {
+            activity.closed_active += 1;
+        } else {
+            activity.closed_passive += 1;
+        }
+        if let Some(opened) = event.opened_ns {
+            let lifetime = event.ts_ns.saturating_sub(opened);
+            activity.lifetimes.record(lifetime);
+            if active {
+                self.destinations
+                    .entry(Destination::of(event))
+                    .or_default()
+                    .lifetimes
+                    .record(lifetime);
+            }
+        }
+    }
+
+    fn connect_failed(&mut self, failed: &ConnectFailed) {
+        let portless = self.portless.remove(&failed.task.tid);
+        let owner = portless.and_then(|p| p.owner);
+        let process = owner.map_or(UNKNOWN, |owner| owner.process);
+        let activity = self.activity(owner.as_ref());
+        activity.failed_connects += 1;
+        if activity.comm.is_empty() {
+            activity.comm = failed.task.comm;
+        }
+        if let Some(portless) = portless {
+            let toward = self.destinations.entry(portless.destination).or_default();
+            toward.failed_connects += 1;
+            *toward.consumers.entry(process).or_default() += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::event::{Family, Owner, OwnerSource, Task};
+
+    pub(crate) struct Script {
+        pub events: Vec<Event>,
+        next_sock: u64,
+    }
+
+    pub(crate) fn owner(pid: u32, name: &str, source: OwnerSource) -> Option<Owner> {
+        Some(Owner {
+            pid,
+            comm: Comm::new(name),
+            cgroup_id: 0,
+            source,
+        })
+    }
+
+    impl Script {
+        pub(crate) fn new() -> Self {
+            Script {
+                events: Vec::new(),
+                next_sock: 1,
+            }
+        }
+
+        #[allow(
+            clippy::too_many_arguments,
+            reason = "a test builder, every field named"
+        )]
+        pub(crate) fn transition(
+            &mut self,
+            sock: u64,
+            ts_ns: u64,
+            old: TcpState,
+            new: TcpState,
+            owner: Option<Owner>,
+            origin: Origin,
+            ports: (u16, u16),
+            opened_ns: Option<u64>,
+        ) {
+            self.events.push(Event::Transition(Transition {
+                ts_ns,
+                sock,
+                task: Task {
+                    pid: 0,
+                    tid: owner.map_or(0, |o| o.pid),
+                    comm: Comm::new("swapper/1"),
+                },
+                by_syscall: false,
+                owner,
+                origin: Some(origin),
+                family: Family::Ipv4,
+                saddr: "10.0.0.1".parse().unwrap(),
+                sport: ports.0,
+                daddr: "10.0.0.2".parse().unwrap(),
+                dport: ports.1,
+                old_state: old,
+                new_state: new,
+                in_state_ns: None,
+                opened_ns,
+            }));
+        }
+
+        /// A client connection that opens at `at`, lives `life` ns and is closed first
+        /// by the client (which ends up in TIME_WAIT).
+        pub(crate) fn short_client_connection(
+            &mut self,
+            client: Option<Owner>,
+            at: u64,
+            life: u64,
+        ) {
+            use TcpState::*;
+            let sock = self.next_sock;
+            self.next_sock += 1;
+            let port = 40000 + (sock % 20000) as u16;
+            let o = Origin::Active;
+            self.transition(sock, at, Close, SynSent, client, o, (0, 80), Some(at));
+            self.transition(
+                sock,
+                at + 10,
+                SynSent,
+                Established,
+                client,
+                o,
+                (port, 80),
+                Some(at),
+            );
+            self.transition(
+                sock,
+                at + life,
+                Established,
+                FinWait1,
+                client,
+                o,
+                (port, 80),
+                Some(at),
+            );
+            self.transition(
+                sock,
+                at + life + 5,
+                FinWait1,
+                FinWait2,
+                client,
+                o,
+                (port, 80),
+                Some(at),
+            );
+            self.transition(
+                sock,
+                at + life + 10,
+                FinWait2,
+                Close,
+                client,
+                o,
+                (port, 80),
+                Some(at),
+            );
+        }
+
+        /// A server-side connection accepted at `at` whose peer closes at `closed_at`,
+        /// and which the server never closes.
+        pub(crate) fn leaked_server_connection(
+            &mut self,
+            server: Option<Owner>,
+            at: u64,
+            closed_at: u64,
+        ) {
+            use TcpState::*;
+            let sock = self.next_sock;
+            self.next_sock += 1;
+            let port = 30000 + (sock % 20000) as u16;
+            let o = Origin::Passive;
+            self.transition(sock, at, Listen, SynRecv, server, o, (8080, port), Some(at));
+            self.transition(
+                sock,
+                at + 10,
+                SynRecv,
+                Established,
+                server,
+                o,
+                (8080, port),
+                Some(at),
+            );
+            self.transition(
+                sock,
+                closed_at,
+                Established,
+                CloseWait,
+                server,
+                o,
+                (8080, port),
+                Some(at),
+            );
+        }
+
+        pub(crate) fn model(&self, start_ns: u64) -> Model {
+            let mut model = Model::new(start_ns);
+            for event in &self.events {
+                model.apply(event);
+            }
+            model
+        }
+    }
+
+    #[test]
+    fn counts_opens_closes_lifetimes_and_time_wait() {
+        let client = owner(7, "churner", OwnerSource::Connect);
+        let mut script = Script::new();
+        for i in 0..100 {
+            script.short_client_connection(client, i * 10_000_000, 2_000_000);
+        }
+        let model = script.model(0);
+        let activity = &model.processes[&ProcessRef {
+            pid: 7,
+            generation: 0,
+        }];
+        assert_eq!(activity.opened_active, 100);
+        assert_eq!(activity.closed_active, 100);
+        assert_eq!(activity.closed_first, 100);
+        assert_eq!(activity.time_wait_created, 100);
+        let median = activity.lifetimes.quantile(0.5).unwrap() as f64;
+        assert!((median - 2_000_010.0).abs() / 2e6 < 0.07, "{median}");
+        assert_eq!(model.destinations.len(), 1);
+        assert_eq!(model.table.time_wait().count(), 100);
+    }
+
+    #[test]
+    fn connect_failures_get_the_destination_of_the_portless_close() {
+        use TcpState::*;
+        let client = owner(9, "client", OwnerSource::Connect);
+        let mut script = Script::new();
+        let o = Origin::Active;
+        script.transition(50, 100, Close, SynSent, client, o, (0, 5432), Some(100));
+        script.transition(50, 110, SynSent, Close, client, o, (0, 5432), Some(100));
+        script.events.push(Event::ConnectFailed(ConnectFailed {
+            ts_ns: 111,
+            task: Task {
+                pid: 9,
+                tid: 9,
+                comm: Comm::new("client"),
+            },
+            errno: 99,
+        }));
+        let model = script.model(0);
+        let (destination, toward) = model.destinations.iter().next().unwrap();
+        assert_eq!(destination.dport, 5432);
+        assert_eq!(toward.failed_connects, 1);
+        assert_eq!(
+            model.processes[&ProcessRef {
+                pid: 9,
+                generation: 0
+            }]
+                .failed_connects,
+            1
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! `portwatch record` files: the raw kernel records of a window, with what the report
+//! needs besides them, so `report --replay` gives the same report offline.
+//!
+//! Layout (version 1): the 8-byte magic `PWREC\0\0\x01`, then frames of
+//! `[tag: u8][length: u32 little-endian][payload]`:
+//! - tag 1, header (JSON, first): start time, port settings, startup snapshot seeds;
+//! - tag 2, one ring-buffer record, byte for byte as the kernel wrote it (decoded by
+//!   `event::decode`, so a replay runs the same code as a live run);
+//! - tag 3, trailer (JSON, last): end time and loss counters.
+//!
+//! Records are native-endian like the kernel's; a file is for the architecture that
+//! wrote it (checked by the header's `endian`).
+use std::{
+    fs::File,
+    io::{self, BufReader, BufWriter, Read, Write},
+    net::IpAddr,
+    path::Path,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    detect::ports::PortSettings,
+    event::Comm,
+    sockets::table::{Seed, Tuple},
+    tcp_state::TcpState,
+};
+
+const MAGIC: &[u8; 8] = b"PWREC\0\0\x01";
+const TAG_HEADER: u8 = 1;
+const TAG_RECORD: u8 = 2;
+const TAG_TRAILER: u8 = 3;
+/// No frame is larger; a longer length means a corrupt file.
+const MAX_FRAME: u32 = 64 << 20;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub start_ns: u64,
+    pub settings: PortSettings,
+    pub seeds: Vec<RecordedSeed>,
+    pub endian: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trailer {
+    pub end_ns: u64,
+    pub dropped: u64,
+    pub untracked: u64,
+}
+
+/// A [`Seed`] in a form JSON can carry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedSeed {
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub state: String,
+    pub holders: Vec<(u32, String)>,
+    pub in_state_at_least_ns: Option<u64>,
+    pub taken_ns: u64,
+}
+
+impl From<&Seed> for RecordedSeed {
+    fn from(seed: &Seed) -> Self {
+        RecordedSeed {
+            saddr: seed.tuple.saddr,
+            sport: seed.tuple.sport,
+            daddr: seed.tuple.daddr,
+            dport: seed.tuple.dport,
+            state: seed.state.name().to_owned(),
+            holders: seed
+                .holders
+                .iter()
+                .map(|(pid, comm)| (*pid, comm.to_string()))
+                .collect(),
+            in_state_at_least_ns: seed.in_state_at_least_ns,
+            taken_ns: seed.taken_ns,
+        }
+    }
+}
+
+impl TryFrom<&RecordedSeed> for Seed {
+    type Error = anyhow::Error;
+
+    fn try_from(recorded: &RecordedSeed) -> Result<Self> {
+        Ok(Seed {
+            tuple: Tuple {
+                saddr: recorded.saddr,
+                sport: recorded.sport,
+                daddr: recorded.daddr,
+                dport: recorded.dport,
+            },
+            state: recorded.state.parse::<TcpState>()?,
+            holders: recorded
+                .holders
+                .iter()
+                .map(|(pid, comm)| (*pid, Comm::new(comm)))
+                .collect(),
+            in_state_at_least_ns: recorded.in_state_at_least_ns,
+            taken_ns: recorded.taken_ns,
+        })
+    }
+}
+
+pub fn native_endian() -> String {
+    if cfg!(target_endian = "little") {
+        "little"
+    } else {
+        "big"
+    }
+    .to_owned()
+}
+
+pub struct Writer {
+    out: BufWriter<File>,
+}
+
+impl Writer {
+    pub fn create(path: &Path, header: &Header) -> Result<Self> {
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut writer = Writer {
+            out: BufWriter::with_capacity(1 << 16, file),
+        };
+        writer.out.write_all(MAGIC)?;
+        writer.frame(TAG_HEADER, &serde_json::to_vec(header)?)?;
+        Ok(writer)
+    }
+
+    pub fn record(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.frame(TAG_RECORD, bytes)
+    }
+
+    pub fn finish(mut self, trailer: &Trailer) -> Result<()> {
+        self.frame(TAG_TRAILER, &serde_json::to_vec(trailer)?)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn frame(&mut self, tag: u8, payload: &[u8]) -> io::Result<()> {
+        let len = u32::try_from(payload.len()).map_err(io::Error::other)?;
+        self.out.write_all(&[tag])?;
+        self.out.write_all(&len.to_le_bytes())?;
+        self.out.write_all(payload)
+    }
+}
+
+/// A recording read back: header, raw records in order, trailer.
+#[derive(Debug)]
+pub struct Recording {
+    pub header: Header,
+    pub records: Vec<Vec<u8>>,
+    pub trailer: Trailer,
+}
+
+pub fn read(path: &Path) -> Result<Recording> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    read_from(BufReader::new(file)).with_context(|| format!("reading recording {}", path.display()))
+}
+
+pub fn read_from(mut input: impl Read) -> Result<Recording> {
+    let mut magic = [0u8; 8];
+    input
+        .read_exact(&mut magic)
+        .context("the file is too short to be a recording")?;
+    if &magic[..5] != b"PWREC" {
+        bail!("not a portwatch recording (made with `portwatch record`)");
+    }
+    if &magic != MAGIC {
+        bail!(
+            "recording format version {} is not supported (this portwatch reads version 1)",
+            magic[7]
+        );
+    }
+    let mut header: Option<Header> = None;
+    let mut records = Vec::new();
+    loop {
+        let mut tag = [0u8; 1];
+        match input.read_exact(&mut tag) {
+            Ok(()) => {}
+            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
+                bail!("the recording ends without its trailer: was `portwatch record` interrupted?")
+            }
+            Err(err) => return Err(err.into()),
+        }
+        let mut len = [0u8; 4];
+        input.read_exact(&mut len).context("truncated frame")?;
+        let len = u32::from_le_bytes(len);
+        if len > MAX_FRAME {
+            bail!("corrupt recording: a frame claims {len} bytes");
+        }
+        let mut payload = vec![0u8; len as usize];
+        input.read_exact(&mut payload).context("truncated frame")?;
+        match (tag[0], &header) {
+            (TAG_HEADER, None) => {
+                let parsed: Header = serde_json::from_slice(&payload).context("bad header")?;
+                if parsed.endian != native_endian() {
+                    bail!(
+                        "the recording was made on a {}-endian machine",
+                        parsed.endian
+                    );
+                }
+                header = Some(parsed);
+            }
+            (TAG_RECORD, Some(_)) => records.push(payload),
+            (TAG_TRAILER, Some(_)) => {
+                let trailer: Trailer = serde_json::from_slice(&payload).context("bad trailer")?;
+                let header = header.take().expect("matched Some above");
+                return Ok(Recording {
+                    header,
+                    records,
+                    trailer,
+                });
+            }
+            (tag, _) => bail!("corrupt recording: unexpected frame {tag}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            start_ns: 5,
+            settings: PortSettings::default(),
+            seeds: vec![RecordedSeed {
+                saddr: "127.0.0.1".parse().unwrap(),
+                sport: 80,
+                daddr: "::1".parse().unwrap(),
+                dport: 4000,
+                state: "CLOSE_WAIT".into(),
+                holders: vec![(12, "nginx".into())],
+                in_state_at_least_ns: Some(40),
+                taken_ns: 3,
+            }],
+            endian: native_endian(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let path =
+            std::env::temp_dir().join(format!("portwatch-record-{}.pwrec", std::process::id()));
+        let mut writer = Writer::create(&path, &header()).unwrap();
+        writer.record(&[1, 2, 3]).unwrap();
+        writer.record(&[]).unwrap();
+        let trailer = Trailer {
+            end_ns: 99,
+            dropped: 1,
+            untracked: 0,
+        };
+        writer.finish(&trailer).unwrap();
+        let recording = read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(recording.header, header());
+        assert_eq!(recording.records, [vec![1, 2, 3], vec![]]);
+        assert_eq!(recording.trailer, trailer);
+        let seed = Seed::try_from(&recording.header.seeds[0]).unwrap();
+        assert_eq!(seed.state, TcpState::CloseWait);
+        assert_eq!(seed.holders, [(12, Comm::new("nginx"))]);
+    }
+
+    #[test]
+    fn rejects_other_files_clearly() {
+        let err = read_from(&b"hello world, not a recording"[..]).unwrap_err();
+        assert!(format!("{err:#}").contains("not a portwatch recording"));
+        let err = read_from(&b"PWREC\0\0\x09"[..]).unwrap_err();
+        assert!(format!("{err:#}").contains("version 9"));
+        let mut truncated = MAGIC.to_vec();
+        truncated.push(TAG_HEADER);
+        truncated.extend(2u32.to_le_bytes());
+        truncated.extend(b"{}");
+        assert!(read_from(&truncated[..]).is_err());
+        let mut huge = MAGIC.to_vec();
+        huge.push(TAG_HEADER);
+        huge.extend(u32::MAX.to_le_bytes());
+        assert!(format!("{:#}", read_from(&huge[..]).unwrap_err()).contains("corrupt"));
+    }
+}
