@@ -7,4 +7,5 @@ pub mod commands;
 pub mod event;
 pub mod filter;
 pub mod output;
+pub mod sockets;
 pub mod tcp_state;
