@@ -109,8 +109,9 @@ fn ipv4(bytes: &[u8; 16]) -> IpAddr {
 }
 
 /// An IPv6 address, or the IPv4 address it maps (`::ffff:a.b.c.d`): a dual-stack socket
-/// talking IPv4 is shown as IPv4, as `ss` does.
-fn ipv6(bytes: &[u8; 16]) -> IpAddr {
+/// talking IPv4 is shown as IPv4, as `ss` does. Shared with the sock_diag decoder so both
+/// sources spell the same socket the same way.
+pub(crate) fn ipv6(bytes: &[u8; 16]) -> IpAddr {
     let v6 = Ipv6Addr::from(*bytes);
     match v6.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
