@@ -2,4 +2,5 @@
 //! (sock_diag), the processes holding each socket (/proc), and what those processes run
 //! as (cgroups).
 pub mod diag;
+pub mod holders;
 pub mod workload;
