@@ -3,4 +3,5 @@
 //! as (cgroups).
 pub mod diag;
 pub mod holders;
+pub mod snapshot;
 pub mod workload;
