@@ -19,13 +19,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    // One thread is plenty: the work is one ring buffer and one output.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Stream(args) => commands::stream::run(args).await,
+    match cli.command {
+        Command::Stream(args) => {
+            // One thread is plenty: the work is one ring buffer and one output.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(commands::stream::run(args))
         }
-    })
+        // Synchronous: one dump, one pass over /proc, one write.
+        Command::Snapshot(args) => commands::snapshot::run(args),
+    }
 }

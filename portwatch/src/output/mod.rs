@@ -1,3 +1,4 @@
 //! How portwatch shows what it saw.
 pub mod format;
+pub mod snapshot;
 pub mod stream;
