@@ -28,7 +28,8 @@ pub struct DiagSocket {
     pub daddr: IpAddr,
     pub dport: u16,
     /// The socket's inode in sockfs, as in `/proc/<pid>/fd/N -> socket:[inode]`. 0 when no
-    /// file refers to it: TIME_WAIT, pending connections, sockets closed by their owner.
+    /// file refers to it: TIME_WAIT, connections not yet accepted, sockets closed by their
+    /// owner.
     pub inode: u64,
     /// The kernel's socket cookie (`SO_COOKIE`, `bpf_get_socket_cookie`): unique per
     /// socket for the life of the boot, unlike addresses and inodes.
@@ -144,7 +145,7 @@ fn dump_request(family: Family, sequence: u32) -> Vec<u8> {
         Family::Ipv6 => (AF_INET6, SocketId::new_v6()),
     };
     // Every state portwatch knows, NEW_SYN_RECV included (StateFlags::all() stops at
-    // CLOSING), so pending connections are listed too.
+    // CLOSING), so half-open connections (SYN received) are listed too.
     let states = TcpState::ALL
         .iter()
         .fold(0u32, |mask, state| mask | 1 << state.number());

@@ -22,8 +22,10 @@ pub struct Snapshot {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotSocket {
     pub socket: DiagSocket,
-    /// Every process holding the socket, each once; empty for TIME_WAIT, pending and
-    /// closed-but-not-finished sockets, which no file refers to.
+    /// Every process holding the socket, each once. Empty when no file refers to it:
+    /// TIME_WAIT, sockets their owner closed that are still finishing, and connections
+    /// still waiting in a listener's accept queue (even in CLOSE_WAIT, if the peer gave
+    /// up before the server called accept).
     pub holders: Vec<ProcessInfo>,
     /// lower bound on time in its current state, when the kernel's data gives one
     pub in_state_at_least_ms: Option<u64>,
@@ -119,8 +121,9 @@ pub struct ProcessGroup<'a> {
 }
 
 /// Sockets grouped by holder: processes with the most CLOSE_WAIT first, then the most
-/// sockets, then by PID; and the sockets no process holds (TIME_WAIT, orphans, pending
-/// connections, and the sockets of processes portwatch could not read).
+/// sockets, then by PID; and the sockets no process holds (TIME_WAIT, closed sockets
+/// still finishing, connections not yet accepted, and the sockets of processes
+/// portwatch could not read).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grouping<'a> {
     pub processes: Vec<ProcessGroup<'a>>,
