@@ -64,6 +64,11 @@ pub enum DiagError {
     Receive(#[source] io::Error),
     #[error("the kernel refused the dump")]
     Refused(#[source] io::Error),
+    #[error(
+        "this kernel has no TCP socket diagnostics (CONFIG_INET_DIAG and CONFIG_INET_TCP_DIAG); \
+         try `modprobe tcp_diag`"
+    )]
+    Unsupported,
     #[error("a {len}-byte reply did not fit the {capacity}-byte receive buffer")]
     Truncated { len: usize, capacity: usize },
     #[error("the kernel dropped part of the dump (netlink overrun)")]
@@ -194,11 +199,11 @@ fn parse_batch(
                     }
                 }
                 NetlinkPayload::Done(done) if done.code < 0 => {
-                    return Err(DiagError::Refused(io::Error::from_raw_os_error(-done.code)));
+                    return Err(refused(io::Error::from_raw_os_error(-done.code)));
                 }
                 NetlinkPayload::Done(_) => return Ok(Batch::Done),
                 NetlinkPayload::Error(error) if error.code.is_some() => {
-                    return Err(DiagError::Refused(error.to_io()));
+                    return Err(refused(error.to_io()));
                 }
                 NetlinkPayload::Overrun(_) => return Err(DiagError::Overrun),
                 // An ACK (an error message with code 0), a no-op, or a reply that is not
@@ -210,6 +215,16 @@ fn parse_batch(
         bytes = bytes.get(len.next_multiple_of(4)..).unwrap_or_default();
     }
     Ok(Batch::More)
+}
+
+/// ENOENT is how sock_diag says no handler is registered for the request: the kernel
+/// was built without inet_diag/tcp_diag, or the modules could not be loaded.
+fn refused(err: io::Error) -> DiagError {
+    if err.raw_os_error() == Some(libc::ENOENT) {
+        DiagError::Unsupported
+    } else {
+        DiagError::Refused(err)
+    }
 }
 
 fn decode_error(err: netlink_packet_core::DecodeError) -> DiagError {
@@ -439,6 +454,11 @@ mod tests {
         assert_eq!(io.raw_os_error(), Some(libc::EPERM));
         let err = parse_batch(&done(3, -libc::EINTR), 3, &mut Vec::new()).unwrap_err();
         assert!(matches!(err, DiagError::Refused(_)), "{err:?}");
+        let mut missing = ErrorMessage::default();
+        missing.code = std::num::NonZeroI32::new(-libc::ENOENT);
+        let bytes = serialize(3, NetlinkPayload::Error(missing));
+        let err = parse_batch(&bytes, 3, &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("modprobe tcp_diag"), "{err}");
     }
 
     #[test]
