@@ -17,11 +17,13 @@ use crate::{
     about = "Finds the processes behind TCP port exhaustion, from the kernel's TCP state tracepoint",
     long_about = "portwatch traces every TCP state change on this host with eBPF and shows which \
                   processes leak sockets in CLOSE_WAIT or churn through short connections that \
-                  fill TIME_WAIT. It needs root (or CAP_BPF and CAP_PERFMON).",
+                  fill TIME_WAIT. Tracing needs root (or CAP_BPF and CAP_PERFMON); \
+                  `portwatch snapshot` needs no eBPF.",
     after_help = "Examples:\n  \
                   portwatch stream                      every transition, until Ctrl-C\n  \
                   portwatch stream --state CLOSE_WAIT   sockets entering or leaving CLOSE_WAIT\n  \
-                  portwatch stream --port 5432 --format json --duration 30s > events.jsonl"
+                  portwatch stream --port 5432 --format json --duration 30s > events.jsonl\n  \
+                  portwatch snapshot --state CLOSE_WAIT sockets in CLOSE_WAIT now, per process"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,6 +40,19 @@ pub enum Command {
     /// Save a window of events (with the sockets open at the start) for
     /// `report --replay`, which needs no root.
     Record(RecordArgs),
+    /// List every TCP socket now, grouped and counted by the process holding it.
+    #[command(
+        long_about = "List every TCP socket on this host now, grouped by the process that holds it, \
+                      with a count per state: a grouped and counted `ss -tanp`. For CLOSE_WAIT it \
+                      shows how long the oldest socket has at least been waiting for its process \
+                      to close it.\n\n\
+                      It reads the kernel's socket table (sock_diag) and /proc/*/fd, and loads no \
+                      eBPF, so it needs no CAP_BPF. Run it as root to see which process holds each \
+                      socket: without root, other users' processes cannot be read, their sockets \
+                      are listed under \"no process\", and the number of unreadable processes is \
+                      reported."
+    )]
+    Snapshot(SnapshotArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -151,6 +166,17 @@ pub struct StreamArgs {
 
     #[command(flatten)]
     pub kernel: KernelArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    /// Output format: aligned text, or one JSON object (schema in README.md).
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+
+    /// Only sockets in this state, e.g. CLOSE_WAIT or time-wait (repeatable).
+    #[arg(long = "state", value_name = "STATE")]
+    pub states: Vec<TcpState>,
 }
 
 /// Sizes of the kernel-side buffers, shared by every tracing command.
@@ -273,7 +299,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Stream(args) = cli.command else {
-            panic!("not stream");
+            panic!("parsed as another command")
         };
         assert_eq!(args.format, Format::Json);
         assert_eq!(args.pids, [1, 2]);
@@ -281,6 +307,32 @@ mod tests {
         assert_eq!(args.states, [TcpState::CloseWait]);
         assert_eq!(args.duration, Some(Duration::from_secs(5)));
         assert_eq!(args.kernel.ring_buffer_size, 8 << 20);
+    }
+
+    #[test]
+    fn snapshot_options_parse() {
+        let cli = Cli::try_parse_from([
+            "portwatch",
+            "snapshot",
+            "--format",
+            "json",
+            "--state",
+            "close-wait",
+            "--state",
+            "TIME_WAIT",
+        ])
+        .unwrap();
+        let Command::Snapshot(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.format, Format::Json);
+        assert_eq!(args.states, [TcpState::CloseWait, TcpState::TimeWait]);
+        let cli = Cli::try_parse_from(["portwatch", "snapshot"]).unwrap();
+        let Command::Snapshot(args) = cli.command else {
+            panic!("parsed as another command")
+        };
+        assert_eq!(args.format, Format::Text);
+        assert!(args.states.is_empty());
     }
 
     #[test]

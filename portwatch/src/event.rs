@@ -353,7 +353,8 @@ fn ipv4(bytes: &[u8; 16]) -> IpAddr {
 }
 
 /// An IPv6 address, or the IPv4 address it maps (`::ffff:a.b.c.d`): a dual-stack socket
-/// talking IPv4 is shown as IPv4, as `ss` does.
+/// talking IPv4 is shown as IPv4, as `ss` does. Shared with the sock_diag decoder so both
+/// sources spell the same socket the same way.
 pub fn ipv6(bytes: &[u8; 16]) -> IpAddr {
     unmap(IpAddr::V6(Ipv6Addr::from(*bytes)))
 }

@@ -20,22 +20,24 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // One thread is plenty: the work is one ring buffer and one output.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Stream(args) => commands::stream::run(args)
-                .await
-                .map(|()| ExitCode::SUCCESS),
-            Command::Record(args) => commands::record::run(args)
-                .await
-                .map(|()| ExitCode::SUCCESS),
-            Command::Report(args) => Ok(match commands::report::run(args).await? {
-                commands::report::Outcome::Clean => ExitCode::SUCCESS,
-                // Distinct from 1 (could not run), for scripts and health checks.
-                commands::report::Outcome::FailOn => ExitCode::from(2),
-            }),
-        }
-    })
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    };
+    match cli.command {
+        Command::Stream(args) => runtime()?
+            .block_on(commands::stream::run(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Record(args) => runtime()?
+            .block_on(commands::record::run(args))
+            .map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => Ok(match runtime()?.block_on(commands::report::run(args))? {
+            commands::report::Outcome::Clean => ExitCode::SUCCESS,
+            // Distinct from 1 (could not run), for scripts and health checks.
+            commands::report::Outcome::FailOn => ExitCode::from(2),
+        }),
+        // Synchronous: one dump, one pass over /proc, one write.
+        Command::Snapshot(args) => commands::snapshot::run(args).map(|()| ExitCode::SUCCESS),
+    }
 }

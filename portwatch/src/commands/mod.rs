@@ -1,6 +1,7 @@
 //! One module per subcommand: each wires the tracer, the model and an output together.
 pub mod record;
 pub mod report;
+pub mod snapshot;
 pub mod startup;
 pub mod stream;
 pub mod trace;

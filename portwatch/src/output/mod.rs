@@ -1,4 +1,5 @@
 //! How portwatch shows what it saw.
 pub mod format;
 pub mod report;
+pub mod snapshot;
 pub mod stream;

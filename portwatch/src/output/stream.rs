@@ -24,7 +24,8 @@ pub struct ShownOwner {
 pub enum Format {
     /// Aligned columns for a terminal.
     Text,
-    /// One JSON object per line (schema in README.md).
+    /// JSON (schema in README.md): one object per line for `stream`, one in all for
+    /// `snapshot`.
     Json,
 }
 

@@ -1,2 +1,9 @@
-//! Sockets and their owners: the live table mirrored from the kernel's events.
+//! Sockets and their owners: the host's TCP sockets as they are now, without eBPF (the
+//! kernel's socket table via sock_diag, the processes holding each socket via /proc,
+//! what those processes run as via cgroups), and the live table mirrored from the
+//! kernel's events.
+pub mod diag;
+pub mod holders;
+pub mod snapshot;
 pub mod table;
+pub mod workload;

@@ -1,0 +1,311 @@
+//! `portwatch snapshot`'s output: a line per process for people, one JSON object for
+//! programs.
+use std::{
+    collections::BTreeMap,
+    io::{self, Write},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::{
+    event::Family,
+    output::{format::HumanDuration, stream::Format},
+    sockets::{
+        snapshot::{Grouping, SnapshotSocket, StateGroup},
+        workload::Workload,
+    },
+    tcp_state::TcpState,
+};
+
+pub fn write(
+    out: &mut impl Write,
+    format: Format,
+    grouping: &Grouping<'_>,
+    unreadable_processes: usize,
+) -> io::Result<()> {
+    match format {
+        Format::Text => write_text(out, grouping),
+        Format::Json => write_json(out, grouping, unreadable_processes),
+    }
+}
+
+/// ```text
+///     PID COMM             WORKLOAD                 TOTAL  STATES
+///    4242 python3          docker:3f2a9c1b7d4e          4  CLOSE_WAIT 3 (≥ 41.20s), LISTEN 1
+///       - (no process)     -                           12  TIME_WAIT 12
+/// ```
+fn write_text(out: &mut impl Write, grouping: &Grouping<'_>) -> io::Result<()> {
+    writeln!(
+        out,
+        "{:>7} {:<16} {:<24} {:>6}  STATES",
+        "PID", "COMM", "WORKLOAD", "TOTAL"
+    )?;
+    for group in &grouping.processes {
+        let process = group.process;
+        let workload = process.workload.as_ref().map(Workload::to_string);
+        writeln!(
+            out,
+            "{:>7} {:<16} {:<24} {:>6}  {}",
+            process.id.pid,
+            process.comm,
+            workload.as_deref().unwrap_or("-"),
+            group.sockets.total(),
+            StateCounts(&group.sockets),
+        )?;
+    }
+    if grouping.no_process.total() > 0 {
+        writeln!(
+            out,
+            "{:>7} {:<16} {:<24} {:>6}  {}",
+            "-",
+            "(no process)",
+            "-",
+            grouping.no_process.total(),
+            StateCounts(&grouping.no_process),
+        )?;
+    }
+    Ok(())
+}
+
+/// `CLOSE_WAIT 3 (≥ 41.20s), ESTABLISHED 2, LISTEN 1`: CLOSE_WAIT first, since leaks are
+/// what portwatch is for, then the largest counts.
+struct StateCounts<'a, 'b>(&'a StateGroup<'b>);
+
+impl std::fmt::Display for StateCounts<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let group = self.0;
+        let mut counts: Vec<(TcpState, usize)> =
+            group.states.iter().map(|(&s, &n)| (s, n)).collect();
+        counts.sort_by_key(|&(state, count)| {
+            (
+                state != TcpState::CloseWait,
+                std::cmp::Reverse(count),
+                state,
+            )
+        });
+        for (i, (state, count)) in counts.into_iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{state} {count}")?;
+            if state == TcpState::CloseWait
+                && let Some(ms) = group.oldest_close_wait_ms
+            {
+                write!(f, " (≥ {})", HumanDuration(ms.saturating_mul(1_000_000)))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The `--format json` document. Field names are a stable interface, documented in
+/// README.md: add fields, never rename or remove.
+#[derive(Serialize)]
+struct JsonSnapshot<'a> {
+    processes: Vec<JsonProcess<'a>>,
+    no_process: JsonGroup<'a>,
+    unreadable_processes: usize,
+}
+
+#[derive(Serialize)]
+struct JsonProcess<'a> {
+    pid: u32,
+    start_time: u64,
+    comm: &'a str,
+    workload: Option<&'a Workload>,
+    states: &'a BTreeMap<TcpState, usize>,
+    sockets: Vec<JsonSocket>,
+}
+
+#[derive(Serialize)]
+struct JsonGroup<'a> {
+    states: &'a BTreeMap<TcpState, usize>,
+    sockets: Vec<JsonSocket>,
+}
+
+#[derive(Serialize)]
+struct JsonSocket {
+    state: TcpState,
+    family: Family,
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    inode: u64,
+    cookie: u64,
+    in_state_at_least_ms: Option<u64>,
+}
+
+impl From<&SnapshotSocket> for JsonSocket {
+    fn from(entry: &SnapshotSocket) -> Self {
+        let socket = &entry.socket;
+        JsonSocket {
+            state: socket.state,
+            family: socket.family,
+            saddr: socket.saddr,
+            sport: socket.sport,
+            daddr: socket.daddr,
+            dport: socket.dport,
+            inode: socket.inode,
+            cookie: socket.cookie,
+            in_state_at_least_ms: entry.in_state_at_least_ms,
+        }
+    }
+}
+
+fn json_sockets(group: &StateGroup<'_>) -> Vec<JsonSocket> {
+    group.sockets.iter().map(|&s| JsonSocket::from(s)).collect()
+}
+
+fn write_json(
+    out: &mut impl Write,
+    grouping: &Grouping<'_>,
+    unreadable_processes: usize,
+) -> io::Result<()> {
+    let document = JsonSnapshot {
+        processes: grouping
+            .processes
+            .iter()
+            .map(|group| JsonProcess {
+                pid: group.process.id.pid,
+                start_time: group.process.id.start_time,
+                comm: &group.process.comm,
+                workload: group.process.workload.as_ref(),
+                states: &group.sockets.states,
+                sockets: json_sockets(&group.sockets),
+            })
+            .collect(),
+        no_process: JsonGroup {
+            states: &grouping.no_process.states,
+            sockets: json_sockets(&grouping.no_process),
+        },
+        unreadable_processes,
+    };
+    serde_json::to_writer(&mut *out, &document)?;
+    out.write_all(b"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sockets::snapshot::{
+        group_by_process,
+        tests::{process, socket},
+    };
+
+    const ID: &str = "3f2a9c1b7d4e5f60718293a4b5c6d7e8f90112233445566778899aabbccddeef";
+
+    fn sample() -> Vec<SnapshotSocket> {
+        let mut web = process(4242, "python3");
+        web.workload = Some(Workload::Container {
+            runtime: "docker",
+            id: ID.into(),
+        });
+        let mut leaked = socket(TcpState::CloseWait, 8080, &[&web]);
+        leaked.in_state_at_least_ms = Some(41_200);
+        let mut young = socket(TcpState::CloseWait, 8081, &[&web]);
+        young.in_state_at_least_ms = Some(1_000);
+        let mut time_wait = socket(TcpState::TimeWait, 8080, &[]);
+        time_wait.in_state_at_least_ms = Some(3_000);
+        vec![
+            socket(TcpState::Listen, 8080, &[&web]),
+            leaked,
+            young,
+            socket(TcpState::Established, 22, &[&process(7, "sshd")]),
+            time_wait,
+        ]
+    }
+
+    fn rendered(format: Format, sockets: &[SnapshotSocket], unreadable: usize) -> String {
+        let mut out = Vec::new();
+        write(&mut out, format, &group_by_process(sockets), unreadable).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn text_is_a_line_per_process_then_no_process() {
+        let text = rendered(Format::Text, &sample(), 0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        let words = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(words(lines[0]), "PID COMM WORKLOAD TOTAL STATES");
+        assert_eq!(
+            words(lines[1]),
+            "4242 python3 docker:3f2a9c1b7d4e 3 CLOSE_WAIT 2 (≥ 41.20s), LISTEN 1"
+        );
+        assert_eq!(words(lines[2]), "7 sshd - 1 ESTABLISHED 1");
+        assert_eq!(words(lines[3]), "- (no process) - 1 TIME_WAIT 1");
+        assert_eq!(
+            lines[0].find("TOTAL").map(|i| i + "TOTAL".len()),
+            lines[1].find(" CLOSE_WAIT").map(|i| i - 1),
+            "TOTAL is right-aligned over the counts:\n{text}"
+        );
+    }
+
+    #[test]
+    fn text_without_a_close_wait_age_or_orphans() {
+        let mut sockets = sample();
+        sockets.retain(|s| !s.holders.is_empty());
+        for socket in &mut sockets {
+            socket.in_state_at_least_ms = None;
+        }
+        let text = rendered(Format::Text, &sockets, 0);
+        assert!(text.contains("CLOSE_WAIT 2, LISTEN 1"), "{text}");
+        assert!(!text.contains("(no process)"), "{text}");
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let text = rendered(Format::Json, &sample(), 2);
+        assert!(text.ends_with('\n') && !text.trim_end().contains('\n'));
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["unreadable_processes"], 2);
+        let first = &value["processes"][0];
+        assert_eq!(first["pid"], 4242);
+        assert_eq!(first["start_time"], 42420);
+        assert_eq!(first["comm"], "python3");
+        assert_eq!(
+            first["workload"],
+            serde_json::json!({"container": {"runtime": "docker", "id": ID}})
+        );
+        assert_eq!(
+            first["states"],
+            serde_json::json!({"CLOSE_WAIT": 2, "LISTEN": 1})
+        );
+        assert_eq!(
+            first["sockets"][1],
+            serde_json::json!({
+                "state": "CLOSE_WAIT",
+                "family": "ipv4",
+                "saddr": "127.0.0.1",
+                "sport": 8080,
+                "daddr": "127.0.0.1",
+                "dport": 40000,
+                "inode": 8080,
+                "cookie": 8080,
+                "in_state_at_least_ms": 41_200,
+            })
+        );
+        assert_eq!(value["processes"][1]["workload"], serde_json::Value::Null);
+        assert_eq!(
+            value["no_process"]["states"],
+            serde_json::json!({"TIME_WAIT": 1})
+        );
+        assert_eq!(value["no_process"]["sockets"][0]["inode"], 0);
+    }
+
+    #[test]
+    fn json_of_nothing() {
+        let value: serde_json::Value =
+            serde_json::from_str(&rendered(Format::Json, &[], 0)).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "processes": [],
+                "no_process": {"states": {}, "sockets": []},
+                "unreadable_processes": 0,
+            })
+        );
+    }
+}

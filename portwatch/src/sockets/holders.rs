@@ -1,0 +1,157 @@
+//! Which processes hold each socket: one pass over `/proc/*/fd`, where a socket shows as
+//! a link to `socket:[inode]`.
+//!
+//! A socket can be held by several processes (inherited across fork, passed with
+//! SCM_RIGHTS, shared by a pre-fork server's workers); each is listed once, however many
+//! of its descriptors refer to the socket. Threads share their process's descriptor table,
+//! so only process directories are read (a thread that unshared its table is missed).
+use std::collections::HashMap;
+
+use procfs::{
+    ProcError, ProcResult,
+    process::{FDTarget, Process},
+};
+
+use super::workload::{Workload, workload_from_cgroups};
+
+/// A process, named so that a reused PID is not mistaken for it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct ProcessId {
+    pub pid: u32,
+    /// process start time, clock ticks after boot (/proc/pid/stat field 22): with pid it
+    /// names a process even after the pid is reused
+    pub start_time: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ProcessInfo {
+    pub id: ProcessId,
+    pub comm: String,
+    pub workload: Option<Workload>,
+}
+
+/// The result of one pass over /proc.
+#[derive(Clone, Debug, Default)]
+pub struct SocketHolders {
+    /// Socket inode to the processes holding it, each once.
+    pub by_inode: HashMap<u64, Vec<ProcessInfo>>,
+    /// Processes whose descriptors could not be read (another user's, without root):
+    /// the sockets they hold show up without them.
+    pub unreadable_processes: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HoldersError {
+    #[error("listing the processes in /proc (is procfs mounted?)")]
+    ListProcesses(#[source] ProcError),
+}
+
+/// Maps every socket inode some process holds to those processes.
+pub fn socket_holders() -> Result<SocketHolders, HoldersError> {
+    let processes = procfs::process::all_processes().map_err(HoldersError::ListProcesses)?;
+    let mut holders = SocketHolders::default();
+    for process in processes {
+        match process.and_then(|process| held_sockets(&process)) {
+            Ok(None) => {}
+            Ok(Some((info, inodes))) => {
+                for inode in inodes {
+                    holders
+                        .by_inode
+                        .entry(inode)
+                        .or_default()
+                        .push(info.clone());
+                }
+            }
+            // It exited between the directory listing and the read.
+            Err(ProcError::NotFound(_)) => {}
+            // Permission denied, or any other reason this process cannot be read.
+            Err(_) => holders.unreadable_processes += 1,
+        }
+    }
+    Ok(holders)
+}
+
+/// One process by PID, for owners learned from kernel events. None when it is gone or
+/// cannot be read.
+pub fn process_info(pid: u32) -> Option<ProcessInfo> {
+    let process = Process::new(i32::try_from(pid).ok()?).ok()?;
+    info(&process).ok()
+}
+
+/// The socket inodes a process holds, each once, and the process; None when it holds no
+/// socket (most processes), so that only holders pay for reading stat and cgroup.
+fn held_sockets(process: &Process) -> ProcResult<Option<(ProcessInfo, Vec<u64>)>> {
+    let mut inodes = Vec::new();
+    for fd in process.fd()? {
+        if let FDTarget::Socket(inode) = fd?.target {
+            inodes.push(inode);
+        }
+    }
+    if inodes.is_empty() {
+        return Ok(None);
+    }
+    inodes.sort_unstable();
+    inodes.dedup();
+    Ok(Some((info(process)?, inodes)))
+}
+
+fn info(process: &Process) -> ProcResult<ProcessInfo> {
+    let stat = process.stat()?;
+    // A process without a readable cgroup file is still worth showing.
+    let workload = process.cgroups().ok().and_then(|cgroups| {
+        workload_from_cgroups(cgroups.0.iter().map(|cgroup| cgroup.pathname.as_str()))
+    });
+    Ok(ProcessInfo {
+        id: ProcessId {
+            pid: u32::try_from(stat.pid).unwrap_or_default(),
+            start_time: stat.starttime,
+        },
+        comm: stat.comm,
+        workload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Unprivileged: the test's own sockets and /proc/self are always readable.
+    #[test]
+    fn finds_this_process_holding_its_own_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let clone = listener.try_clone().unwrap();
+        let inode = socket_inode(&listener);
+        let holders = socket_holders().unwrap();
+        let me = std::process::id();
+        let held_by = &holders.by_inode[&inode];
+        assert_eq!(
+            held_by.iter().filter(|p| p.id.pid == me).count(),
+            1,
+            "two descriptors, one holder: {held_by:?}"
+        );
+        drop(clone);
+        let info = process_info(me).unwrap();
+        assert_eq!(held_by[0], info);
+        assert!(info.id.start_time > 0);
+        assert!(!info.comm.is_empty());
+    }
+
+    #[test]
+    fn missing_process_is_none() {
+        assert_eq!(process_info(u32::MAX), None);
+        // PID 0 has no /proc entry.
+        assert_eq!(process_info(0), None);
+    }
+
+    fn socket_inode(listener: &TcpListener) -> u64 {
+        use std::os::fd::AsRawFd as _;
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", listener.as_raw_fd())).unwrap();
+        let link = link.to_str().unwrap();
+        link.trim_start_matches("socket:[")
+            .trim_end_matches(']')
+            .parse()
+            .unwrap()
+    }
+}
