@@ -195,3 +195,54 @@ async fn sockets_of_an_exited_process_are_not_charged_to_a_live_pid() {
     );
     drop(server);
 }
+
+#[tokio::test]
+async fn connections_open_before_portwatch_are_charged_by_the_startup_snapshot() {
+    const HELD: usize = 2;
+    // Everything is set up before portwatch attaches: the kernel never sees these
+    // sockets open, listen or accept.
+    let mut server = Actor::start("leak-server", &["127.0.0.1", &HELD.to_string()]);
+    let port = server.port;
+    let mut client = Actor::start(
+        "hold-client",
+        &["127.0.0.1", &port.to_string(), &HELD.to_string()],
+    );
+    server.expect_line("done");
+
+    let (mut tracer, mut reader) = start_tracer(&TracerOptions::default());
+    let mut table = SocketTable::new();
+    for seed in portwatch::commands::startup::seeds(&mut tracer) {
+        table.seed(seed);
+    }
+    // Now the client closes: the server's sockets go ESTABLISHED -> CLOSE_WAIT in
+    // softirq context, with no owner in the kernel's table.
+    client.proceed();
+    client.expect_line("closed");
+    let events = collect_until(
+        &mut reader,
+        |e| e.sport == port || e.dport == port,
+        |events| {
+            transitions_of(events)
+                .iter()
+                .filter(|e| e.sport == port && e.new_state == TcpState::CloseWait)
+                .count()
+                == HELD
+        },
+        TIMEOUT,
+    )
+    .await;
+    let resolved = resolve_owners(&mut table, &events);
+    let leaks: Vec<_> = resolved
+        .iter()
+        .filter(|(e, _)| e.sport == port && e.new_state == TcpState::CloseWait)
+        .collect();
+    assert_eq!(leaks.len(), HELD);
+    for (event, owner) in leaks {
+        assert_eq!(event.owner, None, "the kernel cannot know: {event:?}");
+        let owner = owner.unwrap_or_else(|| panic!("the snapshot names the owner: {event:?}"));
+        assert_eq!(
+            (owner.process.pid, owner.source),
+            (server.pid, OwnerSource::Procfs)
+        );
+    }
+}

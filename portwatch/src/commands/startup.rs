@@ -1,13 +1,93 @@
 //! What portwatch learns about sockets that existed before it attached.
-use crate::{bpf::Tracer, sockets::table::Seed};
+use portwatch_common::{Origin, Owner, OwnerSource};
 
-/// The sockets open now, with their owners, for the socket table; listeners are also
-/// told to the kernel, so connections they accept from now on start with their owner.
-pub fn seeds(_tracer: &mut Tracer) -> Vec<Seed> {
-    Vec::new()
+use crate::{
+    bpf::Tracer,
+    commands::trace::monotonic_ns,
+    sockets::{
+        holders,
+        snapshot::{self, Snapshot},
+        table::{Seed, Tuple},
+    },
+    tcp_state::TcpState,
+};
+
+/// The sockets open now, with the processes holding them, for the socket table. The
+/// kernel is told the owners of listeners, so connections they accept from now on
+/// start with their owner. A failed snapshot costs only the pre-existing sockets'
+/// owners: portwatch says so and goes on.
+pub fn seeds(tracer: &mut Tracer) -> Vec<Seed> {
+    let taken_ns = monotonic_ns();
+    let snapshot = match snapshot::take() {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            eprintln!(
+                "portwatch: warning: no snapshot of the sockets already open ({err:#}); their \
+                 owners stay unknown until they act on them"
+            );
+            return Vec::new();
+        }
+    };
+    seed_listeners(tracer, &snapshot);
+    to_seeds(&snapshot, taken_ns)
+}
+
+fn to_seeds(snapshot: &Snapshot, taken_ns: u64) -> Vec<Seed> {
+    snapshot
+        .sockets
+        .iter()
+        .filter(|s| s.socket.state != TcpState::Listen)
+        .map(|s| Seed {
+            tuple: Tuple {
+                saddr: s.socket.saddr,
+                sport: s.socket.sport,
+                daddr: s.socket.daddr,
+                dport: s.socket.dport,
+            },
+            state: s.socket.state,
+            holders: s
+                .holders
+                .iter()
+                .map(|h| (h.id.pid, crate::event::Comm::new(&h.comm)))
+                .collect(),
+            in_state_at_least_ns: s.in_state_at_least_ms.map(|ms| ms * 1_000_000),
+            taken_ns,
+        })
+        .collect()
+}
+
+fn seed_listeners(tracer: &mut Tracer, snapshot: &Snapshot) {
+    for listener in snapshot
+        .sockets
+        .iter()
+        .filter(|s| s.socket.state == TcpState::Listen)
+    {
+        let Some(holder) = listener.holders.first() else {
+            continue;
+        };
+        let mut comm = [0u8; portwatch_common::COMM_LEN];
+        let name = holder.comm.as_bytes();
+        let len = name.len().min(comm.len());
+        comm[..len].copy_from_slice(&name[..len]);
+        let owner = Owner {
+            cgroup_id: 0,
+            tgid: holder.id.pid,
+            source: OwnerSource::Procfs as u8,
+            origin: Origin::Listener as u8,
+            _pad: 0,
+            comm,
+        };
+        if let Err(err) = tracer.seed_listener(listener.socket.sport, &owner) {
+            eprintln!(
+                "portwatch: warning: could not seed listener {}: {err:#}",
+                listener.socket.sport
+            );
+            return;
+        }
+    }
 }
 
 /// The container or systemd unit a live process runs in, for the report.
-pub fn workload(_pid: u32) -> Option<String> {
-    None
+pub fn workload(pid: u32) -> Option<String> {
+    holders::process_info(pid)?.workload.map(|w| w.to_string())
 }

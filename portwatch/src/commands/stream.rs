@@ -23,15 +23,20 @@ pub async fn run(args: StreamArgs) -> Result<()> {
     };
     let mut stop =
         super::StopSignal::install(args.duration).context("installing signal handlers")?;
-    let (tracer, mut reader) = Tracer::start(&args.kernel.options())?;
+    let (mut tracer, mut reader) = Tracer::start(&args.kernel.options())?;
     super::warn_about_missing_features(tracer.features());
+    // After attaching, so no socket falls between the snapshot and the first event.
+    let mut table = SocketTable::new();
+    for seed in super::startup::seeds(&mut tracer) {
+        table.seed(seed);
+    }
     eprintln!("portwatch: tracing TCP state changes; Ctrl-C to stop");
 
     let out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut sink = Sink {
         printer: StreamPrinter::new(out, args.format, WallClock::now()),
         filter,
-        table: SocketTable::new(),
+        table,
         seen: 0,
         shown: 0,
         undecodable: 0,
