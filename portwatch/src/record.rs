@@ -47,6 +47,37 @@ pub struct Trailer {
     pub end_ns: u64,
     pub dropped: u64,
     pub untracked: u64,
+    /// Who held each connected socket at the end (from /proc), for sockets whose owner
+    /// the kernel could not learn.
+    #[serde(default)]
+    pub holders: Vec<RecordedHolder>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedHolder {
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl Trailer {
+    pub fn holders(&self) -> std::collections::HashMap<Tuple, (u32, Comm)> {
+        self.holders
+            .iter()
+            .map(|h| {
+                let tuple = Tuple {
+                    saddr: h.saddr,
+                    sport: h.sport,
+                    daddr: h.daddr,
+                    dport: h.dport,
+                };
+                (tuple, (h.pid, Comm::new(&h.comm)))
+            })
+            .collect()
+    }
 }
 
 /// A [`Seed`] in a form JSON can carry.
@@ -251,6 +282,14 @@ mod tests {
             end_ns: 99,
             dropped: 1,
             untracked: 0,
+            holders: vec![RecordedHolder {
+                saddr: "127.0.0.1".parse().unwrap(),
+                sport: 80,
+                daddr: "127.0.0.1".parse().unwrap(),
+                dport: 5000,
+                pid: 7,
+                comm: "worker".into(),
+            }],
         };
         writer.finish(&trailer).unwrap();
         let recording = read(&path).unwrap();
@@ -258,6 +297,10 @@ mod tests {
         assert_eq!(recording.header, header());
         assert_eq!(recording.records, [vec![1, 2, 3], vec![]]);
         assert_eq!(recording.trailer, trailer);
+        assert_eq!(
+            recording.trailer.holders().values().next(),
+            Some(&(7, Comm::new("worker")))
+        );
         let seed = Seed::try_from(&recording.header.seeds[0]).unwrap();
         assert_eq!(seed.state, TcpState::CloseWait);
         assert_eq!(seed.holders, [(12, Comm::new("nginx"))]);

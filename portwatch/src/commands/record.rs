@@ -3,9 +3,12 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::RecordArgs,
-    commands::trace::{self, Sink},
+    commands::{
+        startup,
+        trace::{self, Sink},
+    },
     detect::ports::PortSettings,
-    record::{self, Header, RecordedSeed, Trailer, Writer},
+    record::{self, Header, RecordedHolder, RecordedSeed, Trailer, Writer},
     sockets::table::Seed,
 };
 
@@ -58,10 +61,22 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         return Err(err).with_context(|| format!("writing {}", args.out.display()));
     }
     let writer = sink.writer.context("the recording was never started")?;
+    let holders = startup::holders_now()
+        .into_iter()
+        .map(|(tuple, (pid, comm))| RecordedHolder {
+            saddr: tuple.saddr,
+            sport: tuple.sport,
+            daddr: tuple.daddr,
+            dport: tuple.dport,
+            pid,
+            comm: comm.to_string(),
+        })
+        .collect();
     writer.finish(&Trailer {
         end_ns: traced.end_ns,
         dropped: traced.counters.ring_buffer_full,
         untracked: traced.counters.socket_table_full + traced.counters.owner_table_full,
+        holders,
     })?;
     eprintln!(
         "portwatch: recorded {} events to {} ({} dropped); `portwatch report --replay {}` reads it",

@@ -77,6 +77,12 @@ async fn live(args: &ReportArgs) -> Result<Report> {
         undecodable: 0,
     };
     let traced = trace::trace(&args.kernel, Some(args.duration), "tracing", &mut sink).await?;
+    // Owners the kernel could not learn for certain: one look at /proc, now.
+    if sink.model.table.unresolved() > 0 {
+        sink.model
+            .table
+            .resolve(&crate::commands::startup::holders_now());
+    }
     let untracked = traced.counters.socket_table_full + traced.counters.owner_table_full;
     Ok(build(
         &sink.model,
@@ -105,6 +111,7 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
         sink.record(bytes);
     }
     let trailer = &recording.trailer;
+    sink.model.table.resolve(&trailer.holders());
     Ok(build(
         &sink.model,
         trailer.end_ns,

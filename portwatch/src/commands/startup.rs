@@ -87,6 +87,37 @@ fn seed_listeners(tracer: &mut Tracer, snapshot: &Snapshot) {
     }
 }
 
+/// Who holds each connected socket now, by 4-tuple: one snapshot, for the sockets whose
+/// owner the kernel could not learn for certain. Empty (with a warning) if the
+/// snapshot fails.
+pub fn holders_now() -> std::collections::HashMap<Tuple, (u32, crate::event::Comm)> {
+    let snapshot = match snapshot::take() {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            eprintln!("portwatch: warning: could not resolve owners from /proc: {err:#}");
+            return Default::default();
+        }
+    };
+    snapshot
+        .sockets
+        .iter()
+        .filter(|s| s.socket.state != TcpState::Listen)
+        .filter_map(|s| {
+            let holder = s.holders.first()?;
+            let tuple = Tuple {
+                saddr: s.socket.saddr,
+                sport: s.socket.sport,
+                daddr: s.socket.daddr,
+                dport: s.socket.dport,
+            };
+            Some((
+                tuple,
+                (holder.id.pid, crate::event::Comm::new(&holder.comm)),
+            ))
+        })
+        .collect()
+}
+
 /// The container or systemd unit a live process runs in, for the report.
 pub fn workload(pid: u32) -> Option<String> {
     holders::process_info(pid)?.workload.map(|w| w.to_string())

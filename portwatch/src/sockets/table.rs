@@ -222,6 +222,41 @@ impl SocketTable {
     pub fn get(&self, sock: u64) -> Option<&LiveSocket> {
         self.live.get(&sock)
     }
+
+    /// Live sockets whose owner is unknown or only provisional (a listener's).
+    pub fn unresolved(&self) -> usize {
+        self.live
+            .values()
+            .filter(|s| s.owner.is_none_or(|o| !o.source.is_certain()))
+            .count()
+    }
+
+    /// Names the holders found in /proc for live sockets whose owner the kernel could
+    /// not learn for certain (accept(fd, NULL, NULL), a socket passed with
+    /// SCM_RIGHTS, ...). `holders` maps a 4-tuple to the PID and comm holding it.
+    /// Returns how many sockets got an owner.
+    pub fn resolve(&mut self, holders: &HashMap<Tuple, (u32, Comm)>) -> usize {
+        let mut resolved = 0;
+        for socket in self.live.values_mut() {
+            if socket.owner.is_some_and(|o| o.source.is_certain()) {
+                continue;
+            }
+            let Some(&(pid, comm)) = holders.get(&socket.tuple) else {
+                continue;
+            };
+            socket.owner = Some(SocketOwner {
+                process: ProcessRef {
+                    pid,
+                    generation: self.exits.get(&pid).copied().unwrap_or(0),
+                },
+                comm,
+                cgroup_id: socket.owner.map_or(0, |o| o.cgroup_id),
+                source: OwnerSource::Procfs,
+            });
+            resolved += 1;
+        }
+        resolved
+    }
 }
 
 fn new_socket(event: &Transition, seed: Option<Seed>, exits: &HashMap<u32, u32>) -> LiveSocket {
@@ -426,5 +461,40 @@ mod tests {
         let orphan = table.get(4).unwrap().owner.unwrap();
         assert_eq!(orphan.comm, Comm::new("old"));
         assert!(!table.is_alive(&orphan.process));
+    }
+
+    #[test]
+    fn procfs_resolves_a_provisional_owner_but_never_a_certain_one() {
+        let mut table = SocketTable::new();
+        let listener = owner(SERVER, "primary", OwnerSource::Listener);
+        table.apply(&event(
+            8,
+            0,
+            TcpState::SynRecv,
+            TcpState::Established,
+            listener,
+        ));
+        let connected = owner(CLIENT, "client", OwnerSource::Connect);
+        table.apply(&event(
+            9,
+            0,
+            TcpState::SynSent,
+            TcpState::Established,
+            connected,
+        ));
+        assert_eq!(table.unresolved(), 1);
+        let tuple = |sock| table.get(sock).unwrap().tuple;
+        let holders = HashMap::from([
+            (tuple(8), (SERVER + 5, Comm::new("worker"))),
+            (tuple(9), (SERVER + 6, Comm::new("impostor"))),
+        ]);
+        assert_eq!(table.resolve(&holders), 1);
+        let worker = table.get(8).unwrap().owner.unwrap();
+        assert_eq!(
+            (worker.process.pid, worker.source),
+            (SERVER + 5, OwnerSource::Procfs)
+        );
+        assert_eq!(table.get(9).unwrap().owner.unwrap().process.pid, CLIENT);
+        assert_eq!(table.unresolved(), 0);
     }
 }
