@@ -78,8 +78,13 @@ pub struct ReportArgs {
     pub fail_on: Option<Severity>,
 
     /// Report on a file made by `portwatch record` instead of tracing (no root needed).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "record")]
     pub replay: Option<std::path::PathBuf>,
+
+    /// Also save the traced window to FILE, like `portwatch record`, so it can be
+    /// replayed later with --replay.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<std::path::PathBuf>,
 
     #[command(flatten)]
     pub detection: DetectionArgs,

@@ -1,23 +1,76 @@
 //! `portwatch record`: save a window's kernel records for `report --replay`.
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
 use anyhow::{Context as _, Result};
 
 use crate::{
     cli::RecordArgs,
     commands::{
         startup,
-        trace::{self, Sink},
+        trace::{self, Sink, Traced},
     },
     detect::ports::PortSettings,
+    event::Comm,
     record::{self, Header, RecordedHolder, RecordedSeed, Trailer, Writer},
-    sockets::table::Seed,
+    sockets::table::{Seed, Tuple},
 };
 
-struct FileSink {
+/// Writes a window to a recording file. Also used by `report --record`.
+pub struct FileSink {
     writer: Option<Writer>,
     header: Header,
-    path: std::path::PathBuf,
+    path: PathBuf,
     error: Option<anyhow::Error>,
-    records: u64,
+    pub records: u64,
+}
+
+impl FileSink {
+    pub fn new(path: &Path, settings: PortSettings) -> Self {
+        FileSink {
+            writer: None,
+            header: Header {
+                start_ns: 0,
+                settings,
+                seeds: Vec::new(),
+                endian: record::native_endian(),
+            },
+            path: path.to_owned(),
+            error: None,
+            records: 0,
+        }
+    }
+
+    /// Writes the trailer: the end of the window, its losses, and `holders`: who held
+    /// each connected socket at the end (`startup::holders_now`).
+    pub fn finish(self, traced: &Traced, holders: &HashMap<Tuple, (u32, Comm)>) -> Result<()> {
+        let context = || format!("writing {}", self.path.display());
+        if let Some(err) = self.error {
+            return Err(err).with_context(context);
+        }
+        let writer = self.writer.context("the recording was never started")?;
+        let holders = holders
+            .iter()
+            .map(|(tuple, &(pid, comm))| RecordedHolder {
+                saddr: tuple.saddr,
+                sport: tuple.sport,
+                daddr: tuple.daddr,
+                dport: tuple.dport,
+                pid,
+                comm: comm.to_string(),
+            })
+            .collect();
+        writer
+            .finish(&Trailer {
+                end_ns: traced.end_ns,
+                dropped: traced.counters.ring_buffer_full,
+                untracked: traced.counters.socket_table_full + traced.counters.owner_table_full,
+                holders,
+            })
+            .with_context(context)
+    }
 }
 
 impl Sink for FileSink {
@@ -44,43 +97,12 @@ impl Sink for FileSink {
 
 pub async fn run(args: RecordArgs) -> Result<()> {
     let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
-    let mut sink = FileSink {
-        writer: None,
-        header: Header {
-            start_ns: 0,
-            settings,
-            seeds: Vec::new(),
-            endian: record::native_endian(),
-        },
-        path: args.out.clone(),
-        error: None,
-        records: 0,
-    };
+    let mut sink = FileSink::new(&args.out, settings);
     let traced = trace::trace(&args.kernel, Some(args.duration), "recording", &mut sink).await?;
-    if let Some(err) = sink.error {
-        return Err(err).with_context(|| format!("writing {}", args.out.display()));
-    }
-    let writer = sink.writer.context("the recording was never started")?;
-    let holders = startup::holders_now()
-        .into_iter()
-        .map(|(tuple, (pid, comm))| RecordedHolder {
-            saddr: tuple.saddr,
-            sport: tuple.sport,
-            daddr: tuple.daddr,
-            dport: tuple.dport,
-            pid,
-            comm: comm.to_string(),
-        })
-        .collect();
-    writer.finish(&Trailer {
-        end_ns: traced.end_ns,
-        dropped: traced.counters.ring_buffer_full,
-        untracked: traced.counters.socket_table_full + traced.counters.owner_table_full,
-        holders,
-    })?;
+    let records = sink.records;
+    sink.finish(&traced, &startup::holders_now())?;
     eprintln!(
-        "portwatch: recorded {} events to {} ({} dropped); `portwatch report --replay {}` reads it",
-        sink.records,
+        "portwatch: recorded {records} events to {} ({} dropped); `portwatch report --replay {}` reads it",
         args.out.display(),
         traced.counters.ring_buffer_full,
         args.out.display()

@@ -6,7 +6,10 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::{ReportArgs, ReportFormat},
-    commands::trace::{self, Sink},
+    commands::{
+        record::FileSink,
+        trace::{self, Sink},
+    },
     detect::{
         model::Model,
         ports::PortSettings,
@@ -24,9 +27,18 @@ pub enum Outcome {
 }
 
 /// Feeds records to the model, counting the ones it cannot decode.
-struct ModelSink {
-    model: Model,
-    undecodable: u64,
+pub struct ModelSink {
+    pub model: Model,
+    pub undecodable: u64,
+}
+
+impl ModelSink {
+    pub fn new(model: Model) -> Self {
+        ModelSink {
+            model,
+            undecodable: 0,
+        }
+    }
 }
 
 impl Sink for ModelSink {
@@ -70,18 +82,49 @@ pub async fn run(args: ReportArgs) -> Result<Outcome> {
     })
 }
 
+/// A live report's sink: the model, and with `--record` the recording file too.
+struct LiveSink {
+    model: ModelSink,
+    file: Option<FileSink>,
+}
+
+impl Sink for LiveSink {
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) {
+        if let Some(file) = &mut self.file {
+            file.start(start_ns, seeds.clone());
+        }
+        self.model.start(start_ns, seeds);
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        if let Some(file) = &mut self.file {
+            file.record(bytes);
+        }
+        self.model.record(bytes);
+    }
+}
+
 async fn live(args: &ReportArgs) -> Result<Report> {
     let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
-    let mut sink = ModelSink {
-        model: Model::new(0),
-        undecodable: 0,
+    let mut live = LiveSink {
+        model: ModelSink::new(Model::new(0)),
+        file: args
+            .record
+            .as_deref()
+            .map(|path| FileSink::new(path, settings.clone())),
     };
-    let traced = trace::trace(&args.kernel, Some(args.duration), "tracing", &mut sink).await?;
-    // Owners the kernel could not learn for certain: one look at /proc, now.
-    if sink.model.table.unresolved() > 0 {
-        sink.model
-            .table
-            .resolve(&crate::commands::startup::holders_now());
+    let traced = trace::trace(&args.kernel, Some(args.duration), "tracing", &mut live).await?;
+    let mut sink = live.model;
+    // Owners the kernel could not learn for certain: one look at /proc, now, shared
+    // with the recording so a replay resolves them the same way.
+    let holders = if live.file.is_some() || sink.model.table.unresolved() > 0 {
+        crate::commands::startup::holders_now()
+    } else {
+        Default::default()
+    };
+    sink.model.table.resolve(&holders);
+    if let Some(file) = live.file {
+        file.finish(&traced, &holders)?;
     }
     let untracked = traced.counters.socket_table_full + traced.counters.owner_table_full;
     Ok(build(
