@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use portwatch::{
+    actors,
     cli::{Cli, Command},
     commands,
 };
@@ -19,13 +20,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Stream(args) => runtime()?.block_on(commands::stream::run(args)),
+        // Actors are plain threads and blocking sockets: no runtime.
+        Command::Actor(args) => actors::run(&args),
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     // One thread is plenty: the work is one ring buffer and one output.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        match cli.command {
-            Command::Stream(args) => commands::stream::run(args).await,
-        }
-    })
+        .build()
 }
