@@ -1,6 +1,6 @@
 //! Workload actors: real processes that leak, churn or behave well, so `portwatch demo`
 //! and the tests have exact, known behaviour to find. `portwatch actor <ROLE>` runs one
-//! (hidden from --help).
+//! (hidden from --help); [`ActorProcess`] starts one as a child and talks to it.
 //!
 //! Every role prints `ready <pid> <port>` on stdout once set up (the listening port for
 //! servers, the destination port for clients), and the roles that finish print one
@@ -12,10 +12,12 @@ mod keepalive_client;
 mod leak_client;
 mod leak_server;
 mod pacing;
+mod process;
 mod shared;
 
 use anyhow::Context as _;
 
+pub use self::process::ActorProcess;
 use crate::cli::{ActorArgs, ActorRole};
 
 /// Runs the actor until its work is done, or forever for servers.
