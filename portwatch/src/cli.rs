@@ -1,5 +1,5 @@
 //! Command-line interface.
-use std::time::Duration;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -53,6 +53,11 @@ pub enum Command {
                       reported."
     )]
     Snapshot(SnapshotArgs),
+
+    /// Run a workload actor: a real process that leaks, churns or behaves well, for
+    /// `portwatch demo` and the tests. Not for users, so hidden from --help.
+    #[command(hide = true)]
+    Actor(ActorArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -208,6 +213,124 @@ impl KernelArgs {
     }
 }
 
+/// `portwatch actor [--until-stdin-eof] <ROLE> [options]`. Every role prints
+/// `ready <pid> <port>` on stdout once set up.
+#[derive(Debug, Args)]
+pub struct ActorArgs {
+    /// Exit (status 0) when standard input reaches EOF, so an actor dies with the parent
+    /// that holds its stdin, even when that parent is killed.
+    #[arg(long, global = true)]
+    pub until_stdin_eof: bool,
+
+    #[command(subcommand)]
+    pub role: ActorRole,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ActorRole {
+    /// Accepts connections, reads each until the peer closes, and never closes it: the
+    /// sockets stay in CLOSE_WAIT. With --leak N, prints `done <N>` once all N saw EOF.
+    LeakServer(LeakServerArgs),
+    /// Answers each request line with the same line and closes as soon as the peer does.
+    EchoServer(EchoServerArgs),
+    /// Opens short connections at a fixed rate, one request each, closing first (its
+    /// sockets go to TIME_WAIT). Prints `done <made> <seconds> <no_local_port>` at the end.
+    ChurnClient(ChurnClientArgs),
+    /// One connection (connected before `ready`), one request per interval. Prints
+    /// `done <requests> <seconds>` when --duration ends.
+    KeepaliveClient(KeepaliveClientArgs),
+    /// Connects N times and closes each connection at once. Prints `done <N>`.
+    LeakClient(LeakClientArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LeakServerArgs {
+    /// Address to listen on, e.g. 127.0.0.1:0 or [::1]:8080 (port 0: any free port).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
+    pub listen: SocketAddr,
+
+    /// Accept exactly N connections, then stop listening and hold them.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub leak: Option<u64>,
+
+    /// Accept and leak every connection, for as long as the actor runs (the default).
+    #[arg(long, conflicts_with = "leak")]
+    pub leak_all: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EchoServerArgs {
+    /// Address to listen on, e.g. 127.0.0.1:0 or [::1]:8080 (port 0: any free port).
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub struct ChurnClientArgs {
+    /// The echo-server to connect to, e.g. 127.0.0.1:8080 or [::1]:8080.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
+    pub connect: SocketAddr,
+
+    /// Connections per second, over all threads; 0: as fast as possible.
+    #[arg(long, value_name = "R", value_parser = parse_rate)]
+    pub rate: f64,
+
+    /// Stop after N connections.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Stop after this long, e.g. 10s. Without --count or --duration: until killed.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Connections in flight at once.
+    #[arg(long, value_name = "T", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct KeepaliveClientArgs {
+    /// The echo-server to connect to, e.g. 127.0.0.1:8080 or [::1]:8080.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
+    pub connect: SocketAddr,
+
+    /// Time between requests, e.g. 100ms.
+    #[arg(long, value_name = "I", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Stop after this long, e.g. 10s. Default: until killed.
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeakClientArgs {
+    /// The server to connect to, e.g. 127.0.0.1:8080 or [::1]:8080.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
+    pub connect: SocketAddr,
+
+    /// How many connections to open and close.
+    #[arg(long, value_name = "N")]
+    pub count: u64,
+}
+
+/// Numeric addresses only: actors talk to this host, and a name lookup would only add a
+/// way to fail.
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not an address and port such as 127.0.0.1:8080 or [::1]:8080")
+    })
+}
+
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate: write connections per second, e.g. 200 or 0.5 (0: as fast as possible)"
+        )),
+    }
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
         .map_err(|err| format!("{err} (write a number and a unit, e.g. 10s, 2m, 1h)"))?;
@@ -304,7 +427,7 @@ mod tests {
         ])
         .unwrap();
         let Command::Stream(args) = cli.command else {
-            panic!("parsed as another command")
+            panic!("parsed as {:?}", cli.command);
         };
         assert_eq!(args.format, Format::Json);
         assert_eq!(args.pids, [1, 2]);
@@ -344,5 +467,103 @@ mod tests {
     fn bad_state_is_a_usage_error() {
         let err = Cli::try_parse_from(["portwatch", "stream", "--state", "OPEN"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn actor_is_hidden_from_help() {
+        let help = Cli::command().render_help().to_string();
+        assert!(!help.contains("actor"), "{help}");
+    }
+
+    fn actor(args: &[&str]) -> ActorArgs {
+        let cli = Cli::try_parse_from(["portwatch", "actor"].iter().chain(args))
+            .unwrap_or_else(|err| panic!("{args:?}: {err}"));
+        let Command::Actor(actor) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        actor
+    }
+
+    #[test]
+    fn actor_roles_parse() {
+        let args = actor(&[
+            "churn-client",
+            "--connect",
+            "[::1]:8080",
+            "--rate",
+            "0.5",
+            "--count",
+            "10",
+            "--duration",
+            "2s",
+            "--threads",
+            "4",
+            "--until-stdin-eof",
+        ]);
+        assert!(args.until_stdin_eof);
+        let ActorRole::ChurnClient(churn) = args.role else {
+            panic!("parsed as {:?}", args.role);
+        };
+        assert_eq!(churn.connect, "[::1]:8080".parse().unwrap());
+        assert_eq!(churn.rate, 0.5);
+        assert_eq!(churn.count, Some(10));
+        assert_eq!(churn.duration, Some(Duration::from_secs(2)));
+        assert_eq!(churn.threads, 4);
+
+        let args = actor(&[
+            "--until-stdin-eof",
+            "leak-server",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(args.until_stdin_eof);
+        let ActorRole::LeakServer(leak) = args.role else {
+            panic!("parsed as {:?}", args.role);
+        };
+        assert_eq!(leak.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(leak.leak, None);
+
+        let args = actor(&[
+            "keepalive-client",
+            "--connect",
+            "127.0.0.1:80",
+            "--interval",
+            "100ms",
+        ]);
+        assert!(!args.until_stdin_eof);
+        let ActorRole::KeepaliveClient(keepalive) = args.role else {
+            panic!("parsed as {:?}", args.role);
+        };
+        assert_eq!(keepalive.interval, Duration::from_millis(100));
+        assert_eq!(keepalive.duration, None);
+    }
+
+    #[test]
+    fn bad_actor_arguments_are_usage_errors() {
+        let bad: [&[&str]; 6] = [
+            &["leak-server", "--listen", "localhost:80"],
+            &[
+                "leak-server",
+                "--listen",
+                "127.0.0.1:0",
+                "--leak",
+                "3",
+                "--leak-all",
+            ],
+            &["leak-server", "--listen", "127.0.0.1:0", "--leak", "0"],
+            &["churn-client", "--connect", "127.0.0.1:80", "--rate", "-1"],
+            &["churn-client", "--connect", "127.0.0.1:80", "--rate", "NaN"],
+            &[
+                "keepalive-client",
+                "--connect",
+                "127.0.0.1:80",
+                "--interval",
+                "0s",
+            ],
+        ];
+        for args in bad {
+            let parsed = Cli::try_parse_from(["portwatch", "actor"].iter().chain(args));
+            assert!(parsed.is_err(), "{args:?} parsed");
+        }
     }
 }

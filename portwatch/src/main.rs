@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use portwatch::{
+    actors,
     cli::{Cli, Command},
     commands,
 };
@@ -19,25 +20,29 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    // One thread is plenty: the work is one ring buffer and one output.
-    let runtime = || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    };
+    let success = |()| ExitCode::SUCCESS;
     match cli.command {
         Command::Stream(args) => runtime()?
             .block_on(commands::stream::run(args))
-            .map(|()| ExitCode::SUCCESS),
+            .map(success),
         Command::Record(args) => runtime()?
             .block_on(commands::record::run(args))
-            .map(|()| ExitCode::SUCCESS),
+            .map(success),
         Command::Report(args) => Ok(match runtime()?.block_on(commands::report::run(args))? {
             commands::report::Outcome::Clean => ExitCode::SUCCESS,
             // Distinct from 1 (could not run), for scripts and health checks.
             commands::report::Outcome::FailOn => ExitCode::from(2),
         }),
         // Synchronous: one dump, one pass over /proc, one write.
-        Command::Snapshot(args) => commands::snapshot::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Snapshot(args) => commands::snapshot::run(args).map(success),
+        // Actors are plain threads and blocking sockets: no runtime.
+        Command::Actor(args) => actors::run(&args).map(success),
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    // One thread is plenty: the work is one ring buffer and one output.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }

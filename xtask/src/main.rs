@@ -33,7 +33,8 @@ enum Task {
     },
     /// Set up, then run every check CI runs: rustfmt, clippy (host and eBPF crates)
     /// and the whole test suite, including the privileged tests that load eBPF (root).
-    /// PORTWATCH_UNPRIVILEGED=1 runs only the unit tests, for machines without root.
+    /// PORTWATCH_UNPRIVILEGED=1 runs only the tests that need no root (unit tests and
+    /// actor tests), for machines without root.
     Test,
 }
 
@@ -90,10 +91,11 @@ fn run(cli: Cli) -> Result<()> {
                         "{UNPRIVILEGED}=1 is for developer laptops: CI must run the privileged tests"
                     );
                 }
-                cargo(&workspace, &["test", "--lib", "--bins"])?;
+                // The actor tests load no eBPF: they belong with the unit tests here.
+                cargo(&workspace, &["test", "--lib", "--bins", "--test", "actors"])?;
                 eprintln!(
-                    "xtask: {UNPRIVILEGED}=1: ran the unit tests only; the privileged tests \
-                     that load eBPF (portwatch/tests/) did NOT run"
+                    "xtask: {UNPRIVILEGED}=1: ran the unit tests and the actor tests only; \
+                     the privileged tests that load eBPF (portwatch/tests/) did NOT run"
                 );
                 return Ok(());
             }
