@@ -35,6 +35,9 @@ pub enum Command {
     /// Trace for a while, then name the processes that leak CLOSE_WAIT sockets or churn
     /// connections, and forecast ephemeral-port exhaustion.
     Report(ReportArgs),
+    /// Start a leaking server, a churning client and a healthy client as child processes,
+    /// trace them for a few seconds, and report: what portwatch finds, in 10 seconds.
+    Demo(DemoArgs),
     /// Print one line per TCP state transition, as it happens.
     Stream(StreamArgs),
     /// Save a window of events (with the sockets open at the start) for
@@ -136,6 +139,19 @@ pub struct DetectionArgs {
     /// Port exhaustion forecast sooner than this is critical, later a warning.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub exhaustion_critical: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How long to trace the demo's processes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
 }
 
 #[derive(Debug, Args)]

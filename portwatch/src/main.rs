@@ -25,6 +25,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stream(args) => runtime()?
             .block_on(commands::stream::run(args))
             .map(success),
+        Command::Demo(args) => runtime()?.block_on(commands::demo::run(args)).map(success),
         Command::Record(args) => runtime()?
             .block_on(commands::record::run(args))
             .map(success),

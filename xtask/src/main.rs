@@ -62,7 +62,7 @@ fn run(cli: Cli) -> Result<()> {
                 &["build", "--release", "--package", "portwatch"],
             )?;
             let args = if args.is_empty() {
-                vec!["stream".to_owned()]
+                vec!["demo".to_owned()]
             } else {
                 args
             };

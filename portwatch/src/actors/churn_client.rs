@@ -35,7 +35,7 @@ pub fn run(args: &ChurnClientArgs) -> Result<(), ActorError> {
     thread::scope(|scope| {
         for _ in 0..args.threads {
             let started = thread::Builder::new()
-                .name("churn".into())
+                .name("churn-client".into())
                 .spawn_scoped(scope, || run.work());
             if let Err(err) = started {
                 run.fail(ActorError::Thread(err));

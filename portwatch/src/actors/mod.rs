@@ -23,6 +23,7 @@ use crate::cli::{ActorArgs, ActorRole};
 /// Runs the actor until its work is done, or forever for servers.
 pub fn run(args: &ActorArgs) -> anyhow::Result<()> {
     let role = role_name(&args.role);
+    name_process(role);
     if args.until_stdin_eof {
         shared::exit_on_stdin_eof().with_context(|| format!("actor {role}"))?;
     }
@@ -34,6 +35,18 @@ pub fn run(args: &ActorArgs) -> anyhow::Result<()> {
         ActorRole::LeakClient(args) => leak_client::run(args),
     }
     .with_context(|| format!("actor {role}"))
+}
+
+/// Names the process after its role (its comm, which portwatch reports), so a demo's
+/// report says "leak-server", not "portwatch". Threads started later inherit it.
+fn name_process(role: &str) {
+    let mut name = [0u8; 16];
+    let len = role.len().min(15);
+    name[..len].copy_from_slice(&role.as_bytes()[..len]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from a
+    // valid pointer; `name` is 16 bytes with at least one trailing NUL. Failure only
+    // leaves the old name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
 }
 
 fn role_name(role: &ActorRole) -> &'static str {

@@ -1,4 +1,5 @@
 //! One module per subcommand: each wires the tracer, the model and an output together.
+pub mod demo;
 pub mod record;
 pub mod report;
 pub mod snapshot;
