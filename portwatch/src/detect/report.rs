@@ -366,8 +366,8 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<ProcessRef, Holdings> {
         }
         let key = time_wait.owner.map_or(UNKNOWN, |o| o.process);
         let held = holdings.entry(key).or_default();
-        held.time_wait_now += 1;
-        *held.states.entry(TcpState::TimeWait.name()).or_default() += 1;
+        held.time_wait_now += time_wait.count as usize;
+        *held.states.entry(TcpState::TimeWait.name()).or_default() += time_wait.count as usize;
     }
     holdings
 }
@@ -597,7 +597,7 @@ fn exhaustion_findings(
                     daddr: t.daddr,
                     dport: t.dport,
                 })
-                .or_default() += 1;
+                .or_default() += tw.count as usize;
         }
     }
     let mut findings = Vec::new();
