@@ -163,7 +163,12 @@ struct Tracked {
 /// the event should carry.
 #[inline(always)]
 fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: bool) -> Tracked {
-    if let Some(entry) = SOCKETS.get_ptr_mut(sock) {
+    // An entry found at the start of a socket's life belongs to an earlier socket at
+    // the same address whose last transition never reached this program (the kernel
+    // skips a tracepoint program while another eBPF program runs on the same CPU, e.g.
+    // when a softirq interrupts one). It must not lend its owner to the new socket.
+    let stale = starts_life(old_state, new_state);
+    if let Some(entry) = SOCKETS.get_ptr_mut(sock).filter(|_| !stale) {
         // SAFETY: the map returned a valid pointer to the value; tracepoints for one
         // socket are serialised by the socket lock, so nothing else writes it now.
         let entry = unsafe { &mut *entry };
@@ -193,6 +198,9 @@ fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: b
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => (Origin::Active, now),
         (tcp_state::CLOSE, tcp_state::LISTEN) => (Origin::Listener, now),
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => (Origin::Passive, now),
+        // Accepted, with its LISTEN -> SYN_RECV missed (see above). (A simultaneous
+        // open also passes through SYN_RECV, but is too rare to guess for.)
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (Origin::Passive, 0),
         _ => (Origin::Unknown, 0),
     };
     let owner = if actor {
@@ -226,6 +234,18 @@ fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: b
         opened_ns,
         owner,
     }
+}
+
+/// Transitions that begin a socket's life: connect(), listen(), and a new passive
+/// socket cloned from its listener.
+#[inline(always)]
+fn starts_life(old_state: u8, new_state: u8) -> bool {
+    matches!(
+        (old_state, new_state),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT)
+            | (tcp_state::CLOSE, tcp_state::LISTEN)
+            | (tcp_state::LISTEN, tcp_state::SYN_RECV)
+    )
 }
 
 /// Transitions only a system call on the socket makes (include/net/tcp_states.h and
