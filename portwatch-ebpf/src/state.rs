@@ -96,7 +96,7 @@ fn on_state_change(ctx: &TracePointContext) {
         family,
         _pad: 0,
     };
-    if old_state == tcp_state::LISTEN && new_state == tcp_state::SYN_RECV {
+    if learns_peer(old_state, new_state, dport, &tracked.owner) {
         if PEERS.insert(peer, sock, 0).is_err() {
             count(Counter::OwnerTableFull);
         }
@@ -110,7 +110,7 @@ fn on_state_change(ctx: &TracePointContext) {
     };
     let event = entry.as_mut_ptr();
     let mut flags = 0;
-    if tracked.in_state_ns.is_some() {
+    if tracked.in_state_known {
         flags |= FLAG_IN_STATE_KNOWN;
     }
     if by_syscall {
@@ -125,7 +125,7 @@ fn on_state_change(ctx: &TracePointContext) {
         (*event).flags = flags;
         (*event).ts_ns = now;
         (*event).sock = sock;
-        (*event).in_state_ns = tracked.in_state_ns.unwrap_or(0);
+        (*event).in_state_ns = tracked.in_state_ns;
         (*event).opened_ns = tracked.opened_ns;
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).tid = pid_tgid as u32;
@@ -146,8 +146,15 @@ fn on_state_change(ctx: &TracePointContext) {
 }
 
 /// What the socket table says about a socket after a transition.
+///
+/// A value and a flag rather than an `Option<u64>`: LLVM reads an Option's payload even
+/// when it is `None` (and then ignores it), and older verifiers reject any read of a
+/// stack slot that was never written ("invalid read from stack"): with an Option, the
+/// program did not load on 5.10 or 6.1 (6.12 accepts it).
 struct Tracked {
-    in_state_ns: Option<u64>,
+    /// 0 unless `in_state_known`.
+    in_state_ns: u64,
+    in_state_known: bool,
     opened_ns: u64,
     owner: Owner,
 }
@@ -156,17 +163,23 @@ struct Tracked {
 /// the event should carry.
 #[inline(always)]
 fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: bool) -> Tracked {
-    if let Some(entry) = SOCKETS.get_ptr_mut(sock) {
+    // An entry found at the start of a socket's life belongs to an earlier socket at
+    // the same address whose last transition never reached this program (the kernel
+    // skips a tracepoint program while another eBPF program runs on the same CPU, e.g.
+    // when a softirq interrupts one). It must not lend its owner to the new socket.
+    let stale = starts_life(old_state, new_state);
+    if let Some(entry) = SOCKETS.get_ptr_mut(sock).filter(|_| !stale) {
         // SAFETY: the map returned a valid pointer to the value; tracepoints for one
         // socket are serialised by the socket lock, so nothing else writes it now.
         let entry = unsafe { &mut *entry };
-        let in_state_ns = Some(now.saturating_sub(entry.state_since_ns));
+        let in_state_ns = now.saturating_sub(entry.state_since_ns);
         if actor && !owner_is_certain(&entry.owner) {
             let origin = entry.owner.origin;
             entry.owner = current_owner(OwnerSource::Syscall, origin);
         }
         let tracked = Tracked {
             in_state_ns,
+            in_state_known: true,
             opened_ns: entry.opened_ns,
             owner: entry.owner,
         };
@@ -185,6 +198,9 @@ fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: b
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => (Origin::Active, now),
         (tcp_state::CLOSE, tcp_state::LISTEN) => (Origin::Listener, now),
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => (Origin::Passive, now),
+        // Accepted, with its LISTEN -> SYN_RECV missed (see above). (A simultaneous
+        // open also passes through SYN_RECV, but is too rare to guess for.)
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (Origin::Passive, 0),
         _ => (Origin::Unknown, 0),
     };
     let owner = if actor {
@@ -213,10 +229,23 @@ fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: b
         }
     }
     Tracked {
-        in_state_ns: None,
+        in_state_ns: 0,
+        in_state_known: false,
         opened_ns,
         owner,
     }
+}
+
+/// Transitions that begin a socket's life: connect(), listen(), and a new passive
+/// socket cloned from its listener.
+#[inline(always)]
+fn starts_life(old_state: u8, new_state: u8) -> bool {
+    matches!(
+        (old_state, new_state),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT)
+            | (tcp_state::CLOSE, tcp_state::LISTEN)
+            | (tcp_state::LISTEN, tcp_state::SYN_RECV)
+    )
 }
 
 /// Transitions only a system call on the socket makes (include/net/tcp_states.h and
@@ -233,6 +262,25 @@ fn made_by_syscall(old_state: u8, new_state: u8) -> bool {
             | (tcp_state::SYN_RECV, tcp_state::FIN_WAIT1)
             | (tcp_state::CLOSE_WAIT, tcp_state::LAST_ACK)
     )
+}
+
+/// Whether this transition names a not-yet-accepted passive socket's remote end, which
+/// the accept hook finds it by.
+///
+/// `LISTEN -> SYN_RECV` does only on recent kernels (6.18 does): on 5.10, 6.1 and 6.12
+/// inet_csk_clone_lock() sets the new socket's state before copying its addresses, so
+/// the record holds the listener's (remote address unspecified, port 0).
+/// `SYN_RECV -> ESTABLISHED` has them everywhere, and always precedes accept()
+/// returning the socket: the handshake runs with the socket locked, and inet_accept()
+/// locks it before returning. Both are kept: a TCP Fast Open socket is accepted while
+/// still in SYN_RECV. Where both apply they write the same entry.
+#[inline(always)]
+fn learns_peer(old_state: u8, new_state: u8, dport: u16, owner: &Owner) -> bool {
+    match (old_state, new_state) {
+        (tcp_state::LISTEN, tcp_state::SYN_RECV) => dport != 0,
+        (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => owner.origin == Origin::Passive as u8,
+        _ => false,
+    }
 }
 
 /// Learned in the owner's own system call, as opposed to unknown or provisional.

@@ -1,7 +1,8 @@
-//! portwatch's project tasks: `cargo xtask setup | run | test`.
+//! portwatch's project tasks: `cargo xtask setup | run | test | test-kernels`.
 //!
 //! Every task installs what it needs first, idempotently, so a newcomer on a fresh
 //! machine needs nothing but cargo.
+mod kernels;
 mod setup;
 
 use std::{
@@ -25,8 +26,8 @@ enum Task {
     /// against this Rust toolchain's LLVM, under target/tools) and Debian packages.
     /// Safe to run again: finished steps are skipped.
     Setup,
-    /// Set up, build portwatch (release) and run it. Without arguments it streams TCP
-    /// state transitions until Ctrl-C; pass portwatch's own arguments after `--`.
+    /// Set up, build portwatch (release) and run it. Without arguments it runs
+    /// `portwatch demo`; pass portwatch's own arguments after `--`.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -34,8 +35,28 @@ enum Task {
     /// Set up, then run every check CI runs: rustfmt, clippy (host and eBPF crates)
     /// and the whole test suite, including the privileged tests that load eBPF (root).
     /// PORTWATCH_UNPRIVILEGED=1 runs only the tests that need no root (unit tests and
-    /// actor tests), for machines without root.
-    Test,
+    /// actor tests), for machines without root. The kernel matrix (test-kernels) runs
+    /// last.
+    Test {
+        /// Leave out the kernel matrix (quicker local runs; CI never does).
+        #[arg(long)]
+        no_kernels: bool,
+    },
+    /// Set up, build portwatch (release), and run it inside VMs booting the kernels
+    /// production hosts run (Debian's cloud kernels 5.10, 6.1 and 6.12, under qemu),
+    /// against real loopback traffic: a CLOSE_WAIT leak, churn, port exhaustion and a
+    /// stalled reader. Kernel packages are downloaded once into target/kernels/.
+    TestKernels {
+        /// Only this kernel, by short name (e.g. 6.1) or package name (repeatable).
+        #[arg(long = "kernel", value_name = "KERNEL")]
+        kernels: Vec<String>,
+        /// Kill a VM that has not finished after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        timeout: u64,
+    },
+    /// Inside a test-kernels VM only: the in-guest test and its traffic processes.
+    #[command(hide = true, subcommand)]
+    Guest(kernels::guest::Role),
 }
 
 /// Set to 1 on a machine without root to run only the tests that need no eBPF.
@@ -54,6 +75,18 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let workspace = workspace_root()?;
     match cli.task {
+        // Before anything touches the workspace, which the guest does not have.
+        Task::Guest(role) => kernels::guest::run(role),
+        Task::TestKernels { kernels, timeout } => {
+            setup::all(&workspace)?;
+            kernels::test_kernels(
+                &workspace,
+                &kernels::Options {
+                    kernels,
+                    timeout: std::time::Duration::from_secs(timeout),
+                },
+            )
+        }
         Task::Setup => setup::all(&workspace),
         Task::Run { args } => {
             setup::all(&workspace)?;
@@ -77,7 +110,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Task::Test => {
+        Task::Test { no_kernels } => {
             setup::all(&workspace)?;
             cargo(&workspace, &["fmt", "--all", "--check"])?;
             cargo(
@@ -101,7 +134,18 @@ fn run(cli: Cli) -> Result<()> {
             }
             // Privileged tests attach to the same kernel tracepoint and would see each
             // other's traffic: one test at a time keeps their assertions exact.
-            cargo(&workspace, &["test", "--", "--test-threads=1"])
+            cargo(&workspace, &["test", "--", "--test-threads=1"])?;
+            if no_kernels {
+                eprintln!("xtask: --no-kernels: the kernel matrix (test-kernels) did NOT run");
+                return Ok(());
+            }
+            kernels::test_kernels(
+                &workspace,
+                &kernels::Options {
+                    kernels: Vec::new(),
+                    timeout: std::time::Duration::from_secs(300),
+                },
+            )
         }
     }
 }
@@ -122,7 +166,7 @@ fn clippy_ebpf(workspace: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cargo(workspace: &Path, args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(workspace: &Path, args: &[&str]) -> Result<()> {
     let status = Command::new(cargo_bin())
         .current_dir(workspace)
         .args(args)

@@ -23,7 +23,7 @@ pub fn all(workspace: &Path) -> Result<()> {
     let sysroot = rust_sysroot()?;
     rust_src(&sysroot)?;
     bpf_linker(workspace, &sysroot)?;
-    debian_packages()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     Ok(())
 }
 
@@ -158,8 +158,10 @@ fn toolchain_llvm(sysroot: &Path) -> Result<PathBuf> {
     )
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs those of `packages` (package, command it provides) whose command is
+/// missing.
+pub fn debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, command)| !on_path(command))
         .map(|(package, _)| *package)

@@ -5,6 +5,7 @@
 use std::{fs, io, path::PathBuf};
 
 use anyhow::{Result, bail};
+use aya::{programs::ProgramType, sys::BpfHelper};
 
 /// Capability numbers from include/uapi/linux/capability.h.
 const CAP_SYS_ADMIN: u32 = 21;
@@ -61,19 +62,24 @@ pub struct Features {
 /// kernel supports.
 pub fn prepare() -> Result<(PathBuf, Features)> {
     check_capabilities(effective_capabilities()?)?;
+    // Before the probes: on kernels before 5.11 the probes' maps count against it too.
     raise_memlock_limit();
+    check_ring_buffer()?;
     let tracefs = tracefs()?;
     check_state_tracepoint(&tracefs)?;
-    let accept_hook = ACCEPT_ENTER_TRACEPOINTS
-        .iter()
-        .try_for_each(|&tp| check_optional(&tracefs, tp, &ACCEPT_ENTER_FIELDS))
-        .and_then(|()| {
-            ACCEPT_EXIT_TRACEPOINTS
-                .iter()
-                .try_for_each(|&tp| check_optional(&tracefs, tp, &SYSCALL_EXIT_FIELDS))
-        });
-    let exit_hook = check_optional(&tracefs, EXIT_TRACEPOINT, &[]);
-    let connect_hook = check_optional(&tracefs, CONNECT_EXIT_TRACEPOINT, &SYSCALL_EXIT_FIELDS);
+    let accept_hook = check_accept_hook(&tracefs);
+    let exit_hook = check_optional(
+        &tracefs,
+        EXIT_TRACEPOINT,
+        &[],
+        "it exists on every kernel with CONFIG_TRACEPOINTS",
+    );
+    let connect_hook = check_optional(
+        &tracefs,
+        CONNECT_EXIT_TRACEPOINT,
+        &SYSCALL_EXIT_FIELDS,
+        SYSCALL_TRACEPOINTS,
+    );
     Ok((
         tracefs,
         Features {
@@ -84,22 +90,89 @@ pub fn prepare() -> Result<(PathBuf, Features)> {
     ))
 }
 
-/// Checks an optional tracepoint exists with the fields a program reads.
+/// The accept hook: both syscall tracepoints of accept() and accept4(), and the helper
+/// that reads the peer address accept() wrote to user memory.
+fn check_accept_hook(tracefs: &std::path::Path) -> Result<(), String> {
+    for tracepoint in ACCEPT_ENTER_TRACEPOINTS {
+        check_optional(
+            tracefs,
+            tracepoint,
+            &ACCEPT_ENTER_FIELDS,
+            SYSCALL_TRACEPOINTS,
+        )?;
+    }
+    for tracepoint in ACCEPT_EXIT_TRACEPOINTS {
+        check_optional(
+            tracefs,
+            tracepoint,
+            &SYSCALL_EXIT_FIELDS,
+            SYSCALL_TRACEPOINTS,
+        )?;
+    }
+    check_helper(
+        BpfHelper::BPF_FUNC_probe_read_user,
+        "bpf_probe_read_user",
+        "5.5",
+    )
+}
+
+/// What the `syscalls:*` tracepoints need, for messages about their absence.
+const SYSCALL_TRACEPOINTS: &str =
+    "system call tracepoints need a kernel built with CONFIG_FTRACE_SYSCALLS";
+
+/// Checks an optional tracepoint exists with the fields a program reads; `requirement`
+/// says what provides it, for the warning when it does not exist.
 fn check_optional(
     tracefs: &std::path::Path,
     (category, name): (&str, &str),
     fields: &[(&str, usize, usize)],
+    requirement: &str,
 ) -> Result<(), String> {
     let path = tracefs
         .join("events")
         .join(category)
         .join(name)
         .join("format");
-    let format = fs::read_to_string(&path)
-        .map_err(|err| format!("tracepoint {category}:{name} is unavailable ({err})"))?;
+    let format = fs::read_to_string(&path).map_err(|err| {
+        format!("tracepoint {category}:{name} is unavailable ({err}; {requirement})")
+    })?;
     check_fields(&format, fields).map_err(|problem| {
         format!("tracepoint {category}:{name} has an unknown layout ({problem})")
     })
+}
+
+/// Every event reaches userspace through a BPF ring buffer (BPF_MAP_TYPE_RINGBUF, Linux
+/// 5.8): without one, portwatch cannot run at all, and the loader's own error would only
+/// say "Invalid argument".
+fn check_ring_buffer() -> Result<()> {
+    match aya::sys::is_map_supported(aya::maps::MapType::RingBuf) {
+        Ok(false) => bail!(
+            "this kernel ({}) has no BPF ring buffer (BPF_MAP_TYPE_RINGBUF): portwatch sends \
+             every event through one, so it needs Linux 5.8 or newer.",
+            kernel_release()
+        ),
+        // A probe that fails for another reason proves nothing: loading will say what
+        // is wrong, with more detail.
+        Ok(true) | Err(_) => Ok(()),
+    }
+}
+
+/// Checks tracepoint programs may call an eBPF helper that appeared in Linux `since`.
+fn check_helper(helper: BpfHelper, name: &str, since: &str) -> Result<(), String> {
+    match aya::sys::is_helper_supported(ProgramType::TracePoint, helper) {
+        Ok(false) => Err(format!(
+            "the eBPF helper {name} is unavailable on this kernel ({}; it exists since Linux \
+             {since})",
+            kernel_release()
+        )),
+        Ok(true) | Err(_) => Ok(()),
+    }
+}
+
+fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|release| format!("Linux {}", release.trim()))
+        .unwrap_or_else(|_| "Linux of unknown version".to_owned())
 }
 
 fn effective_capabilities() -> Result<u64> {

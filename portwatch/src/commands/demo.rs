@@ -121,6 +121,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         thresholds: &Thresholds::default(),
         dropped: traced.counters.ring_buffer_full,
         untracked: traced.counters.socket_table_full + traced.counters.owner_table_full,
+        skipped: traced.counters.skipped,
         workload: &workload,
     };
     let report = report::build(model, traced.end_ns, &context);

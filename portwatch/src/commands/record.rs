@@ -107,5 +107,12 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         traced.counters.ring_buffer_full,
         args.out.display()
     );
+    if let Some(skipped) = traced.counters.skipped.filter(|&n| n > 0) {
+        // Format version 1 has no field for it: say it here rather than lose it.
+        eprintln!(
+            "portwatch: {skipped} events were skipped by the kernel (another eBPF program was \
+             running on that CPU); the recording does not hold this count"
+        );
+    }
     Ok(())
 }

@@ -134,6 +134,7 @@ async fn live(args: &ReportArgs) -> Result<Report> {
         args,
         traced.counters.ring_buffer_full,
         untracked,
+        traced.counters.skipped,
     ))
 }
 
@@ -162,6 +163,8 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
         args,
         trailer.dropped,
         trailer.untracked,
+        // Recordings (format version 1) do not store it.
+        None,
     ))
 }
 
@@ -172,6 +175,7 @@ fn build(
     args: &ReportArgs,
     dropped: u64,
     untracked: u64,
+    skipped: Option<u64>,
 ) -> Report {
     let workload = |pid: u32| crate::commands::startup::workload(pid);
     let context = Context {
@@ -179,6 +183,7 @@ fn build(
         thresholds: &args.thresholds(),
         dropped,
         untracked,
+        skipped,
         workload: &workload,
     };
     report::build(model, end_ns, &context)

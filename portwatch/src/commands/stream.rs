@@ -65,6 +65,11 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         "portwatch: {} events seen ({} shown), {} dropped (ring buffer full)",
         sink.seen, sink.shown, counters.ring_buffer_full
     );
+    if let Some(skipped) = counters.skipped.filter(|&n| n > 0) {
+        summary += &format!(
+            ", {skipped} skipped by the kernel (another eBPF program was running on that CPU)"
+        );
+    }
     if counters.owner_table_full > 0 {
         summary += &format!(
             ", {} owner lookups lost (owner tables full)",

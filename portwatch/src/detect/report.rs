@@ -183,6 +183,10 @@ pub struct EventCounts {
     pub dropped: u64,
     /// Kernel table entries lost (socket table or owner tables full).
     pub untracked: u64,
+    /// Events that never existed: runs of portwatch's programs the kernel skipped
+    /// because another eBPF program was running on that CPU. None where the kernel
+    /// does not count them (before Linux 6.7, and in replays).
+    pub skipped: Option<u64>,
     /// True when events were lost: numbers are lower bounds.
     pub incomplete: bool,
 }
@@ -205,6 +209,7 @@ pub struct Context<'a> {
     pub thresholds: &'a Thresholds,
     pub dropped: u64,
     pub untracked: u64,
+    pub skipped: Option<u64>,
     pub workload: &'a dyn Fn(u32) -> Option<String>,
 }
 
@@ -315,7 +320,8 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
             seen: model.seen,
             dropped: context.dropped,
             untracked: context.untracked,
-            incomplete: context.dropped > 0,
+            skipped: context.skipped,
+            incomplete: context.dropped > 0 || context.skipped.is_some_and(|n| n > 0),
         },
         port_range: context.settings.range,
         port_capacity: context.settings.capacity(),
@@ -736,6 +742,7 @@ mod tests {
             thresholds: &Thresholds::default(),
             dropped,
             untracked: 0,
+            skipped: None,
             workload: &no_workload,
         };
         build(&model, end_ns, &context)

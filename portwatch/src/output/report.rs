@@ -9,9 +9,13 @@ pub fn json(out: &mut impl Write, report: &Report) -> io::Result<()> {
 }
 
 pub fn text(out: &mut impl Write, report: &Report) -> io::Result<()> {
+    let skipped = match report.events.skipped {
+        Some(skipped) if skipped > 0 => format!(", {skipped} skipped by the kernel"),
+        _ => String::new(),
+    };
     writeln!(
         out,
-        "portwatch report: {:.1} s window, {} events, {} dropped{}",
+        "portwatch report: {:.1} s window, {} events, {} dropped{skipped}{}",
         report.window_s,
         report.events.seen,
         report.events.dropped,

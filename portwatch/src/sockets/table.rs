@@ -156,6 +156,12 @@ impl SocketTable {
         self.expire_time_wait(event.ts_ns);
         let learned = event.owner.map(|owner| self.owner_from(&owner));
         let tuple = Tuple::of(event);
+        if starts_life(event) {
+            // Still here, so the kernel skipped the earlier socket's last transitions
+            // (it does while another eBPF program runs on that CPU): that socket is gone,
+            // and its owner is not this one's.
+            self.live.remove(&event.sock);
+        }
         let socket = match self.live.entry(event.sock) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
             std::collections::hash_map::Entry::Vacant(entry) => {
@@ -327,6 +333,16 @@ fn unspecified(addr: IpAddr) -> IpAddr {
         IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
+}
+
+/// connect(), listen(), or a new passive socket cloned from its listener: a new socket
+/// at this address, whatever the table remembers about the address.
+fn starts_life(event: &Transition) -> bool {
+    use TcpState::*;
+    matches!(
+        (event.old_state, event.new_state),
+        (Close, SynSent) | (Close, Listen) | (Listen, SynRecv)
+    )
 }
 
 fn new_socket(event: &Transition, seed: Option<Seed>, exits: &HashMap<u32, u32>) -> LiveSocket {
@@ -513,6 +529,29 @@ mod tests {
         assert_eq!(table.time_wait().map(|g| g.count).sum::<u32>(), 500);
         table.expire_time_wait(TIME_WAIT_NS + 2_000_000_000);
         assert_eq!(table.time_wait().count(), 0);
+    }
+
+    #[test]
+    fn a_new_socket_at_a_stale_address_starts_afresh() {
+        let mut table = SocketTable::new();
+        // A client socket whose FIN_WAIT2 -> CLOSE the kernel skipped...
+        let client = owner(CLIENT, "client", OwnerSource::Connect);
+        table.apply(&event(6, 0, TcpState::Close, TcpState::SynSent, client));
+        table.apply(&event(
+            6,
+            1,
+            TcpState::Established,
+            TcpState::FinWait1,
+            client,
+        ));
+        // ...and a server socket at the same address, with its listener's owner.
+        let server = owner(SERVER, "server", OwnerSource::Listener);
+        let shown = table
+            .apply(&event(6, 2, TcpState::Listen, TcpState::SynRecv, server))
+            .unwrap();
+        assert_eq!(shown.process.pid, SERVER);
+        assert_eq!(shown.source, OwnerSource::Listener);
+        assert_eq!(table.get(6).unwrap().state, TcpState::SynRecv);
     }
 
     #[test]
