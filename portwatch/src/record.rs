@@ -47,6 +47,10 @@ pub struct Trailer {
     pub end_ns: u64,
     pub dropped: u64,
     pub untracked: u64,
+    /// Runs of portwatch's programs the kernel skipped, where it counts them (6.7+);
+    /// absent in files from before it was recorded.
+    #[serde(default)]
+    pub skipped: Option<u64>,
     /// Who held each connected socket at the end (from /proc), for sockets whose owner
     /// the kernel could not learn.
     #[serde(default)]
@@ -282,6 +286,7 @@ mod tests {
             end_ns: 99,
             dropped: 1,
             untracked: 0,
+            skipped: Some(2),
             holders: vec![RecordedHolder {
                 saddr: "127.0.0.1".parse().unwrap(),
                 sport: 80,

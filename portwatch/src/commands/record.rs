@@ -67,6 +67,7 @@ impl FileSink {
                 end_ns: traced.end_ns,
                 dropped: traced.counters.ring_buffer_full,
                 untracked: traced.counters.socket_table_full + traced.counters.owner_table_full,
+                skipped: traced.counters.skipped,
                 holders,
             })
             .with_context(context)
@@ -108,10 +109,9 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         args.out.display()
     );
     if let Some(skipped) = traced.counters.skipped.filter(|&n| n > 0) {
-        // Format version 1 has no field for it: say it here rather than lose it.
         eprintln!(
             "portwatch: {skipped} events were skipped by the kernel (another eBPF program was \
-             running on that CPU); the recording does not hold this count"
+             running on that CPU); the replay's report marks the window incomplete"
         );
     }
     Ok(())

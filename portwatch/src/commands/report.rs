@@ -163,8 +163,7 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
         args,
         trailer.dropped,
         trailer.untracked,
-        // Recordings (format version 1) do not store it.
-        None,
+        trailer.skipped,
     ))
 }
 
