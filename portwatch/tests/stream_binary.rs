@@ -146,9 +146,15 @@ fn stream_json_reports_another_process_connection_and_detaches() {
         .find(|e| e["new_state"] == "CLOSE_WAIT" && e["sport"] == port)
         .expect("the server side's CLOSE_WAIT is reported");
     // It runs in softirq context, but is charged to the socket's owner: this test
-    // process, which accepted it.
+    // process. Bash may close before this process accepts, so the socket can reach
+    // CLOSE_WAIT in the accept queue, still carrying its listener's owner: the same
+    // process here.
     assert_eq!(close_wait["pid"], std::process::id(), "{close_wait}");
-    assert_eq!(close_wait["owner_source"], "accept", "{close_wait}");
+    let source = close_wait["owner_source"].as_str();
+    assert!(
+        matches!(source, Some("accept" | "listener")),
+        "{close_wait}"
+    );
 
     let summary = rest.lines().last().unwrap_or_default();
     assert!(
