@@ -264,7 +264,7 @@ print("pid", os.getpid(), "failed", failed, flush=True)
 fn demo_names_exactly_the_leaker_and_the_churner() {
     require_privileges();
     let output = Command::new(PORTWATCH)
-        .args(["demo", "--duration", "7s", "--format", "json"])
+        .args(["demo", "--duration", "10s", "--format", "json"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
