@@ -16,7 +16,10 @@ use serde_json::Value;
 const PORTWATCH: &str = env!("CARGO_BIN_EXE_portwatch");
 
 /// Starts `portwatch <args>` and waits until it says it is tracing.
-#[allow(clippy::zombie_processes, reason = "the caller waits for it in finish()")]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the caller waits for it in finish()"
+)]
 fn start_portwatch(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
     let mut child = Command::new(PORTWATCH)
         .args(args)
