@@ -4,7 +4,7 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpListener,
     process::{Command, Stdio},
 };
@@ -53,16 +53,20 @@ fn stream_json_reports_another_process_connection_and_detaches() {
         "portwatch's program is loaded while it runs"
     );
 
-    // Another process connects and closes: bash's /dev/tcp.
+    // Another process connects and closes: bash's /dev/tcp. It waits for a line from
+    // us before closing, so that we accept the connection before its FIN arrives
+    // (otherwise the CLOSE_WAIT below would come before the accept that names its
+    // owner, and the test would race).
     let mut client = Command::new("bash")
         .args([
             "-c",
-            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&-"),
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; read -r -t 10 line <&3; exec 3>&-"),
         ])
         .spawn()
         .unwrap();
     let client_pid = client.id();
     let (mut accepted, client_addr) = listener.accept().unwrap();
+    accepted.write_all(b"accepted\n").unwrap();
     assert!(client.wait().unwrap().success());
     let mut buffer = [0u8; 1];
     assert_eq!(accepted.read(&mut buffer).unwrap(), 0, "client closed");
