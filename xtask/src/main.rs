@@ -1,7 +1,8 @@
-//! portwatch's project tasks: `cargo xtask setup | run | test`.
+//! portwatch's project tasks: `cargo xtask setup | run | test | bench`.
 //!
 //! Every task installs what it needs first, idempotently, so a newcomer on a fresh
 //! machine needs nothing but cargo.
+mod bench;
 mod setup;
 
 use std::{
@@ -36,6 +37,10 @@ enum Task {
     /// PORTWATCH_UNPRIVILEGED=1 runs only the tests that need no root (unit tests and
     /// actor tests), for machines without root.
     Test,
+    /// Set up, build portwatch (release) and measure what it costs a host under
+    /// connection churn, next to libbpf-tools' tcpstates and tcplife (as root; minutes).
+    /// Prints a table and writes it as JSON under target/bench/. See BENCHMARKS.md.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Set to 1 on a machine without root to run only the tests that need no eBPF.
@@ -103,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
             // other's traffic: one test at a time keeps their assertions exact.
             cargo(&workspace, &["test", "--", "--test-threads=1"])
         }
+        Task::Bench(args) => bench::run(&workspace, *args),
     }
 }
 

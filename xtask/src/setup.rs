@@ -23,7 +23,7 @@ pub fn all(workspace: &Path) -> Result<()> {
     let sysroot = rust_sysroot()?;
     rust_src(&sysroot)?;
     bpf_linker(workspace, &sysroot)?;
-    debian_packages()?;
+    debian_packages(DEBIAN_PACKAGES)?;
     Ok(())
 }
 
@@ -158,8 +158,10 @@ fn toolchain_llvm(sysroot: &Path) -> Result<PathBuf> {
     )
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs the Debian `packages` (package, command it provides) whose command is not
+/// found yet: nothing to do on a machine that has them.
+pub fn debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, command)| !on_path(command))
         .map(|(package, _)| *package)
@@ -192,7 +194,8 @@ fn debian_packages() -> Result<()> {
     Ok(())
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program` is installed: on PATH, or in /usr/sbin or /sbin.
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
             || ["/usr/sbin", "/sbin"]
@@ -201,7 +204,7 @@ fn on_path(program: &str) -> bool {
     })
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
