@@ -255,7 +255,9 @@ pub fn run(portwatch: &Path, out_dir: &Path, args: &ScaleArgs) -> Result<()> {
         max_sockets: args.max_sockets,
         churn_rate: args.churn_rate,
         churn_s: args.churn_duration.as_secs_f64(),
-        print_every_s: (timeline.last().map_or(0.0, |s| s.t_s) / 20.0).ceil().max(1.0),
+        print_every_s: (timeline.last().map_or(0.0, |s| s.t_s) / 20.0)
+            .ceil()
+            .max(1.0),
         command: Agent::Report.command_line(Some(args.max_sockets)),
         idle_rss_kib,
         held_rss_kib,
