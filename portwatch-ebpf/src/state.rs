@@ -142,7 +142,7 @@ fn on_state_change(ctx: &TracePointContext) {
         (*event).new_state = new_state;
         (*event).owner = tracked.owner;
     }
-    entry.submit(0);
+    entry.submit(crate::submit_flags());
 }
 
 /// What the socket table says about a socket after a transition.
