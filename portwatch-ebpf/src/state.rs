@@ -100,7 +100,12 @@ fn on_state_change(ctx: &TracePointContext) {
         if PEERS.insert(peer, sock, 0).is_err() {
             count(Counter::OwnerTableFull);
         }
-    } else if new_state == tcp_state::CLOSE && tracked.owner.origin == Origin::Passive as u8 {
+    } else if new_state == tcp_state::CLOSE
+        && tracked.owner.origin == Origin::Passive as u8
+        && tracked.owner.source != OwnerSource::Accept as u8
+    {
+        // A socket that was accepted left PEERS then (see `accept`); only one never
+        // seen accepted may still be there.
         let _ = PEERS.remove(peer);
     }
 
@@ -156,7 +161,22 @@ struct Tracked {
 /// the event should carry.
 #[inline(always)]
 fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: bool) -> Tracked {
-    if let Some(entry) = SOCKETS.get_ptr_mut(sock) {
+    // A socket that is opening cannot have an entry (its last one went at CLOSE), so
+    // the lookup is skipped: two of the ten a loopback connection costs. Should a
+    // stale entry remain (its CLOSE never seen), the insert below replaces it, rather
+    // than the new socket inheriting its owner and times.
+    let opening = matches!(
+        (old_state, new_state),
+        (tcp_state::CLOSE, tcp_state::SYN_SENT)
+            | (tcp_state::CLOSE, tcp_state::LISTEN)
+            | (tcp_state::LISTEN, tcp_state::SYN_RECV)
+    );
+    let existing = if opening {
+        None
+    } else {
+        SOCKETS.get_ptr_mut(sock)
+    };
+    if let Some(entry) = existing {
         // SAFETY: the map returned a valid pointer to the value; tracepoints for one
         // socket are serialised by the socket lock, so nothing else writes it now.
         let entry = unsafe { &mut *entry };
