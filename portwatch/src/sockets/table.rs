@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::{
     event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
+    fast_hash::FastMap,
     tcp_state::TcpState,
 };
 
@@ -94,13 +95,13 @@ pub struct TimeWait {
 
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    live: HashMap<u64, LiveSocket>,
+    live: FastMap<u64, LiveSocket>,
     /// In the order they entered TIME_WAIT, which is also the order they expire.
     time_wait: VecDeque<TimeWait>,
     /// Sockets from the startup snapshot that no event has named yet.
     seeds: HashMap<Tuple, Seed>,
     /// Exits seen per PID: an owner learned before the latest exit is gone.
-    exits: HashMap<u32, u32>,
+    exits: FastMap<u32, u32>,
 }
 
 impl SocketTable {
@@ -131,16 +132,26 @@ impl SocketTable {
     }
 
     fn transition(&mut self, event: &Transition) -> Option<SocketOwner> {
+        use std::collections::hash_map::Entry;
         self.expire_time_wait(event.ts_ns);
         let learned = event.owner.map(|owner| self.owner_from(&owner));
         let tuple = Tuple::of(event);
-        let socket = match self.live.entry(event.sock) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let seed = self.seeds.remove(&tuple);
-                entry.insert(new_socket(event, seed, &self.exits))
+        // One lookup per event: the entry found (or made) here is the one removed at
+        // CLOSE.
+        let mut entry = match self.live.entry(event.sock) {
+            Entry::Occupied(entry) => entry,
+            Entry::Vacant(entry) => {
+                // Seeds are few and gone soon after startup; most new sockets need no
+                // look at them.
+                let seed = if self.seeds.is_empty() {
+                    None
+                } else {
+                    self.seeds.remove(&tuple)
+                };
+                entry.insert_entry(new_socket(event, seed, &self.exits))
             }
         };
+        let socket = entry.get_mut();
         if let Some(learned) = learned
             && should_replace(socket.owner.as_ref(), &learned)
         {
@@ -156,7 +167,7 @@ impl SocketTable {
         }
         let owner = socket.owner;
         if event.new_state == TcpState::Close {
-            self.live.remove(&event.sock);
+            entry.remove();
             if event.enters_time_wait() {
                 self.time_wait.push_back(TimeWait {
                     tuple,
@@ -259,7 +270,7 @@ impl SocketTable {
     }
 }
 
-fn new_socket(event: &Transition, seed: Option<Seed>, exits: &HashMap<u32, u32>) -> LiveSocket {
+fn new_socket(event: &Transition, seed: Option<Seed>, exits: &FastMap<u32, u32>) -> LiveSocket {
     let seeded_owner = seed.as_ref().and_then(|seed| {
         let &(pid, comm) = seed.holders.first()?;
         Some(SocketOwner {
