@@ -240,9 +240,14 @@ fn with_the_server_closing_first_the_time_wait_is_the_servers() {
         "server",
     ]);
     assert_eq!(done(&mut client)[0], "50");
-    expect_count("server TIME_WAITs", 50, |s| {
-        s.local == server_addr && s.state == TIME_WAIT
-    });
+    // Every TIME_WAIT is the server's. (Not always 50 of them: the client may reuse a
+    // port at once, having no TIME_WAIT of its own, and a SYN that finds the server's
+    // TIME_WAIT for the same 4-tuple replaces it.)
+    let server_time_waits = count(|s| s.local == server_addr && s.state == TIME_WAIT);
+    assert!(
+        (40..=50).contains(&server_time_waits),
+        "{server_time_waits} server TIME_WAITs"
+    );
     expect_count("client TIME_WAITs", 0, |s| {
         s.remote == server_addr && s.state == TIME_WAIT
     });
