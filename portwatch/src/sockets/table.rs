@@ -6,10 +6,12 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
+    num::NonZeroU64,
 };
 
 use serde::Serialize;
 
+use super::owners::{OwnerId, Owners};
 use crate::{
     event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
     fast_hash::FastMap,
@@ -50,13 +52,16 @@ pub struct ProcessRef {
 }
 
 /// Who owns a socket, as far as portwatch knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SocketOwner {
     pub process: ProcessRef,
     pub comm: Comm,
     pub cgroup_id: u64,
     pub source: OwnerSource,
 }
+
+const _: () = assert!(size_of::<Stored>() == 64);
+const _: () = assert!(size_of::<StoredTimeWait>() == 56);
 
 /// A socket that existed before portwatch attached, from the startup snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +76,8 @@ pub struct Seed {
     pub taken_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A live socket as [`SocketTable::live`] and [`SocketTable::get`] show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveSocket {
     pub tuple: Tuple,
     pub state: TcpState,
@@ -93,11 +99,35 @@ pub struct TimeWait {
     pub owner: Option<SocketOwner>,
 }
 
+/// A live socket as the table stores it: 64 bytes rather than [`LiveSocket`]'s 112, as
+/// a host may hold hundreds of thousands. The owner is an id into the table's
+/// [`Owners`], and a zero open time means unknown (the kernel sends 0 for that too).
+#[derive(Clone, Copy, Debug)]
+struct Stored {
+    tuple: Tuple,
+    state: TcpState,
+    state_since_exact: bool,
+    origin: Option<Origin>,
+    owner: Option<OwnerId>,
+    state_since_ns: u64,
+    opened_ns: Option<NonZeroU64>,
+}
+
+/// A time-wait mini-socket as the table stores it (56 bytes rather than 88).
+#[derive(Clone, Copy, Debug)]
+struct StoredTimeWait {
+    tuple: Tuple,
+    owner: Option<OwnerId>,
+    since_ns: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    live: FastMap<u64, LiveSocket>,
+    live: FastMap<u64, Stored>,
     /// In the order they entered TIME_WAIT, which is also the order they expire.
-    time_wait: VecDeque<TimeWait>,
+    time_wait: VecDeque<StoredTimeWait>,
+    /// The owners `live` and `time_wait` refer to.
+    owners: Owners,
     /// Sockets from the startup snapshot that no event has named yet.
     seeds: HashMap<Tuple, Seed>,
     /// Exits seen per PID: an owner learned before the latest exit is gone.
@@ -148,14 +178,25 @@ impl SocketTable {
                 } else {
                     self.seeds.remove(&tuple)
                 };
-                entry.insert_entry(new_socket(event, seed, &self.exits))
+                let seeded_owner = seeded_owner(seed.as_ref(), &self.exits);
+                entry.insert_entry(Stored {
+                    tuple,
+                    state: event.old_state,
+                    state_since_exact: false,
+                    origin: event.origin,
+                    owner: seeded_owner.map(|owner| self.owners.intern(owner)),
+                    state_since_ns: event.ts_ns,
+                    opened_ns: event.opened_ns.and_then(NonZeroU64::new),
+                })
             }
         };
         let socket = entry.get_mut();
+        let mut owner = socket.owner.map(|id| self.owners.get(id));
         if let Some(learned) = learned
-            && should_replace(socket.owner.as_ref(), &learned)
+            && should_replace(owner.as_ref(), &learned)
         {
-            socket.owner = Some(learned);
+            socket.owner = Some(self.owners.intern(learned));
+            owner = Some(learned);
         }
         // The local port of CLOSE -> SYN_SENT is 0: the kernel picks it afterwards.
         socket.tuple = tuple;
@@ -165,24 +206,25 @@ impl SocketTable {
         if event.origin.is_some() {
             socket.origin = event.origin;
         }
-        let owner = socket.owner;
         if event.new_state == TcpState::Close {
-            entry.remove();
+            let closed = entry.remove();
             if event.enters_time_wait() {
-                self.time_wait.push_back(TimeWait {
+                self.time_wait.push_back(StoredTimeWait {
                     tuple,
+                    owner: closed.owner,
                     since_ns: event.ts_ns,
-                    owner,
                 });
             }
         }
+        self.compact_owners();
         owner
     }
 
     fn accepted(&mut self, event: &Accepted) {
         let owner = self.owner_from(&event.owner);
         if let Some(socket) = self.live.get_mut(&event.sock) {
-            socket.owner = Some(owner);
+            socket.owner = Some(self.owners.intern(owner));
+            self.compact_owners();
         }
     }
 
@@ -202,6 +244,20 @@ impl SocketTable {
         }
     }
 
+    /// Drops the owners no socket refers to any more, once enough were added.
+    fn compact_owners(&mut self) {
+        if self.owners.wants_compaction() {
+            let live = self.live.values_mut().filter_map(|s| s.owner.as_mut());
+            let time_wait = self.time_wait.iter_mut().filter_map(|t| t.owner.as_mut());
+            self.owners.compact(live.chain(time_wait));
+        }
+    }
+
+    #[cfg(test)]
+    fn owners_len(&self) -> usize {
+        self.owners.len()
+    }
+
     /// False once the process has exited: its PID may belong to another process now.
     pub fn is_alive(&self, process: &ProcessRef) -> bool {
         self.exits.get(&process.pid).copied().unwrap_or(0) == process.generation
@@ -217,12 +273,18 @@ impl SocketTable {
         }
     }
 
-    pub fn live(&self) -> impl Iterator<Item = (&u64, &LiveSocket)> {
-        self.live.iter()
+    pub fn live(&self) -> impl Iterator<Item = (u64, LiveSocket)> + '_ {
+        self.live
+            .iter()
+            .map(|(&sock, stored)| (sock, self.view(stored)))
     }
 
-    pub fn time_wait(&self) -> impl Iterator<Item = &TimeWait> {
-        self.time_wait.iter()
+    pub fn time_wait(&self) -> impl Iterator<Item = TimeWait> + '_ {
+        self.time_wait.iter().map(|stored| TimeWait {
+            tuple: stored.tuple,
+            since_ns: stored.since_ns,
+            owner: stored.owner.map(|id| self.owners.get(id)),
+        })
     }
 
     /// Startup-snapshot sockets no event has touched yet (still in their seeded state).
@@ -230,15 +292,30 @@ impl SocketTable {
         self.seeds.values()
     }
 
-    pub fn get(&self, sock: u64) -> Option<&LiveSocket> {
-        self.live.get(&sock)
+    pub fn get(&self, sock: u64) -> Option<LiveSocket> {
+        self.live.get(&sock).map(|stored| self.view(stored))
+    }
+
+    fn view(&self, stored: &Stored) -> LiveSocket {
+        LiveSocket {
+            tuple: stored.tuple,
+            state: stored.state,
+            state_since_ns: stored.state_since_ns,
+            state_since_exact: stored.state_since_exact,
+            opened_ns: stored.opened_ns.map(NonZeroU64::get),
+            origin: stored.origin,
+            owner: stored.owner.map(|id| self.owners.get(id)),
+        }
     }
 
     /// Live sockets whose owner is unknown or only provisional (a listener's).
     pub fn unresolved(&self) -> usize {
         self.live
             .values()
-            .filter(|s| s.owner.is_none_or(|o| !o.source.is_certain()))
+            .filter(|s| {
+                s.owner
+                    .is_none_or(|id| !self.owners.get(id).source.is_certain())
+            })
             .count()
     }
 
@@ -249,49 +326,42 @@ impl SocketTable {
     pub fn resolve(&mut self, holders: &HashMap<Tuple, (u32, Comm)>) -> usize {
         let mut resolved = 0;
         for socket in self.live.values_mut() {
-            if socket.owner.is_some_and(|o| o.source.is_certain()) {
+            let owner = socket.owner.map(|id| self.owners.get(id));
+            if owner.is_some_and(|o| o.source.is_certain()) {
                 continue;
             }
             let Some(&(pid, comm)) = holders.get(&socket.tuple) else {
                 continue;
             };
-            socket.owner = Some(SocketOwner {
+            let found = SocketOwner {
                 process: ProcessRef {
                     pid,
                     generation: self.exits.get(&pid).copied().unwrap_or(0),
                 },
                 comm,
-                cgroup_id: socket.owner.map_or(0, |o| o.cgroup_id),
+                cgroup_id: owner.map_or(0, |o| o.cgroup_id),
                 source: OwnerSource::Procfs,
-            });
+            };
+            socket.owner = Some(self.owners.intern(found));
             resolved += 1;
         }
+        self.compact_owners();
         resolved
     }
 }
 
-fn new_socket(event: &Transition, seed: Option<Seed>, exits: &FastMap<u32, u32>) -> LiveSocket {
-    let seeded_owner = seed.as_ref().and_then(|seed| {
-        let &(pid, comm) = seed.holders.first()?;
-        Some(SocketOwner {
-            process: ProcessRef {
-                pid,
-                generation: exits.get(&pid).copied().unwrap_or(0),
-            },
-            comm,
-            cgroup_id: 0,
-            source: OwnerSource::Procfs,
-        })
-    });
-    LiveSocket {
-        tuple: Tuple::of(event),
-        state: event.old_state,
-        state_since_ns: event.ts_ns,
-        state_since_exact: false,
-        opened_ns: event.opened_ns,
-        origin: event.origin,
-        owner: seeded_owner,
-    }
+/// The owner a snapshot's seed names: the first process holding it.
+fn seeded_owner(seed: Option<&Seed>, exits: &FastMap<u32, u32>) -> Option<SocketOwner> {
+    let &(pid, comm) = seed?.holders.first()?;
+    Some(SocketOwner {
+        process: ProcessRef {
+            pid,
+            generation: exits.get(&pid).copied().unwrap_or(0),
+        },
+        comm,
+        cgroup_id: 0,
+        source: OwnerSource::Procfs,
+    })
 }
 
 /// Owners learned in the owner's own system call win; a provisional (listener) owner
@@ -427,6 +497,41 @@ mod tests {
         assert_eq!(table.time_wait().count(), 1);
         table.expire_time_wait(20 + TIME_WAIT_NS);
         assert_eq!(table.time_wait().count(), 0);
+    }
+
+    #[test]
+    fn owners_of_closed_sockets_are_forgotten() {
+        let mut table = SocketTable::new();
+        // 10,000 short-lived processes, one socket each, gone without TIME_WAIT.
+        for pid in 0..10_000u32 {
+            let sock = u64::from(pid) + 1;
+            let owner = owner(pid + 1, "short", OwnerSource::Connect);
+            table.apply(&event(sock, 0, TcpState::Close, TcpState::SynSent, owner));
+            table.apply(&event(sock, 1, TcpState::LastAck, TcpState::Close, owner));
+        }
+        // One that stays, whose owner must survive every compaction.
+        let stays = owner(99_999, "stays", OwnerSource::Accept);
+        table.apply(&event(
+            20_000,
+            2,
+            TcpState::Established,
+            TcpState::CloseWait,
+            stays,
+        ));
+        for pid in 0..3000u32 {
+            let sock = 10_001 + u64::from(pid);
+            let owner = owner(20_000 + pid, "more", OwnerSource::Connect);
+            table.apply(&event(sock, 3, TcpState::Close, TcpState::SynSent, owner));
+            table.apply(&event(sock, 4, TcpState::LastAck, TcpState::Close, owner));
+        }
+        assert!(
+            table.owners_len() < 3000,
+            "{} owners kept",
+            table.owners_len()
+        );
+        let kept = table.get(20_000).unwrap().owner.unwrap();
+        assert_eq!(kept.process.pid, 99_999);
+        assert_eq!(kept.comm, Comm::new("stays"));
     }
 
     #[test]
