@@ -251,6 +251,8 @@ pub mod names {
     pub const LISTENERS: &str = "LISTENERS";
     pub const PEERS: &str = "PEERS";
     pub const ACCEPTS: &str = "ACCEPTS";
+    /// The load-time global: ring-buffer bytes pending before a record wakes userspace.
+    pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
     pub const PROG_ACCEPT_EXIT: &str = "accept_exit";

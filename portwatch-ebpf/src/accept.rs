@@ -121,5 +121,5 @@ fn on_accept_exit(ctx: &TracePointContext) {
         sock,
         owner,
     });
-    record.submit(0);
+    record.submit(crate::submit_flags());
 }

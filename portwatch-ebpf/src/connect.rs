@@ -44,6 +44,6 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
             (*event).comm = [0; COMM_LEN];
         }
     }
-    record.submit(0);
+    record.submit(crate::submit_flags());
     0
 }

@@ -32,6 +32,6 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
             (*event).comm = [0; COMM_LEN];
         }
     }
-    record.submit(0);
+    record.submit(crate::submit_flags());
     0
 }

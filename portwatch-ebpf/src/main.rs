@@ -14,6 +14,7 @@ mod exit;
 mod state;
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_get_current_comm,
     },
@@ -25,6 +26,32 @@ use portwatch_common::{COMM_LEN, COUNTER_SLOTS, Counter, Owner, PeerKey, SocketE
 /// Ring buffer to userspace. Its size is set at load time (`--ring-buffer-size`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
+
+/// Bytes waiting in `EVENTS` from which a record wakes the collector; below it records
+/// are submitted without a wakeup and the collector drains the ring on a timer. Set at
+/// load time (`EbpfLoader::override_global`, see the loader); the default here only
+/// serves an object loaded without it.
+///
+/// Why: the kernel's default (adaptive) wakeup wakes the reader whenever it has caught
+/// up, which under churn is nearly every record, and each wakeup is an irq_work
+/// self-interrupt (a VM exit in a virtual machine) charged to the traced task: most of
+/// this program's cost in a VM. A reader that drains on a timer needs none of them.
+#[unsafe(no_mangle)]
+static WAKEUP_BYTES: u64 = 1 << 20;
+
+/// The flags for submitting a record: a wakeup only when the collector has fallen
+/// behind by `WAKEUP_BYTES`.
+#[inline(always)]
+fn submit_flags() -> u64 {
+    // SAFETY: a plain read of a load-time constant; volatile, so that the compiler does
+    // not fold in the default the loader replaces.
+    let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= threshold {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
+    }
+}
 
 /// Per-CPU loss counters, indexed by [`Counter`].
 #[map]

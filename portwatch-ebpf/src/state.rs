@@ -100,7 +100,12 @@ fn on_state_change(ctx: &TracePointContext) {
         if PEERS.insert(peer, sock, 0).is_err() {
             count(Counter::OwnerTableFull);
         }
-    } else if new_state == tcp_state::CLOSE && tracked.owner.origin == Origin::Passive as u8 {
+    } else if new_state == tcp_state::CLOSE
+        && tracked.owner.origin == Origin::Passive as u8
+        && tracked.owner.source != OwnerSource::Accept as u8
+    {
+        // A socket that was accepted left PEERS then (see `accept`); only one never
+        // seen accepted may still be there.
         let _ = PEERS.remove(peer);
     }
 
@@ -142,7 +147,7 @@ fn on_state_change(ctx: &TracePointContext) {
         (*event).new_state = new_state;
         (*event).owner = tracked.owner;
     }
-    entry.submit(0);
+    entry.submit(crate::submit_flags());
 }
 
 /// What the socket table says about a socket after a transition.
@@ -163,12 +168,17 @@ struct Tracked {
 /// the event should carry.
 #[inline(always)]
 fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: bool) -> Tracked {
-    // An entry found at the start of a socket's life belongs to an earlier socket at
-    // the same address whose last transition never reached this program (the kernel
-    // skips a tracepoint program while another eBPF program runs on the same CPU, e.g.
-    // when a softirq interrupts one). It must not lend its owner to the new socket.
-    let stale = starts_life(old_state, new_state);
-    if let Some(entry) = SOCKETS.get_ptr_mut(sock).filter(|_| !stale) {
+    // A socket that is opening cannot have an entry (its last one went at CLOSE), so
+    // the lookup is skipped: two of the ten a loopback connection costs. Should a
+    // stale entry remain (its CLOSE never seen), the insert below replaces it, rather
+    // than the new socket inheriting its owner and times.
+    let opening = starts_life(old_state, new_state);
+    let existing = if opening {
+        None
+    } else {
+        SOCKETS.get_ptr_mut(sock)
+    };
+    if let Some(entry) = existing {
         // SAFETY: the map returned a valid pointer to the value; tracepoints for one
         // socket are serialised by the socket lock, so nothing else writes it now.
         let entry = unsafe { &mut *entry };

@@ -247,16 +247,25 @@ pub enum ActorRole {
     /// Accepts connections, reads each until the peer closes, and never closes it: the
     /// sockets stay in CLOSE_WAIT. With --leak N, prints `done <N>` once all N saw EOF.
     LeakServer(LeakServerArgs),
-    /// Answers each request line with the same line and closes as soon as the peer does.
+    /// Answers each request line with the same line and closes as soon as the peer does
+    /// (or, with --close-after N, first, after N answers).
     EchoServer(EchoServerArgs),
-    /// Opens short connections at a fixed rate, one request each, closing first (its
-    /// sockets go to TIME_WAIT). Prints `done <made> <seconds> <no_local_port>` at the end.
+    /// Opens short connections at a fixed rate (or flat out), one request each by
+    /// default, closing first (its sockets go to TIME_WAIT) unless told the server does.
+    /// Prints `done <made> <seconds> <no_local_port>` at the end.
     ChurnClient(ChurnClientArgs),
     /// One connection (connected before `ready`), one request per interval. Prints
     /// `done <requests> <seconds>` when --duration ends.
     KeepaliveClient(KeepaliveClientArgs),
     /// Connects N times and closes each connection at once. Prints `done <N>`.
     LeakClient(LeakClientArgs),
+    /// Accepts on every --listen address and holds each connection until the peer
+    /// closes it, then closes its side: for tens of thousands of live connections.
+    HoldServer(HoldServerArgs),
+    /// Opens N connections and holds them; prints `held <N> <seconds>`. Then, with
+    /// --churn-rate, replaces the oldest one with a new one at that rate, and prints
+    /// `done <held> <replaced> <seconds>`.
+    HoldClient(HoldClientArgs),
 }
 
 #[derive(Debug, Args)]
@@ -279,6 +288,22 @@ pub struct EchoServerArgs {
     /// Address to listen on, e.g. 127.0.0.1:0 or [::1]:8080 (port 0: any free port).
     #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
     pub listen: SocketAddr,
+
+    /// Serve connections on N threads that each accept and serve one connection at a
+    /// time, instead of a new thread per connection: what a benchmark wants, as
+    /// starting a thread costs more than a loopback connection. N must cover the
+    /// connections open at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+
+    /// Close each connection first, after answering N lines (0: as soon as it is
+    /// accepted), so the TIME_WAIT lands on this side. Default: close after the peer.
+    #[arg(long, value_name = "N")]
+    pub close_after: Option<u32>,
+
+    /// With --close-after: close no sooner than this long after accepting, e.g. 10ms.
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "close_after")]
+    pub lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -302,6 +327,67 @@ pub struct ChurnClientArgs {
     /// Connections in flight at once.
     #[arg(long, value_name = "T", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
+
+    /// Request-response exchanges per connection; 0: connect and close.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub requests: u32,
+
+    /// Which side closes each connection first, and so keeps its TIME_WAIT. `server`
+    /// needs an echo-server started with `--close-after` the same number of requests:
+    /// this client then waits for the server's FIN before closing.
+    #[arg(long, value_enum, default_value_t = CloseFirst::Client)]
+    pub close_first: CloseFirst,
+
+    /// Keep each connection open this long after connecting before closing it, e.g.
+    /// 10ms (--close-first client only; the server holds it with its own --lifetime).
+    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    pub lifetime: Option<Duration>,
+}
+
+/// The side of a connection that sends the first FIN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CloseFirst {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldServerArgs {
+    /// Addresses to listen on (repeatable). Those after the first with port 0 take the
+    /// first one's port, so one port number serves them all.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr, required = true)]
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldClientArgs {
+    /// Servers to connect to, in turn (repeatable): each (address, port) has its own
+    /// budget of ephemeral ports, so several addresses allow more connections than the
+    /// port range holds.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr, required = true)]
+    pub connect: Vec<SocketAddr>,
+
+    /// How many connections to open and hold.
+    #[arg(long, value_name = "N")]
+    pub count: u64,
+
+    /// Connections opened per second while filling up; 0: as fast as possible.
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = parse_rate)]
+    pub rate: f64,
+
+    /// Once all are open, close the oldest and open a new one this many times per
+    /// second (this side closes first); 0: just hold them.
+    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = parse_rate)]
+    pub churn_rate: f64,
+
+    /// How long to churn, e.g. 60s. Default: until stopped.
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "churn_rate")]
+    pub churn_duration: Option<Duration>,
+
+    /// Begin churning only when a `go` line arrives on stdin (with --until-stdin-eof),
+    /// so that several clients churn together.
+    #[arg(long, requires = "churn_rate")]
+    pub churn_on_go: bool,
 }
 
 #[derive(Debug, Args)]

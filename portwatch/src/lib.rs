@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod detect;
 pub mod event;
+pub mod fast_hash;
 pub mod filter;
 pub mod output;
 pub mod record;

@@ -212,6 +212,135 @@ fn churn_client_speaks_ipv6() {
 }
 
 #[test]
+fn with_the_server_closing_first_the_time_wait_is_the_servers() {
+    let server = spawn(&[
+        "echo-server",
+        "--listen",
+        "127.0.10.5:0",
+        "--workers",
+        "2",
+        "--close-after",
+        "0",
+    ]);
+    let server_addr = server_on("127.0.10.5", &server);
+    let target = server_addr.to_string();
+    let mut client = spawn(&[
+        "churn-client",
+        "--connect",
+        &target,
+        "--rate",
+        "0",
+        "--count",
+        "50",
+        "--threads",
+        "2",
+        "--requests",
+        "0",
+        "--close-first",
+        "server",
+    ]);
+    assert_eq!(done(&mut client)[0], "50");
+    // Every TIME_WAIT is the server's. (Not always 50 of them: the client may reuse a
+    // port at once, having no TIME_WAIT of its own, and a SYN that finds the server's
+    // TIME_WAIT for the same 4-tuple replaces it.)
+    let server_time_waits = count(|s| s.local == server_addr && s.state == TIME_WAIT);
+    assert!(
+        (40..=50).contains(&server_time_waits),
+        "{server_time_waits} server TIME_WAITs"
+    );
+    expect_count("client TIME_WAITs", 0, |s| {
+        s.remote == server_addr && s.state == TIME_WAIT
+    });
+}
+
+#[test]
+fn churn_client_exchanges_its_requests_and_keeps_each_connection_its_lifetime() {
+    let server = spawn(&["echo-server", "--listen", "127.0.10.6:0", "--workers", "2"]);
+    let target = server_on("127.0.10.6", &server).to_string();
+    let mut client = spawn(&[
+        "churn-client",
+        "--connect",
+        &target,
+        "--rate",
+        "0",
+        "--count",
+        "4",
+        "--threads",
+        "2",
+        "--requests",
+        "3",
+        "--lifetime",
+        "100ms",
+    ]);
+    let done = done(&mut client);
+    assert_eq!(done[0], "4");
+    // Two threads, two connections each, each open for 100 ms.
+    let elapsed = seconds(&done[1]);
+    assert!((0.2..1.0).contains(&elapsed), "took {elapsed} s");
+
+    // The lifetime belongs to the side that closes first.
+    let output = Command::new(PORTWATCH)
+        .args(["actor", "churn-client", "--connect", &target, "--rate", "1"])
+        .args(["--close-first", "server", "--lifetime", "10ms"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--lifetime"), "{stderr}");
+}
+
+#[test]
+fn hold_actors_hold_their_connections_and_replace_them_on_go() {
+    let server = spawn(&[
+        "hold-server",
+        "--listen",
+        "127.0.10.7:0",
+        "--listen",
+        "127.0.10.8:0",
+    ]);
+    let servers = [
+        server_on("127.0.10.7", &server),
+        server_on("127.0.10.8", &server),
+    ];
+    let mut client = spawn(&[
+        "hold-client",
+        "--connect",
+        &servers[0].to_string(),
+        "--connect",
+        &servers[1].to_string(),
+        "--count",
+        "20",
+        "--churn-rate",
+        "100",
+        "--churn-duration",
+        "200ms",
+        "--churn-on-go",
+    ]);
+    let held = client
+        .wait_line_timeout("held", TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    assert_eq!(held[0], "20");
+    for server in servers {
+        expect_count("connections to each server address", 10, |s| {
+            s.remote == server && s.state == ESTABLISHED
+        });
+    }
+    client.tell("go").unwrap();
+    let done = done(&mut client);
+    assert_eq!(&done[..2], ["20", "20"], "{done:?}");
+    // Still 20 open; the 20 replaced ones closed on both sides, the client's first.
+    expect_count("connections held", 20, |s| {
+        servers.contains(&s.remote) && s.state == ESTABLISHED
+    });
+    expect_count("replaced connections in TIME_WAIT", 20, |s| {
+        servers.contains(&s.remote) && s.state == TIME_WAIT
+    });
+    expect_count("server sockets closed with their peer", 0, |s| {
+        servers.contains(&s.local) && s.state == CLOSE_WAIT
+    });
+}
+
+#[test]
 fn leak_server_holds_exactly_the_connections_it_leaked_in_close_wait() {
     let mut server = spawn(&["leak-server", "--listen", "127.0.10.3:0", "--leak", "3"]);
     let server_addr = server_on("127.0.10.3", &server);

@@ -1,7 +1,8 @@
-//! portwatch's project tasks: `cargo xtask setup | run | test | test-kernels`.
+//! portwatch's project tasks: `cargo xtask setup | run | test | test-kernels | bench`.
 //!
 //! Every task installs what it needs first, idempotently, so a newcomer on a fresh
 //! machine needs nothing but cargo.
+mod bench;
 mod kernels;
 mod setup;
 
@@ -57,6 +58,10 @@ enum Task {
     /// Inside a test-kernels VM only: the in-guest test and its traffic processes.
     #[command(hide = true, subcommand)]
     Guest(kernels::guest::Role),
+    /// Set up, build portwatch (release) and measure what it costs a host under
+    /// connection churn, next to libbpf-tools' tcpstates and tcplife (as root; minutes).
+    /// Prints a table and writes it as JSON under target/bench/. See BENCHMARKS.md.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Set to 1 on a machine without root to run only the tests that need no eBPF.
@@ -147,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )
         }
+        Task::Bench(args) => bench::run(&workspace, *args),
     }
 }
 

@@ -194,7 +194,8 @@ pub fn debian_packages(packages: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-fn on_path(program: &str) -> bool {
+/// Whether `program` is installed: on PATH, or in /usr/sbin or /sbin.
+pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
         std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
             || ["/usr/sbin", "/sbin"]
@@ -203,7 +204,7 @@ fn on_path(program: &str) -> bool {
     })
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }

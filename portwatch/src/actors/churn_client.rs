@@ -1,6 +1,12 @@
 //! `churn-client`: the other cause of port exhaustion. It opens short connections at a
 //! steady rate, one request each, and closes first, so each of its sockets spends 60 s
 //! in TIME_WAIT holding a local port toward the server.
+//!
+//! For benchmarks the shape of each connection is adjustable: how many requests (none:
+//! connect and close), how long it stays open, and which side closes first (with
+//! `--close-first server` the echo-server closes and keeps the TIME_WAIT). `made` counts
+//! only connections that went through every step, so it is the exact number of
+//! connections a tracer must account for.
 use std::{
     io,
     sync::{
@@ -15,9 +21,16 @@ use super::{
     pacing::{Schedule, Step},
     shared::{self, ActorError, EchoConnection},
 };
-use crate::cli::ChurnClientArgs;
+use crate::cli::{ChurnClientArgs, CloseFirst};
 
 pub fn run(args: &ChurnClientArgs) -> Result<(), ActorError> {
+    if args.close_first == CloseFirst::Server && args.lifetime.is_some() {
+        return Err(ActorError::Usage(
+            "--lifetime is the closing side's: with --close-first server, give the \
+             echo-server --lifetime"
+                .into(),
+        ));
+    }
     let schedule = Schedule::per_second(args.rate)
         .with_count(args.count)
         .with_duration(args.duration);
@@ -93,11 +106,28 @@ impl Run<'_> {
         }
     }
 
-    /// Connect, one request, and close first: the active close leaves this side's socket
-    /// in TIME_WAIT.
+    /// Connect, the requests (one by default), and close: first by default, so that the
+    /// active close leaves this side's socket in TIME_WAIT; or after the server's FIN.
     fn connection(&self, slot: u64) -> Result<(), ActorError> {
+        let opened = Instant::now();
         let mut connection = EchoConnection::open(self.args.connect)?;
-        connection.exchange(&format!("churn {slot}"))
+        for request in 0..self.args.requests {
+            // The first request keeps the text it always had; later ones are numbered.
+            let line = match request {
+                0 => format!("churn {slot}"),
+                n => format!("churn {slot} {n}"),
+            };
+            connection.exchange(&line)?;
+        }
+        match self.args.close_first {
+            CloseFirst::Client => {
+                if let Some(lifetime) = self.args.lifetime {
+                    shared::sleep_until(opened, lifetime);
+                }
+                Ok(())
+            }
+            CloseFirst::Server => connection.wait_for_close(),
+        }
     }
 
     /// Keeps the first error and stops the other threads.

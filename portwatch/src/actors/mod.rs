@@ -5,9 +5,12 @@
 //! Every role prints `ready <pid> <port>` on stdout once set up (the listening port for
 //! servers, the destination port for clients), and the roles that finish print one
 //! `done ...` line. They use plain threads and blocking sockets: each does one simple
-//! thing, and an async runtime would only hide it.
+//! thing, and an async runtime would only hide it. The one exception is `hold-server`,
+//! which holds too many connections for a thread each.
 mod churn_client;
 mod echo_server;
+mod hold_client;
+mod hold_server;
 mod keepalive_client;
 mod leak_client;
 mod leak_server;
@@ -33,6 +36,8 @@ pub fn run(args: &ActorArgs) -> anyhow::Result<()> {
         ActorRole::ChurnClient(args) => churn_client::run(args),
         ActorRole::KeepaliveClient(args) => keepalive_client::run(args),
         ActorRole::LeakClient(args) => leak_client::run(args),
+        ActorRole::HoldServer(args) => hold_server::run(args),
+        ActorRole::HoldClient(args) => hold_client::run(args),
     }
     .with_context(|| format!("actor {role}"))
 }
@@ -56,5 +61,7 @@ fn role_name(role: &ActorRole) -> &'static str {
         ActorRole::ChurnClient(_) => "churn-client",
         ActorRole::KeepaliveClient(_) => "keepalive-client",
         ActorRole::LeakClient(_) => "leak-client",
+        ActorRole::HoldServer(_) => "hold-server",
+        ActorRole::HoldClient(_) => "hold-client",
     }
 }

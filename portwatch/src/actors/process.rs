@@ -113,6 +113,18 @@ impl ActorProcess {
         self.parse_line(word, line)
     }
 
+    /// Writes one line to the actor's stdin, e.g. `go` for `hold-client --churn-on-go`.
+    pub fn tell(&mut self, line: &str) -> Result<()> {
+        use std::io::Write as _;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| anyhow!("{}: its stdin is closed", self.description))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("writing to {}", self.description))
+    }
+
     /// Closes the actor's stdin: an actor exits when it reaches EOF there.
     pub fn close_stdin(&mut self) {
         self.stdin = None;

@@ -1,7 +1,7 @@
 //! What every role needs: its stdout lines, sockets with timeouts, line exchanges,
 //! threads, and its errors.
 use std::{
-    io::{self, BufRead, BufReader, Write as _},
+    io::{self, BufRead, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     thread,
     time::{Duration, Instant},
@@ -54,8 +54,17 @@ pub enum ActorError {
         request: String,
         reply: String,
     },
+    #[error(
+        "{addr} did not close the connection within {timeout:?}; with --close-first \
+         server the echo-server must run with --close-after the same number of requests"
+    )]
+    NotClosedByServer { addr: SocketAddr, timeout: Duration },
+    #[error("{0}")]
+    Usage(String),
     #[error("cannot start a thread")]
     Thread(#[source] io::Error),
+    #[error("cannot start an async runtime")]
+    Runtime(#[source] io::Error),
     #[error("writing to standard output")]
     Stdout(#[source] io::Error),
 }
@@ -74,14 +83,76 @@ pub fn say_ready(port: u16) -> Result<(), ActorError> {
     say(&format!("ready {} {port}", std::process::id()))
 }
 
+/// One line on stderr, prefixed like portwatch's own messages.
+pub fn warn(message: &str) {
+    // Not eprintln!: it panics when stderr is gone.
+    let _ = writeln!(io::stderr(), "portwatch: {message}");
+}
+
+/// Raises this process's limit on open files as far as the kernel allows
+/// (`fs.nr_open`), for actors that hold a descriptor per connection by the hundred
+/// thousand. Without the privilege to raise the hard limit, the soft one goes up to it.
+pub fn raise_open_files_limit() {
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the limit into a valid rlimit struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: ceiling.max(limit.rlim_cur),
+        rlim_max: ceiling.max(limit.rlim_max),
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct; failure is reported by its return
+    // value and leaves the limit as it was.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        return;
+    }
+    let soft = libc::rlimit {
+        rlim_cur: limit.rlim_max,
+        ..limit
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } != 0 {
+        warn("could not raise the limit on open files; connections may fail with EMFILE");
+    }
+}
+
 /// Exits the process, successfully, when stdin reaches EOF: the parent holding it has
 /// closed it or died.
+///
+/// A `go` line on stdin is remembered (see [`wait_for_go`]); anything else is ignored.
 pub fn exit_on_stdin_eof() -> Result<(), ActorError> {
     spawn("stdin-eof", || {
-        // Whatever arrives is ignored; a read error means the parent is gone too.
-        let _ = io::copy(&mut io::stdin().lock(), &mut io::sink());
+        let mut line = String::new();
+        let mut stdin = io::stdin().lock();
+        // EOF or a read error (the parent is gone too) ends the process.
+        while stdin.read_line(&mut line).is_ok_and(|read| read > 0) {
+            if line.trim() == "go" {
+                GO.store(true, std::sync::atomic::Ordering::Release);
+            }
+            line.clear();
+        }
         std::process::exit(0);
     })
+}
+
+/// Set when the parent wrote `go` on stdin.
+static GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Waits until the parent writes a `go` line on stdin (heard only with
+/// `--until-stdin-eof`, whose thread reads stdin), so that several actors can begin
+/// a phase together.
+pub fn wait_for_go() {
+    while !GO.load(std::sync::atomic::Ordering::Acquire) {
+        thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// A named thread with a small stack, detached.
@@ -120,6 +191,22 @@ impl Acceptor {
         self.addr
     }
 
+    /// Another acceptor on the same listening socket, for another thread.
+    pub fn try_clone(&self) -> Result<Acceptor, ActorError> {
+        let listener = self
+            .listener
+            .try_clone()
+            .map_err(|source| ActorError::Listen {
+                addr: self.addr,
+                source,
+            })?;
+        Ok(Acceptor {
+            listener,
+            addr: self.addr,
+            warned: false,
+        })
+    }
+
     pub fn accept(&mut self) -> Result<TcpStream, ActorError> {
         loop {
             match self.listener.accept() {
@@ -133,13 +220,10 @@ impl Acceptor {
                 Err(err) if is_resource_shortage(&err) => {
                     if !self.warned {
                         self.warned = true;
-                        // Not eprintln!: it panics when stderr is gone.
-                        let _ = writeln!(
-                            io::stderr(),
-                            "portwatch: actor on {}: cannot accept: {err}; retrying every \
-                             100ms",
+                        warn(&format!(
+                            "actor on {}: cannot accept: {err}; retrying every 100ms",
                             self.addr
-                        );
+                        ));
                     }
                     thread::sleep(Duration::from_millis(100));
                 }
@@ -154,7 +238,7 @@ impl Acceptor {
     }
 }
 
-fn is_resource_shortage(err: &io::Error) -> bool {
+pub fn is_resource_shortage(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -221,6 +305,36 @@ impl EchoConnection {
             });
         }
         Ok(())
+    }
+}
+
+impl EchoConnection {
+    /// Waits for the server to close its side first (its FIN: end of file), reading
+    /// nothing else. The caller then closes, second, so the TIME_WAIT is the server's.
+    pub fn wait_for_close(&mut self) -> Result<(), ActorError> {
+        let addr = self.addr;
+        let not_closed = || ActorError::NotClosedByServer {
+            addr,
+            timeout: IO_TIMEOUT,
+        };
+        let mut byte = [0u8; 1];
+        loop {
+            match self.reader.read(&mut byte) {
+                Ok(0) => return Ok(()),
+                // More data than the requests asked for: not the server we expect.
+                Ok(_) => return Err(not_closed()),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(not_closed());
+                }
+                Err(source) => return Err(ActorError::Exchange { addr, source }),
+            }
+        }
     }
 }
 

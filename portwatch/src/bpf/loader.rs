@@ -71,7 +71,9 @@ impl Tracer {
         check_ring_buffer_size(options.ring_buffer_bytes)?;
         let (tracefs, features) = environment::prepare()?;
 
+        let wakeup_bytes = wakeup_bytes(options.ring_buffer_bytes);
         let mut ebpf = EbpfLoader::new()
+            .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
             .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
             .map_max_entries(names::SOCKETS, options.max_sockets)
             .map_max_entries(names::PEERS, options.max_sockets)
@@ -208,6 +210,13 @@ fn attach(ebpf: &mut Ebpf, program: &str, tracepoints: &[(&str, &str)]) -> Resul
             .with_context(|| format!("attaching {program} to the {category}:{name} tracepoint"))?;
     }
     Ok(())
+}
+
+/// How far the collector may fall behind before a record wakes it rather than its timer
+/// (see `WAKEUP_BYTES` in portwatch-ebpf and `reader`): an eighth of the ring, so a
+/// burst wakes it long before the ring fills, while a steady stream never does.
+fn wakeup_bytes(ring_buffer_bytes: u32) -> u64 {
+    u64::from(ring_buffer_bytes / 8)
 }
 
 fn check_ring_buffer_size(bytes: u32) -> Result<()> {

@@ -1,35 +1,54 @@
-//! Reads ring-buffer records as they arrive, without polling.
+//! Reads ring-buffer records as they arrive.
 //!
-//! The kernel wakes the ring buffer's epoll waiters only when the consumer has caught up
-//! (its default adaptive wakeup), so under load one wakeup carries many records: each
-//! readiness notification drains the whole ring in one batch.
-use std::io;
+//! The eBPF programs submit records without waking the reader until an eighth of the
+//! ring is waiting (`WAKEUP_BYTES`): a wakeup per record would cost the traced tasks
+//! more than the tracing itself. So the reader drains the ring every `DRAIN_EVERY`,
+//! and at once when the kernel does wake it (a burst). Each drain takes every record
+//! in the ring, in one batch.
+use std::{io, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    time::{Interval, MissedTickBehavior},
+};
+
+/// The longest a record waits in the ring before portwatch sees it, when the kernel
+/// does not wake the reader sooner.
+pub const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
+    tick: Interval,
 }
 
 impl EventReader {
+    /// Must be called within a tokio runtime (it starts the drain timer).
     pub(super) fn new(ring: RingBuf<MapData>) -> io::Result<Self> {
         // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged until the
         // RingBuf is dropped, and the AsyncFd owns the RingBuf, so it is dropped first.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
             .map_err(io::Error::from)?;
-        Ok(EventReader { ring })
+        let mut tick = tokio::time::interval(DRAIN_EVERY);
+        // A reader that was busy does not need the ticks it missed.
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(EventReader { ring, tick })
     }
 
-    /// Waits for records, then passes every record in the ring to `handle`. Returns how
-    /// many it passed (possibly 0 after a spurious wakeup).
+    /// Waits for the next drain (the timer, or a wakeup from the kernel), then passes
+    /// every record in the ring to `handle`. Returns how many it passed (possibly 0).
     pub async fn read_batch(&mut self, handle: impl FnMut(&[u8])) -> io::Result<usize> {
-        let mut guard = self.ring.readable_mut().await?;
-        let count = drain_ring(guard.get_inner_mut(), handle);
-        // Clear readiness only after the ring was seen empty: a record committed after
-        // our last read re-arms epoll, so nothing is left waiting.
-        guard.clear_ready();
-        Ok(count)
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                let mut guard = guard?;
+                let count = drain_ring(guard.get_inner_mut(), handle);
+                // Clear readiness only after the ring was seen empty: a wakeup for a
+                // record committed after our last read re-arms epoll.
+                guard.clear_ready();
+                Ok(count)
+            }
+            _ = self.tick.tick() => Ok(drain_ring(self.ring.get_mut(), handle)),
+        }
     }
 
     /// Passes every record already in the ring to `handle`, without waiting.

@@ -1,10 +1,11 @@
 //! What happened in a window, per process and per destination: pure code over the event
 //! stream, so live runs, replays and tests all go through it.
-use std::{collections::HashMap, net::IpAddr};
+use std::net::IpAddr;
 
 use crate::{
     detect::histogram::Histogram,
     event::{Comm, ConnectFailed, Event, Origin, Transition},
+    fast_hash::FastMap,
     sockets::table::{ProcessRef, Seed, SocketOwner, SocketTable},
     tcp_state::TcpState,
 };
@@ -52,7 +53,7 @@ pub struct Activity {
     /// connect() calls that failed with EADDRNOTAVAIL.
     pub failed_connects: u64,
     /// Active connections opened, per destination.
-    pub destinations: HashMap<Destination, u64>,
+    pub destinations: FastMap<Destination, u64>,
 }
 
 /// What happened toward one destination during the window.
@@ -62,7 +63,7 @@ pub struct DestinationActivity {
     pub failed_connects: u64,
     pub lifetimes: Histogram,
     /// Connections opened (or failed) per process.
-    pub consumers: HashMap<ProcessRef, u64>,
+    pub consumers: FastMap<ProcessRef, u64>,
 }
 
 /// A connect() that got as far as SYN_SENT and fell back to CLOSE without a local port.
@@ -76,11 +77,11 @@ struct PortlessClose {
 #[derive(Debug)]
 pub struct Model {
     pub table: SocketTable,
-    pub processes: HashMap<ProcessRef, Activity>,
-    pub destinations: HashMap<Destination, DestinationActivity>,
+    pub processes: FastMap<ProcessRef, Activity>,
+    pub destinations: FastMap<Destination, DestinationActivity>,
     /// The last portless SYN_SENT -> CLOSE per thread, to give a following
     /// EADDRNOTAVAIL its destination.
-    portless: HashMap<u32, PortlessClose>,
+    portless: FastMap<u32, PortlessClose>,
     pub start_ns: u64,
     pub last_ns: u64,
     /// Records seen, of every kind.
@@ -97,9 +98,9 @@ impl Model {
     pub fn new(start_ns: u64) -> Self {
         Model {
             table: SocketTable::new(),
-            processes: HashMap::new(),
-            destinations: HashMap::new(),
-            portless: HashMap::new(),
+            processes: FastMap::default(),
+            destinations: FastMap::default(),
+            portless: FastMap::default(),
             start_ns,
             last_ns: start_ns,
             seen: 0,
@@ -127,19 +128,15 @@ impl Model {
     }
 
     fn activity(&mut self, owner: Option<&SocketOwner>) -> &mut Activity {
-        let key = owner.map_or(UNKNOWN, |owner| owner.process);
-        let activity = self.processes.entry(key).or_default();
-        if let Some(owner) = owner {
-            activity.comm = owner.comm;
-            activity.cgroup_id = owner.cgroup_id;
-        }
-        activity
+        activity_of(&mut self.processes, owner)
     }
 
     fn transition(&mut self, event: &Transition, owner: Option<SocketOwner>) {
         use TcpState::*;
         let process = owner.map_or(UNKNOWN, |owner| owner.process);
-        let activity = self.activity(owner.as_ref());
+        // Borrowed from the field, not through `self`, so that the other tables can be
+        // updated alongside: one lookup per event.
+        let activity = activity_of(&mut self.processes, owner.as_ref());
         match (event.old_state, event.new_state) {
             (SynSent, Established) => {
                 activity.opened_active += 1;
@@ -171,7 +168,6 @@ impl Model {
         if event.new_state != Close {
             return;
         }
-        let activity = self.activity(owner.as_ref());
         if event.enters_time_wait() {
             activity.time_wait_created += 1;
         }
@@ -213,6 +209,21 @@ impl Model {
             *toward.consumers.entry(process).or_default() += 1;
         }
     }
+}
+
+/// The activity of `owner`'s process (or of the unknown owner), with the owner's latest
+/// comm and cgroup.
+fn activity_of<'a>(
+    processes: &'a mut FastMap<ProcessRef, Activity>,
+    owner: Option<&SocketOwner>,
+) -> &'a mut Activity {
+    let key = owner.map_or(UNKNOWN, |owner| owner.process);
+    let activity = processes.entry(key).or_default();
+    if let Some(owner) = owner {
+        activity.comm = owner.comm;
+        activity.cgroup_id = owner.cgroup_id;
+    }
+    activity
 }
 
 #[cfg(test)]

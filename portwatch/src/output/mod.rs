@@ -1,5 +1,6 @@
 //! How portwatch shows what it saw.
 pub mod format;
+pub mod json_line;
 pub mod report;
 pub mod snapshot;
 pub mod stream;

@@ -1,0 +1,249 @@
+//! `portwatch stream --format json`'s line, written without serde.
+//!
+//! Under churn a stream prints hundreds of thousands of lines a second, and serde_json
+//! spent most of its time escaping the same twenty field names over and over. This
+//! writer appends the field names as constants and formats the values directly; it
+//! must produce exactly the bytes `serde_json::to_writer(&JsonTransition)` would, and
+//! the tests below hold it to that.
+use std::net::IpAddr;
+
+use crate::{
+    event::{Comm, Family, Origin, OwnerSource, Transition},
+    output::stream::ShownOwner,
+};
+
+/// Appends one JSON line (with its newline) for `event` to `out`.
+pub fn write_transition(out: &mut Vec<u8>, event: &Transition, owner: Option<&ShownOwner>) {
+    out.extend_from_slice(b"{\"ts_ns\":");
+    integer(out, event.ts_ns);
+    out.extend_from_slice(b",\"pid\":");
+    optional(out, owner.map(|o| o.pid), integer);
+    out.extend_from_slice(b",\"comm\":");
+    optional(out, owner.map(|o| o.comm), |out, comm| {
+        comm_string(out, &comm)
+    });
+    out.extend_from_slice(b",\"owner_source\":");
+    optional(out, owner.map(|o| o.source), |out, source| {
+        string(out, owner_source(source))
+    });
+    out.extend_from_slice(b",\"owner_alive\":");
+    optional(out, owner.map(|o| o.alive), boolean);
+    out.extend_from_slice(b",\"cgroup_id\":");
+    let cgroup_id = owner.map(|o| o.cgroup_id).filter(|&id| id != 0);
+    optional(out, cgroup_id, integer);
+    out.extend_from_slice(b",\"task_pid\":");
+    integer(out, event.task.pid);
+    out.extend_from_slice(b",\"task_tid\":");
+    integer(out, event.task.tid);
+    out.extend_from_slice(b",\"task_comm\":");
+    comm_string(out, &event.task.comm);
+    out.extend_from_slice(b",\"by_syscall\":");
+    boolean(out, event.by_syscall);
+    out.extend_from_slice(b",\"origin\":");
+    optional(out, event.origin, |out, origin| {
+        string(out, origin_name(origin))
+    });
+    out.extend_from_slice(b",\"family\":");
+    string(
+        out,
+        match event.family {
+            Family::Ipv4 => "ipv4",
+            Family::Ipv6 => "ipv6",
+        },
+    );
+    out.extend_from_slice(b",\"saddr\":");
+    address(out, event.saddr);
+    out.extend_from_slice(b",\"sport\":");
+    integer(out, event.sport);
+    out.extend_from_slice(b",\"daddr\":");
+    address(out, event.daddr);
+    out.extend_from_slice(b",\"dport\":");
+    integer(out, event.dport);
+    out.extend_from_slice(b",\"old_state\":");
+    string(out, event.old_state.name());
+    out.extend_from_slice(b",\"new_state\":");
+    string(out, event.new_state.name());
+    out.extend_from_slice(b",\"sock\":\"0x");
+    hex(out, event.sock);
+    out.extend_from_slice(b"\",\"in_state_ns\":");
+    optional(out, event.in_state_ns, integer);
+    out.extend_from_slice(b"}\n");
+}
+
+/// The names serde gives these enums (`rename_all = "snake_case"`).
+fn owner_source(source: OwnerSource) -> &'static str {
+    match source {
+        OwnerSource::Connect => "connect",
+        OwnerSource::Listen => "listen",
+        OwnerSource::Accept => "accept",
+        OwnerSource::Syscall => "syscall",
+        OwnerSource::Listener => "listener",
+        OwnerSource::Procfs => "procfs",
+    }
+}
+
+fn origin_name(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Active => "active",
+        Origin::Passive => "passive",
+        Origin::Listener => "listener",
+    }
+}
+
+fn optional<T>(out: &mut Vec<u8>, value: Option<T>, write: impl FnOnce(&mut Vec<u8>, T)) {
+    match value {
+        Some(value) => write(out, value),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn integer(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+fn boolean(out: &mut Vec<u8>, value: bool) {
+    out.extend_from_slice(if value { b"true" } else { b"false" });
+}
+
+/// A string known to need no escaping (names, addresses).
+fn string(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    out.extend_from_slice(text.as_bytes());
+    out.push(b'"');
+}
+
+/// A command name: as `Comm`'s Display shows it (lossy UTF-8), escaped as JSON wants.
+fn comm_string(out: &mut Vec<u8>, comm: &Comm) {
+    let bytes = comm.as_bytes();
+    // Printable ASCII other than `"` and `\` is valid UTF-8 that JSON takes as it is.
+    let plain = bytes
+        .iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        // Rare (a name with non-ASCII, quotes, control bytes or invalid UTF-8): serde_json
+        // escapes it exactly as the reference output does. Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, comm);
+    }
+}
+
+fn address(out: &mut Vec<u8>, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(v4) => {
+            out.push(b'"');
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                integer(out, octet);
+            }
+            out.push(b'"');
+        }
+        // IPv6 text has its own rules (zero compression, embedded IPv4): std's.
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let _ = write!(out, "\"{v6}\"");
+        }
+    }
+}
+
+/// Lowercase hex without leading zeros, as `{:x}` prints it.
+fn hex(out: &mut Vec<u8>, value: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buffer = [0u8; 16];
+    let mut at = buffer.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        buffer[at] = DIGITS[(rest & 0xf) as usize];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buffer[at..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{event::tests::raw_v4, output::stream::JsonTransition, tcp_state::TcpState};
+
+    fn reference(event: &Transition, owner: Option<&ShownOwner>) -> String {
+        let mut line = serde_json::to_string(&JsonTransition::new(event, owner)).unwrap();
+        line.push('\n');
+        line
+    }
+
+    fn fast(event: &Transition, owner: Option<&ShownOwner>) -> String {
+        let mut out = Vec::new();
+        write_transition(&mut out, event, owner);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn owners() -> Vec<Option<ShownOwner>> {
+        let mut owners = vec![None];
+        for (i, source) in [
+            OwnerSource::Connect,
+            OwnerSource::Listen,
+            OwnerSource::Accept,
+            OwnerSource::Syscall,
+            OwnerSource::Listener,
+            OwnerSource::Procfs,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            owners.push(Some(ShownOwner {
+                pid: [0, 1, 4_294_967_295, 1000, 77, 31337][i],
+                comm: Comm::new(["nginx", "", "a\"b\\c", "tab\there", "日本語", "x"][i]),
+                source,
+                alive: i % 2 == 0,
+                cgroup_id: [0, 1, u64::MAX, 42, 0, 9][i],
+            }));
+        }
+        owners
+    }
+
+    #[test]
+    fn matches_serde_json_byte_for_byte() {
+        let base = Transition::try_from(&raw_v4()).unwrap();
+        let mut events = vec![base.clone()];
+        let mut other = base.clone();
+        other.in_state_ns = None;
+        other.origin = None;
+        other.by_syscall = true;
+        other.sock = 0;
+        other.ts_ns = u64::MAX;
+        other.family = Family::Ipv6;
+        other.saddr = "::1".parse().unwrap();
+        other.daddr = "2001:db8::ffff:1.2.3.4".parse().unwrap();
+        other.old_state = TcpState::NewSynRecv;
+        other.new_state = TcpState::TimeWait;
+        events.push(other);
+        let mut mapped = base.clone();
+        mapped.saddr = "0.0.0.0".parse().unwrap();
+        mapped.daddr = "255.255.255.255".parse().unwrap();
+        mapped.origin = Some(Origin::Passive);
+        mapped.sport = 0;
+        mapped.dport = 65535;
+        mapped.task.comm = Comm::from_bytes(*b"\xff\xfebad\x01\x7f\0\0\0\0\0\0\0\0\0");
+        events.push(mapped);
+        let mut listener = base;
+        listener.origin = Some(Origin::Listener);
+        listener.sock = 0xffff_8881_0000_0001;
+        events.push(listener);
+        for event in &events {
+            for owner in owners() {
+                assert_eq!(
+                    fast(event, owner.as_ref()),
+                    reference(event, owner.as_ref()),
+                    "{event:?} {owner:?}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! `cargo xtask bench`: what portwatch costs a host under connection churn, side by side
+//! with libbpf-tools' tcpstates and tcplife.
+//!
+//! The churn workload runs bare and under each agent in alternating pairs (bare then
+//! agent, agent then bare in the next round), so that the machine's drift over the run
+//! cancels out of each pair's overhead. Each agent's count is checked against the
+//! client's exact number of connections times the transitions per connection, which
+//! the kernel itself counts once at the start (see `calibrate`).
+//!
+//! `cargo xtask bench --scale` is the memory run instead (see `scale`).
+mod agent;
+mod calibrate;
+mod netns;
+mod process;
+mod procfs;
+mod scale;
+mod summary;
+mod workload;
+
+use std::{fs, path::Path, thread, time::Duration};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use self::{
+    agent::Agent,
+    netns::Netns,
+    summary::{AgentRun, Run},
+    workload::{Actors, CloseFirst, Limit, Shape},
+};
+use crate::setup;
+
+/// Packages the benchmark drives besides the build's: the peers, and `ip netns`.
+const BENCH_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("libbpf-tools", "tcpstates")];
+const NETNS: &str = "portwatch-bench";
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Rounds: each runs every agent once, paired with a bare run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+
+    /// Length of each workload run, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+
+    /// A quick look: 3 rounds of 3 s (about two minutes with every agent).
+    #[arg(long, conflicts_with_all = ["runs", "duration"])]
+    quick: bool,
+
+    /// The agents to compare with the bare workload (comma-separated). Peers that are
+    /// not installed are left out, with a note.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "report,stream,tcpstates,tcplife"
+    )]
+    agents: Vec<Agent>,
+
+    /// Client threads, each with one connection in flight (the server gets as many
+    /// workers).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+    threads: u16,
+
+    /// Request-response exchanges per connection; 0: connect and close.
+    #[arg(long, default_value_t = 0)]
+    requests: u32,
+
+    /// Which side closes first, and so holds the TIME_WAIT. `client` with 0 requests
+    /// is open-loop (the client does not wait for the server) and overflows the
+    /// server's accept queue at full speed.
+    #[arg(long, value_enum, default_value_t = CloseFirst::Server)]
+    close_first: CloseFirst,
+
+    /// How long each connection stays open, e.g. 1ms. Default: closed at once.
+    #[arg(long, value_parser = parse_duration)]
+    lifetime: Option<Duration>,
+
+    /// Target connections per second over all threads; 0: flat out.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+
+    /// Also measure each eBPF program's run time per call (turns on
+    /// kernel.bpf_stats_enabled for the run, which itself costs a little). Calls the
+    /// kernel skipped (recursion misses) are counted either way.
+    #[arg(long)]
+    bpf_stats: bool,
+
+    /// Run a pair again when the rest of the machine (other processes) used more than
+    /// this many CPUs more during one half than during the other.
+    #[arg(long, default_value_t = 0.25)]
+    max_noise: f64,
+
+    /// Before each pair, wait up to this long for the machine to be idle (other
+    /// processes using under 0.2 CPUs), so that pairs run in the quiet spells of a
+    /// shared machine. 0: do not wait.
+    #[arg(long, default_value = "60s", value_parser = parse_duration_or_zero)]
+    quiet_wait: Duration,
+
+    /// Attempts per pair before keeping a noisy one (marked in the JSON).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    attempts: u32,
+
+    /// Keep every agent's output file under target/bench/runs (a stream run writes
+    /// hundreds of MB).
+    #[arg(long)]
+    keep_output: bool,
+
+    /// Run the memory and scale benchmark instead: hold many connections under
+    /// `portwatch report`, then churn through them.
+    #[arg(long)]
+    scale: bool,
+
+    #[command(flatten)]
+    scale_args: scale::ScaleArgs,
+}
+
+pub fn run(workspace: &Path, args: BenchArgs) -> Result<()> {
+    if !setup::is_root() {
+        bail!("the benchmark loads eBPF and creates a network namespace: run it as root");
+    }
+    setup::all(workspace)?;
+    // The peers are optional: a machine that cannot install them still benchmarks
+    // portwatch.
+    if let Err(err) = setup::debian_packages(BENCH_PACKAGES) {
+        eprintln!("xtask: bench: {err:#}");
+    }
+    if !setup::on_path("ip") {
+        bail!("the benchmark needs `ip` (iproute2) for its network namespace");
+    }
+    crate::cargo(workspace, &["build", "--release", "--package", "portwatch"])?;
+    let out_dir = workspace.join("target/bench");
+    fs::create_dir_all(out_dir.join("runs"))
+        .with_context(|| format!("creating {}", out_dir.display()))?;
+    let portwatch = workload::portwatch_binary(workspace);
+    if args.scale {
+        return scale::run(&portwatch, &out_dir, &args.scale_args);
+    }
+    churn(&portwatch, &out_dir, args)
+}
+
+fn churn(portwatch: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
+    let (runs, duration) = if args.quick {
+        (3, Duration::from_secs(3))
+    } else {
+        (args.runs, args.duration)
+    };
+    let agents: Vec<Agent> = args
+        .agents
+        .iter()
+        .copied()
+        .filter(|agent| {
+            let installed =
+                agent.is_portwatch() || setup::on_path(&format!("{agent:?}").to_lowercase());
+            if !installed {
+                eprintln!("xtask: bench: {} is not installed: left out", agent.label());
+            }
+            installed
+        })
+        .collect();
+    let shape = Shape {
+        threads: args.threads,
+        requests: args.requests,
+        close_first: args.close_first,
+        lifetime: args.lifetime,
+        rate: args.rate,
+    };
+    let _stats = args.bpf_stats.then(BpfStats::enable).transpose()?;
+
+    let netns = Netns::create(NETNS)?;
+    let actors = Actors {
+        portwatch: portwatch.to_owned(),
+        netns: &netns,
+    };
+    eprintln!("xtask: bench: counting the transitions of one connection (tracefs)");
+    let calibration = {
+        let server = actors.server(&shape)?;
+        calibrate::run(&actors, &shape, server.port, 2000)?
+    };
+    eprintln!(
+        "xtask: bench: each connection makes {} transitions ({} closes) and {} accept: {}",
+        calibration.transitions_per_connection,
+        calibration.closes_per_connection,
+        calibration.accepts_per_connection,
+        calibration
+            .breakdown
+            .iter()
+            .map(|(pair, n)| format!("{pair} ×{n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let context = RunContext {
+        portwatch,
+        out_dir,
+        actors: &actors,
+        shape: &shape,
+        keep_output: args.keep_output,
+        calibration: &calibration,
+    };
+    // Warm up the machine before the first measured run.
+    context.run_once(0, None, Agent::Report, Duration::from_secs(1))?;
+    let total = runs as usize * agents.len() * 2;
+    let mut results = Vec::with_capacity(total);
+    for round in 0..runs {
+        for (index, &agent) in agents.iter().enumerate() {
+            // Bare first in one pair, agent first in the next: what the machine's
+            // drift adds to one side of a pair it takes from the other in the next.
+            let order = if (round as usize + index).is_multiple_of(2) {
+                [None, Some(agent)]
+            } else {
+                [Some(agent), None]
+            };
+            let mut attempt = 1;
+            loop {
+                wait_for_quiet(args.quiet_wait);
+                let mut pair = Vec::with_capacity(2);
+                for mode in order {
+                    let mut run = context.run_once(round, mode, agent, duration)?;
+                    run.attempt = attempt;
+                    eprintln!(
+                        "xtask: bench: [{:>3}/{total}] round {} {:<32} {:>8.0} conn/s  \
+                         (rest of machine {:.2} CPUs)",
+                        results.len() + pair.len() + 1,
+                        round + 1,
+                        mode.map_or("bare", Agent::label),
+                        run.client.rate(),
+                        run.other_cpus(),
+                    );
+                    pair.push(run);
+                }
+                // A pair is only fair if the rest of the machine (other processes on a
+                // shared host) took about as much CPU during both halves.
+                let unequal = (pair[0].other_cpus() - pair[1].other_cpus()).abs();
+                if unequal <= args.max_noise || attempt >= args.attempts {
+                    if unequal > args.max_noise {
+                        eprintln!(
+                            "xtask: bench: keeping a pair whose halves saw {unequal:.2} CPUs \
+                             of other work apart, after {attempt} attempts"
+                        );
+                    }
+                    results.extend(pair);
+                    break;
+                }
+                eprintln!(
+                    "xtask: bench: the rest of the machine took {unequal:.2} CPUs more in \
+                     one half of the pair: running it again"
+                );
+                attempt += 1;
+            }
+        }
+    }
+    let summary = summary::Summary::new(&shape, duration, runs, &calibration, &agents, results);
+    print!("{}", summary.table());
+    let json = serde_json::to_string_pretty(&summary)?;
+    let stamp = summary.started_unix;
+    let path = out_dir.join(format!("bench-{stamp}.json"));
+    fs::write(&path, &json).with_context(|| format!("writing {}", path.display()))?;
+    fs::write(out_dir.join("latest.json"), &json)?;
+    eprintln!("xtask: bench: results in {}", path.display());
+    Ok(())
+}
+
+struct RunContext<'a> {
+    portwatch: &'a Path,
+    out_dir: &'a Path,
+    actors: &'a Actors<'a>,
+    shape: &'a Shape,
+    keep_output: bool,
+    calibration: &'a calibrate::Calibration,
+}
+
+impl RunContext<'_> {
+    /// One workload run, bare (`mode` None) or under an agent; `pair` names the agent
+    /// the run is paired with.
+    fn run_once(
+        &self,
+        round: u32,
+        mode: Option<Agent>,
+        pair: Agent,
+        duration: Duration,
+    ) -> Result<Run> {
+        let name = format!("{:?}", mode.unwrap_or(pair)).to_lowercase();
+        let output = self
+            .out_dir
+            .join("runs")
+            .join(format!("{name}-{round}.out"));
+        let mut agent = mode
+            .map(|agent| agent::start(agent, self.portwatch, &output, None))
+            .transpose()?;
+        if let Some(agent) = &mut agent {
+            // Let the agent settle after its startup snapshot.
+            thread::sleep(Duration::from_millis(300));
+            agent.workload_starts()?;
+        }
+        // A fresh server for each run, started after the agent: the agent sees it
+        // listen, as it would a service started while it runs. (A listener that
+        // predates portwatch is known from its startup snapshot, but that reads only
+        // portwatch's own network namespace.)
+        let server = self.actors.server(self.shape)?;
+        let server_cpu = procfs::cpu_seconds(server.pid())?;
+        let busy = procfs::host_busy_seconds();
+        let overflows = listen_overflows(server.pid());
+        let client = self
+            .actors
+            .client(self.shape, server.port, Limit::Duration(duration))?;
+        // The last connections' final transitions run just after the client's close.
+        thread::sleep(Duration::from_millis(300));
+        let listen_overflows = listen_overflows(server.pid()) - overflows;
+        let server_cpu = procfs::cpu_seconds(server.pid())? - server_cpu;
+        let busy = procfs::host_busy_seconds() - busy;
+        let agent_cpu = agent.as_ref().map_or(0.0, agent::Running::cpu_so_far);
+        let agent_run = match agent {
+            None => None,
+            Some(running) => {
+                let stopped = running.stop()?;
+                let observed = agent::observe(&stopped, server.port, client.pid, server.pid())?;
+                if !self.keep_output {
+                    let _ = fs::remove_file(&stopped.output);
+                }
+                Some(AgentRun::new(&stopped, observed, &client, self.calibration))
+            }
+        };
+        Ok(Run {
+            round,
+            attempt: 1,
+            pair,
+            agent: mode,
+            client,
+            server_cpu_s: server_cpu,
+            other_cpu_s: (busy - client.cpu_s - server_cpu - agent_cpu).max(0.0),
+            listen_overflows,
+            agent_run,
+        })
+    }
+}
+
+/// Waits up to `timeout` for a second in which the machine (everything: nothing of the
+/// benchmark runs now) kept under 0.2 CPUs busy.
+fn wait_for_quiet(timeout: Duration) {
+    const QUIET_CPUS: f64 = 0.2;
+    if timeout.is_zero() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    let mut said = false;
+    loop {
+        let before = procfs::host_busy_seconds();
+        thread::sleep(Duration::from_secs(1));
+        let busy = procfs::host_busy_seconds() - before;
+        if busy < QUIET_CPUS {
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            eprintln!(
+                "xtask: bench: the machine is still busy ({busy:.2} CPUs) after {timeout:?}: \
+                 going on"
+            );
+            return;
+        }
+        if !said {
+            said = true;
+            eprintln!("xtask: bench: waiting for the machine to be quiet ({busy:.2} CPUs busy)");
+        }
+    }
+}
+
+fn listen_overflows(server_pid: u32) -> u64 {
+    procfs::netstat(server_pid, "TcpExt", "ListenOverflows").unwrap_or(0)
+}
+
+/// Turns on the kernel's per-program run-time statistics, and restores the old setting
+/// when dropped.
+struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<BpfStats> {
+        let old = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
+        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats { old })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = fs::write(BPF_STATS, self.old.trim());
+    }
+}
+
+fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    match text {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|err| format!("{err} (write a number and a unit, e.g. 5s, 500ms)"))?;
+    if duration.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(duration)
+}
