@@ -6,12 +6,15 @@
 use std::{
     collections::{HashMap, VecDeque},
     net::IpAddr,
+    num::NonZeroU64,
 };
 
 use serde::Serialize;
 
+use super::owners::{OwnerId, Owners};
 use crate::{
     event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
+    fast_hash::FastMap,
     tcp_state::TcpState,
 };
 
@@ -49,7 +52,7 @@ pub struct ProcessRef {
 }
 
 /// Who owns a socket, as far as portwatch knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SocketOwner {
     pub process: ProcessRef,
     pub comm: Comm,
@@ -70,7 +73,8 @@ pub struct Seed {
     pub taken_ns: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A live socket as [`SocketTable::live`] and [`SocketTable::get`] show it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LiveSocket {
     pub tuple: Tuple,
     pub state: TcpState,
@@ -109,20 +113,48 @@ struct TimeWaitKey {
     owner: Option<ProcessRef>,
 }
 
+/// A live socket as the table stores it: 64 bytes rather than [`LiveSocket`]'s 112, as
+/// a host may hold hundreds of thousands. The owner is an id into the table's
+/// [`Owners`], and a zero open time means unknown (the kernel sends 0 for that too).
+#[derive(Clone, Copy, Debug)]
+struct Stored {
+    tuple: Tuple,
+    state: TcpState,
+    state_since_exact: bool,
+    origin: Option<Origin>,
+    owner: Option<OwnerId>,
+    state_since_ns: u64,
+    opened_ns: Option<NonZeroU64>,
+}
+
+/// A TIME_WAIT group as the table stores it (56 bytes rather than [`TimeWait`]'s 96).
+#[derive(Clone, Copy, Debug)]
+struct StoredTimeWait {
+    tuple: Tuple,
+    owner: Option<OwnerId>,
+    count: u32,
+    since_ns: u64,
+}
+
+const _: () = assert!(size_of::<Stored>() == 64);
+const _: () = assert!(size_of::<StoredTimeWait>() == 56);
+
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    live: HashMap<u64, LiveSocket>,
+    live: FastMap<u64, Stored>,
     /// In the order they entered TIME_WAIT, which is also the order they expire.
-    time_wait: VecDeque<TimeWait>,
+    time_wait: VecDeque<StoredTimeWait>,
+    /// The owners `live` and `time_wait` refer to.
+    owners: Owners,
     /// The current second's groups: key -> absolute position in `time_wait`.
     time_wait_second: u64,
-    time_wait_index: HashMap<TimeWaitKey, u64>,
+    time_wait_index: FastMap<TimeWaitKey, u64>,
     /// Groups expired so far, to turn absolute positions into indices.
     time_wait_expired: u64,
     /// Sockets from the startup snapshot that no event has named yet.
     seeds: HashMap<Tuple, Seed>,
     /// Exits seen per PID: an owner learned before the latest exit is gone.
-    exits: HashMap<u32, u32>,
+    exits: FastMap<u32, u32>,
 }
 
 impl SocketTable {
@@ -153,26 +185,42 @@ impl SocketTable {
     }
 
     fn transition(&mut self, event: &Transition) -> Option<SocketOwner> {
+        use std::collections::hash_map::Entry;
         self.expire_time_wait(event.ts_ns);
         let learned = event.owner.map(|owner| self.owner_from(&owner));
         let tuple = Tuple::of(event);
-        if starts_life(event) {
-            // Still here, so the kernel skipped the earlier socket's last transitions
-            // (it does while another eBPF program runs on that CPU): that socket is gone,
-            // and its owner is not this one's.
-            self.live.remove(&event.sock);
-        }
-        let socket = match self.live.entry(event.sock) {
-            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                let seed = self.seeds.remove(&tuple);
-                entry.insert(new_socket(event, seed, &self.exits))
+        // One lookup per event: the entry found (or made) here is the one removed at
+        // CLOSE.
+        let mut entry = match self.live.entry(event.sock) {
+            Entry::Occupied(mut entry) => {
+                if starts_life(event) {
+                    // Still here, so the kernel skipped the earlier socket's last
+                    // transitions (it does while another eBPF program runs on that CPU):
+                    // that socket is gone, and its owner is not this one's.
+                    entry.insert(fresh(event, None));
+                }
+                entry
+            }
+            Entry::Vacant(entry) => {
+                // Seeds are few and gone soon after startup; most new sockets need no
+                // look at them.
+                let seed = if self.seeds.is_empty() {
+                    None
+                } else {
+                    self.seeds.remove(&tuple)
+                };
+                let owner =
+                    seeded_owner(seed.as_ref(), &self.exits).map(|owner| self.owners.intern(owner));
+                entry.insert_entry(fresh(event, owner))
             }
         };
+        let socket = entry.get_mut();
+        let mut owner = socket.owner.map(|id| self.owners.get(id));
         if let Some(learned) = learned
-            && should_replace(socket.owner.as_ref(), &learned)
+            && should_replace(owner.as_ref(), &learned)
         {
-            socket.owner = Some(learned);
+            socket.owner = Some(self.owners.intern(learned));
+            owner = Some(learned);
         }
         // The local port of CLOSE -> SYN_SENT is 0: the kernel picks it afterwards.
         socket.tuple = tuple;
@@ -182,14 +230,13 @@ impl SocketTable {
         if event.origin.is_some() {
             socket.origin = event.origin;
         }
-        let owner = socket.owner;
-        let origin = socket.origin;
         if event.new_state == TcpState::Close {
-            self.live.remove(&event.sock);
+            let closed = entry.remove();
             if event.enters_time_wait() {
-                self.add_time_wait(tuple, origin, event.ts_ns, owner);
+                self.add_time_wait(tuple, closed.origin, event.ts_ns, owner, closed.owner);
             }
         }
+        self.compact_owners();
         owner
     }
 
@@ -199,6 +246,7 @@ impl SocketTable {
         origin: Option<Origin>,
         ts_ns: u64,
         owner: Option<SocketOwner>,
+        owner_id: Option<OwnerId>,
     ) {
         let tuple = match origin {
             Some(Origin::Passive) => Tuple {
@@ -227,18 +275,19 @@ impl SocketTable {
         }
         let position = self.time_wait_expired + self.time_wait.len() as u64;
         self.time_wait_index.insert(key, position);
-        self.time_wait.push_back(TimeWait {
+        self.time_wait.push_back(StoredTimeWait {
             tuple,
-            since_ns: ts_ns,
-            owner,
+            owner: owner_id,
             count: 1,
+            since_ns: ts_ns,
         });
     }
 
     fn accepted(&mut self, event: &Accepted) {
         let owner = self.owner_from(&event.owner);
         if let Some(socket) = self.live.get_mut(&event.sock) {
-            socket.owner = Some(owner);
+            socket.owner = Some(self.owners.intern(owner));
+            self.compact_owners();
         }
     }
 
@@ -258,6 +307,20 @@ impl SocketTable {
         }
     }
 
+    /// Drops the owners no socket refers to any more, once enough were added.
+    fn compact_owners(&mut self) {
+        if self.owners.wants_compaction() {
+            let live = self.live.values_mut().filter_map(|s| s.owner.as_mut());
+            let time_wait = self.time_wait.iter_mut().filter_map(|t| t.owner.as_mut());
+            self.owners.compact(live.chain(time_wait));
+        }
+    }
+
+    #[cfg(test)]
+    fn owners_len(&self) -> usize {
+        self.owners.len()
+    }
+
     /// False once the process has exited: its PID may belong to another process now.
     pub fn is_alive(&self, process: &ProcessRef) -> bool {
         self.exits.get(&process.pid).copied().unwrap_or(0) == process.generation
@@ -274,12 +337,19 @@ impl SocketTable {
         }
     }
 
-    pub fn live(&self) -> impl Iterator<Item = (&u64, &LiveSocket)> {
-        self.live.iter()
+    pub fn live(&self) -> impl Iterator<Item = (u64, LiveSocket)> + '_ {
+        self.live
+            .iter()
+            .map(|(&sock, stored)| (sock, self.view(stored)))
     }
 
-    pub fn time_wait(&self) -> impl Iterator<Item = &TimeWait> {
-        self.time_wait.iter()
+    pub fn time_wait(&self) -> impl Iterator<Item = TimeWait> + '_ {
+        self.time_wait.iter().map(|stored| TimeWait {
+            tuple: stored.tuple,
+            since_ns: stored.since_ns,
+            owner: stored.owner.map(|id| self.owners.get(id)),
+            count: stored.count,
+        })
     }
 
     /// Startup-snapshot sockets no event has touched yet (still in their seeded state).
@@ -287,15 +357,30 @@ impl SocketTable {
         self.seeds.values()
     }
 
-    pub fn get(&self, sock: u64) -> Option<&LiveSocket> {
-        self.live.get(&sock)
+    pub fn get(&self, sock: u64) -> Option<LiveSocket> {
+        self.live.get(&sock).map(|stored| self.view(stored))
+    }
+
+    fn view(&self, stored: &Stored) -> LiveSocket {
+        LiveSocket {
+            tuple: stored.tuple,
+            state: stored.state,
+            state_since_ns: stored.state_since_ns,
+            state_since_exact: stored.state_since_exact,
+            opened_ns: stored.opened_ns.map(NonZeroU64::get),
+            origin: stored.origin,
+            owner: stored.owner.map(|id| self.owners.get(id)),
+        }
     }
 
     /// Live sockets whose owner is unknown or only provisional (a listener's).
     pub fn unresolved(&self) -> usize {
         self.live
             .values()
-            .filter(|s| s.owner.is_none_or(|o| !o.source.is_certain()))
+            .filter(|s| {
+                s.owner
+                    .is_none_or(|id| !self.owners.get(id).source.is_certain())
+            })
             .count()
     }
 
@@ -306,23 +391,26 @@ impl SocketTable {
     pub fn resolve(&mut self, holders: &HashMap<Tuple, (u32, Comm)>) -> usize {
         let mut resolved = 0;
         for socket in self.live.values_mut() {
-            if socket.owner.is_some_and(|o| o.source.is_certain()) {
+            let owner = socket.owner.map(|id| self.owners.get(id));
+            if owner.is_some_and(|o| o.source.is_certain()) {
                 continue;
             }
             let Some(&(pid, comm)) = holders.get(&socket.tuple) else {
                 continue;
             };
-            socket.owner = Some(SocketOwner {
+            let found = SocketOwner {
                 process: ProcessRef {
                     pid,
                     generation: self.exits.get(&pid).copied().unwrap_or(0),
                 },
                 comm,
-                cgroup_id: socket.owner.map_or(0, |o| o.cgroup_id),
+                cgroup_id: owner.map_or(0, |o| o.cgroup_id),
                 source: OwnerSource::Procfs,
-            });
+            };
+            socket.owner = Some(self.owners.intern(found));
             resolved += 1;
         }
+        self.compact_owners();
         resolved
     }
 }
@@ -345,28 +433,31 @@ fn starts_life(event: &Transition) -> bool {
     )
 }
 
-fn new_socket(event: &Transition, seed: Option<Seed>, exits: &HashMap<u32, u32>) -> LiveSocket {
-    let seeded_owner = seed.as_ref().and_then(|seed| {
-        let &(pid, comm) = seed.holders.first()?;
-        Some(SocketOwner {
-            process: ProcessRef {
-                pid,
-                generation: exits.get(&pid).copied().unwrap_or(0),
-            },
-            comm,
-            cgroup_id: 0,
-            source: OwnerSource::Procfs,
-        })
-    });
-    LiveSocket {
+/// A socket's entry before its first transition is applied.
+fn fresh(event: &Transition, owner: Option<OwnerId>) -> Stored {
+    Stored {
         tuple: Tuple::of(event),
         state: event.old_state,
-        state_since_ns: event.ts_ns,
         state_since_exact: false,
-        opened_ns: event.opened_ns,
         origin: event.origin,
-        owner: seeded_owner,
+        owner,
+        state_since_ns: event.ts_ns,
+        opened_ns: event.opened_ns.and_then(NonZeroU64::new),
     }
+}
+
+/// The owner a snapshot's seed names: the first process holding it.
+fn seeded_owner(seed: Option<&Seed>, exits: &FastMap<u32, u32>) -> Option<SocketOwner> {
+    let &(pid, comm) = seed?.holders.first()?;
+    Some(SocketOwner {
+        process: ProcessRef {
+            pid,
+            generation: exits.get(&pid).copied().unwrap_or(0),
+        },
+        comm,
+        cgroup_id: 0,
+        source: OwnerSource::Procfs,
+    })
 }
 
 /// Owners learned in the owner's own system call win; a provisional (listener) owner
@@ -552,6 +643,41 @@ mod tests {
         assert_eq!(shown.process.pid, SERVER);
         assert_eq!(shown.source, OwnerSource::Listener);
         assert_eq!(table.get(6).unwrap().state, TcpState::SynRecv);
+    }
+
+    #[test]
+    fn owners_of_closed_sockets_are_forgotten() {
+        let mut table = SocketTable::new();
+        // 10,000 short-lived processes, one socket each, gone without TIME_WAIT.
+        for pid in 0..10_000u32 {
+            let sock = u64::from(pid) + 1;
+            let owner = owner(pid + 1, "short", OwnerSource::Connect);
+            table.apply(&event(sock, 0, TcpState::Close, TcpState::SynSent, owner));
+            table.apply(&event(sock, 1, TcpState::LastAck, TcpState::Close, owner));
+        }
+        // One that stays, whose owner must survive every compaction.
+        let stays = owner(99_999, "stays", OwnerSource::Accept);
+        table.apply(&event(
+            20_000,
+            2,
+            TcpState::Established,
+            TcpState::CloseWait,
+            stays,
+        ));
+        for pid in 0..3000u32 {
+            let sock = 10_001 + u64::from(pid);
+            let owner = owner(20_000 + pid, "more", OwnerSource::Connect);
+            table.apply(&event(sock, 3, TcpState::Close, TcpState::SynSent, owner));
+            table.apply(&event(sock, 4, TcpState::LastAck, TcpState::Close, owner));
+        }
+        assert!(
+            table.owners_len() < 3000,
+            "{} owners kept",
+            table.owners_len()
+        );
+        let kept = table.get(20_000).unwrap().owner.unwrap();
+        assert_eq!(kept.process.pid, 99_999);
+        assert_eq!(kept.comm, Comm::new("stays"));
     }
 
     #[test]
