@@ -48,10 +48,20 @@ pub enum HoldersError {
 
 /// Maps every socket inode some process holds to those processes.
 pub fn socket_holders() -> Result<SocketHolders, HoldersError> {
+    socket_holders_of(|_| true)
+}
+
+/// Maps the socket inodes `wanted` picks to the processes holding them.
+///
+/// The others are not recorded: a host can hold hundreds of thousands of socket
+/// descriptors, many of them sockets a caller has no use for (another network
+/// namespace's, which its sock_diag dump does not list), and each recorded inode costs
+/// a copy of its holders' names.
+pub fn socket_holders_of(wanted: impl Fn(u64) -> bool) -> Result<SocketHolders, HoldersError> {
     let processes = procfs::process::all_processes().map_err(HoldersError::ListProcesses)?;
     let mut holders = SocketHolders::default();
     for process in processes {
-        match process.and_then(|process| held_sockets(&process)) {
+        match process.and_then(|process| held_sockets(&process, &wanted)) {
             Ok(None) => {}
             Ok(Some((info, inodes))) => {
                 for inode in inodes {
@@ -78,12 +88,17 @@ pub fn process_info(pid: u32) -> Option<ProcessInfo> {
     info(&process).ok()
 }
 
-/// The socket inodes a process holds, each once, and the process; None when it holds no
-/// socket (most processes), so that only holders pay for reading stat and cgroup.
-fn held_sockets(process: &Process) -> ProcResult<Option<(ProcessInfo, Vec<u64>)>> {
+/// The wanted socket inodes a process holds, each once, and the process; None when it
+/// holds none (most processes), so that only holders pay for reading stat and cgroup.
+fn held_sockets(
+    process: &Process,
+    wanted: &impl Fn(u64) -> bool,
+) -> ProcResult<Option<(ProcessInfo, Vec<u64>)>> {
     let mut inodes = Vec::new();
     for fd in process.fd()? {
-        if let FDTarget::Socket(inode) = fd?.target {
+        if let FDTarget::Socket(inode) = fd?.target
+            && wanted(inode)
+        {
             inodes.push(inode);
         }
     }

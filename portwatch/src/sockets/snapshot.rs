@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::{
     diag::{DiagSocket, DiagTimer, dump_tcp_sockets},
-    holders::{ProcessId, ProcessInfo, socket_holders},
+    holders::{ProcessId, ProcessInfo, socket_holders_of},
 };
 use crate::tcp_state::TcpState;
 
@@ -37,7 +37,11 @@ pub struct SnapshotSocket {
 /// holder or not at all. Leaked sockets, which stay for minutes, are not affected.
 pub fn take() -> anyhow::Result<Snapshot> {
     let sockets = dump_tcp_sockets()?;
-    let holders = socket_holders().context("finding the processes that hold sockets")?;
+    // Only the holders of the sockets dumped: the descriptors of sockets in other
+    // network namespaces, which the dump does not list, would only cost memory.
+    let dumped: std::collections::HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
+    let holders = socket_holders_of(|inode| dumped.contains(&inode))
+        .context("finding the processes that hold sockets")?;
     let sockets = sockets
         .into_iter()
         .map(|socket| SnapshotSocket {
