@@ -242,6 +242,10 @@ pub struct PeerKey {
 
 const _: () = assert!(size_of::<PeerKey>() == 24);
 
+/// `READER[0]` while the collector waits for the kernel to wake it: every record then
+/// wakes it at once. While it is 0 the collector drains the ring on its own timer.
+pub const READER_ASLEEP: u32 = 1;
+
 /// Names of the maps and programs in the eBPF object, shared so a rename cannot
 /// silently break the loader.
 pub mod names {
@@ -251,6 +255,7 @@ pub mod names {
     pub const LISTENERS: &str = "LISTENERS";
     pub const PEERS: &str = "PEERS";
     pub const ACCEPTS: &str = "ACCEPTS";
+    pub const READER: &str = "READER";
     /// The load-time global: ring-buffer bytes pending before a record wakes userspace.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";

@@ -19,18 +19,20 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_get_current_comm,
     },
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use portwatch_common::{COMM_LEN, COUNTER_SLOTS, Counter, Owner, PeerKey, SocketEntry};
+use portwatch_common::{
+    COMM_LEN, COUNTER_SLOTS, Counter, Owner, PeerKey, READER_ASLEEP, SocketEntry,
+};
 
 /// Ring buffer to userspace. Its size is set at load time (`--ring-buffer-size`).
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
-/// Bytes waiting in `EVENTS` from which a record wakes the collector; below it records
-/// are submitted without a wakeup and the collector drains the ring on a timer. Set at
-/// load time (`EbpfLoader::override_global`, see the loader); the default here only
-/// serves an object loaded without it.
+/// Bytes waiting in `EVENTS` from which a record wakes the collector while it drains on
+/// its own timer; below it records are submitted without a wakeup. Set at load time
+/// (`EbpfLoader::override_global`, see the loader); the default here only serves an
+/// object loaded without it.
 ///
 /// Why: the kernel's default (adaptive) wakeup wakes the reader whenever it has caught
 /// up, which under churn is nearly every record, and each wakeup is an irq_work
@@ -39,10 +41,19 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 20;
 
-/// The flags for submitting a record: a wakeup only when the collector has fallen
-/// behind by `WAKEUP_BYTES`.
+/// Whether the collector is asleep ([`READER_ASLEEP`]): it drains on a timer only while
+/// records keep coming, and once a drain finds the ring empty it sets this and waits
+/// for the kernel to wake it, so an idle host costs it no wakeups at all.
+#[map]
+static READER: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The flags for submitting a record: a wakeup when the collector is asleep or has
+/// fallen behind by `WAKEUP_BYTES`, none while it drains on its timer.
 #[inline(always)]
 fn submit_flags() -> u64 {
+    if READER.get(0).is_some_and(|state| *state == READER_ASLEEP) {
+        return u64::from(BPF_RB_FORCE_WAKEUP);
+    }
     // SAFETY: a plain read of a load-time constant; volatile, so that the compiler does
     // not fold in the default the loader replaces.
     let threshold = unsafe { core::ptr::read_volatile(&WAKEUP_BYTES) };

@@ -164,3 +164,33 @@ async fn full_ring_buffer_drops_are_counted() {
         "every transition is either delivered or counted: seen {seen} + dropped {dropped} < {made}"
     );
 }
+
+/// A reader that found the ring empty stops draining on its timer and waits for the
+/// kernel: the next record must wake it. Without the wakeup the reader would wait for
+/// its backstop, set here to an hour, and the test would time out.
+#[tokio::test]
+async fn an_asleep_reader_is_woken_by_the_next_record() {
+    let (_tracer, mut reader) = start_tracer(&TracerOptions::default());
+    reader.set_backstop(Duration::from_secs(3600));
+    // Other processes' records may keep it awake for a moment.
+    let mut attempts = 0;
+    while !reader.is_asleep() {
+        attempts += 1;
+        assert!(attempts < 1000, "the ring never stayed empty for a moment");
+        reader.fall_asleep(|_| {}).expect("updating the READER map");
+    }
+    let (server, client) = connect_and_close("127.0.0.1:0".parse().unwrap());
+    let ours = |port: u16| port == server.port() || port == client.port();
+    let events = collect_until(
+        &mut reader,
+        |t| ours(t.sport) && ours(t.dport),
+        |events| !events.is_empty(),
+        TIMEOUT,
+    )
+    .await;
+    assert!(!events.is_empty());
+    assert!(
+        !reader.is_asleep(),
+        "a woken reader drains on its timer again while records keep coming"
+    );
+}

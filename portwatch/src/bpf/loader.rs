@@ -8,7 +8,7 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
 use portwatch_common::{COUNTER_SLOTS, Counter, Owner, names};
@@ -118,7 +118,9 @@ impl Tracer {
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
         let counters =
             PerCpuArray::try_from(ebpf.take_map(names::COUNTERS).context("no COUNTERS map")?)?;
-        let reader = EventReader::new(ring).context("registering the ring buffer with tokio")?;
+        let reader_state = Array::try_from(ebpf.take_map(names::READER).context("no READER map")?)?;
+        let reader = EventReader::new(ring, reader_state)
+            .context("registering the ring buffer with tokio")?;
         Ok((
             Tracer {
                 ebpf,
