@@ -102,6 +102,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     attempts: u32,
 
+    /// The portwatch binary to measure as the agent, e.g. an older build to compare
+    /// with (default: this workspace's release build, which always runs the workload's
+    /// actors).
+    #[arg(long, value_name = "PATH")]
+    agent_binary: Option<std::path::PathBuf>,
+
     /// Keep every agent's output file under target/bench/runs (a stream run writes
     /// hundreds of MB).
     #[arg(long)]
@@ -191,8 +197,9 @@ fn churn(portwatch: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
             .join(", ")
     );
 
+    let agent_binary = args.agent_binary.as_deref().unwrap_or(portwatch);
     let context = RunContext {
-        portwatch,
+        portwatch: agent_binary,
         out_dir,
         actors: &actors,
         shape: &shape,
@@ -251,7 +258,8 @@ fn churn(portwatch: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
             }
         }
     }
-    let summary = summary::Summary::new(&shape, duration, runs, &calibration, &agents, results);
+    let mut summary = summary::Summary::new(&shape, duration, runs, &calibration, &agents, results);
+    summary.agent_binary = agent_binary.display().to_string();
     print!("{}", summary.table());
     let json = serde_json::to_string_pretty(&summary)?;
     let stamp = summary.started_unix;

@@ -33,6 +33,13 @@ pub struct Run {
 }
 
 impl Run {
+    /// CPU microseconds per connection spent by the workload (client and server,
+    /// including the kernel work and eBPF programs run in their context) and the agent.
+    pub fn cost_us(&self) -> f64 {
+        let agent = self.agent_run.as_ref().map_or(0.0, |a| a.cpu_s);
+        (self.client.cpu_s + self.server_cpu_s + agent) / self.client.made.max(1) as f64 * 1e6
+    }
+
     /// CPUs the rest of the machine kept busy during the run, on average.
     pub fn other_cpus(&self) -> f64 {
         self.other_cpu_s / self.client.seconds.max(0.001)
@@ -128,6 +135,13 @@ pub struct Row {
     pub connections_per_s: Spread,
     /// 1 - agent rate / bare rate of the paired bare run, in percent.
     pub overhead_pct: Option<Spread>,
+    /// The same from CPU time: 1 - bare cost / agent cost per connection (see
+    /// `Run::cost_us`), in percent. What the throughput loss would be on a machine the
+    /// workload keeps busy; less disturbed by other work on a shared machine, which
+    /// slows the workload without adding to its CPU time.
+    pub cost_overhead_pct: Option<Spread>,
+    /// CPU microseconds per connection (workload and agent), median.
+    pub cost_us: Spread,
     /// The run whose count was furthest from the truth: seen / expected events.
     pub worst_events_seen: Option<u64>,
     pub worst_events_expected: Option<u64>,
@@ -179,6 +193,8 @@ impl Machine {
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
     pub started_unix: u64,
+    /// The portwatch binary measured as the agent.
+    pub agent_binary: String,
     pub machine: Machine,
     pub shape: Shape,
     pub run_seconds: f64,
@@ -200,6 +216,7 @@ impl Summary {
         let mut rows = vec![bare_row(&runs)];
         rows.extend(agents.iter().map(|&agent| agent_row(agent, &runs)));
         Summary {
+            agent_binary: String::new(),
             started_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -236,6 +253,7 @@ impl Summary {
             self.run_seconds,
             self.calibration.transitions_per_connection,
         );
+        let _ = writeln!(out, "portwatch measured: {}", self.agent_binary);
         let _ = writeln!(
             out,
             "machine: {} CPUs ({}), {:.0} GiB, Linux {}\n",
@@ -243,10 +261,11 @@ impl Summary {
         );
         let _ = writeln!(
             out,
-            "{:<31} {:>22} {:>20} {:>24} {:>10} {:>14} {:>9}",
+            "{:<31} {:>22} {:>20} {:>19} {:>24} {:>10} {:>14} {:>9}",
             "mode",
             "conn/s median (min-max)",
             "overhead (min-max)",
+            "CPU us/conn (ovh)",
             "events seen/expected",
             "drop/miss",
             "CPU s/M trans",
@@ -270,12 +289,17 @@ impl Summary {
                 (Some(dropped), Some(missed)) => format!("{dropped}/{missed}"),
                 _ => "-".into(),
             };
+            let cost = match row.cost_overhead_pct {
+                Some(o) => format!("{:.1} ({:.1}%)", row.cost_us.median, o.median),
+                None => format!("{:.1}", row.cost_us.median),
+            };
             let _ = writeln!(
                 out,
-                "{:<31} {:>22} {:>20} {:>24} {:>10} {:>14} {:>9}",
+                "{:<31} {:>22} {:>20} {:>19} {:>24} {:>10} {:>14} {:>9}",
                 row.mode,
                 format!("{:.0} ({:.0}-{:.0})", rate.median, rate.min, rate.max),
                 overhead,
+                cost,
                 events,
                 losses,
                 row.cpu_s_per_million_transitions
@@ -303,6 +327,11 @@ impl Summary {
         for note in notes {
             let _ = writeln!(out, "  {note}");
         }
+        let _ = writeln!(
+            out,
+            "  CPU us/conn: client, server and agent CPU per connection, median; (ovh): the \
+             overhead that implies, 1 - bare/agent, median of the pairs"
+        );
         let _ = writeln!(
             out,
             "  events: the worst run's count against the truth (connections made x the \
@@ -351,6 +380,12 @@ fn bare_row(runs: &[Run]) -> Row {
             max: 0.0,
         }),
         overhead_pct: None,
+        cost_overhead_pct: None,
+        cost_us: Spread::of(bare.iter().map(|r| r.cost_us())).unwrap_or(Spread {
+            median: 0.0,
+            min: 0.0,
+            max: 0.0,
+        }),
         worst_events_seen: None,
         worst_events_expected: None,
         connections_accounted_pct: None,
@@ -369,11 +404,17 @@ fn agent_row(agent: Agent, runs: &[Run]) -> Row {
         .filter_map(|r| Some((r, r.agent_run.as_ref()?)))
         .collect();
     // Each agent run with the bare run of its pair (same round, same agent).
+    let paired = |run: &Run| {
+        runs.iter()
+            .find(|r| r.agent.is_none() && r.pair == agent && r.round == run.round)
+    };
     let overheads = traced.iter().filter_map(|(run, _)| {
-        let bare = runs
-            .iter()
-            .find(|r| r.agent.is_none() && r.pair == agent && r.round == run.round)?;
+        let bare = paired(run)?;
         Some(100.0 * (1.0 - run.client.rate() / bare.client.rate()))
+    });
+    let cost_overheads = traced.iter().filter_map(|(run, _)| {
+        let bare = paired(run)?;
+        Some(100.0 * (1.0 - bare.cost_us() / run.cost_us()))
     });
     let distance = |a: &AgentRun| (1.0 - a.accounted()).abs();
     let worst = traced
@@ -408,6 +449,12 @@ fn agent_row(agent: Agent, runs: &[Run]) -> Row {
             },
         ),
         overhead_pct: Spread::of(overheads),
+        cost_overhead_pct: Spread::of(cost_overheads),
+        cost_us: Spread::of(traced.iter().map(|(r, _)| r.cost_us())).unwrap_or(Spread {
+            median: 0.0,
+            min: 0.0,
+            max: 0.0,
+        }),
         worst_events_seen: worst.map(|a| a.observed.events),
         worst_events_expected: worst.map(|a| a.expected_events),
         connections_accounted_pct: accounted,
