@@ -3,11 +3,11 @@
 //! is one load and one compare.
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{COMM_LEN, ConnectFailedEvent, Counter, EADDRNOTAVAIL, EventKind};
+use portwatch_common::{ConnectFailedEvent, Counter, EADDRNOTAVAIL, EventKind};
 
 use crate::{EVENTS, count, field};
 
@@ -39,10 +39,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
         (*event).ts_ns = bpf_ktime_get_ns();
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).tid = pid_tgid as u32;
-        let comm = (*event).comm.as_mut_ptr().cast();
-        if bpf_get_current_comm(comm, COMM_LEN as u32) != 0 {
-            (*event).comm = [0; COMM_LEN];
-        }
+        crate::current_comm(&mut (*event).comm);
     }
     record.submit(crate::submit_flags());
     0

@@ -1,10 +1,10 @@
 //! `sched:sched_process_exit`: a process is gone, so its PID may be reused.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{COMM_LEN, Counter, EventKind, ExitEvent};
+use portwatch_common::{Counter, EventKind, ExitEvent};
 
 use crate::{EVENTS, count};
 
@@ -27,10 +27,7 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
         (*event).kind = EventKind::Exit as u32;
         (*event).tgid = tgid;
         (*event).ts_ns = bpf_ktime_get_ns();
-        let comm = (*event).comm.as_mut_ptr().cast();
-        if bpf_get_current_comm(comm, COMM_LEN as u32) != 0 {
-            (*event).comm = [0; COMM_LEN];
-        }
+        crate::current_comm(&mut (*event).comm);
     }
     record.submit(crate::submit_flags());
     0

@@ -101,12 +101,19 @@ fn current_owner(source: portwatch_common::OwnerSource, origin: u8) -> Owner {
         _pad: 0,
         comm: [0; COMM_LEN],
     };
-    // SAFETY: `comm` is a writable COMM_LEN-byte buffer.
-    let failed = unsafe { bpf_get_current_comm(owner.comm.as_mut_ptr().cast(), COMM_LEN as u32) };
-    if failed != 0 {
-        owner.comm = [0; COMM_LEN];
-    }
+    current_comm(&mut owner.comm);
     owner
+}
+
+/// Writes the current task's name into `comm`, or zeroes it if the helper fails, so no
+/// stale bytes ever reach userspace.
+#[inline(always)]
+fn current_comm(comm: &mut [u8; COMM_LEN]) {
+    // SAFETY: `comm` is a writable COMM_LEN-byte buffer.
+    let failed = unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+    if failed != 0 {
+        *comm = [0; COMM_LEN];
+    }
 }
 
 #[inline(always)]

@@ -15,13 +15,13 @@
 //!   hook sees a process accept it.
 use aya_ebpf::{
     EbpfContext as _,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_get_current_comm},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::tracepoint,
     programs::TracePointContext,
 };
 use portwatch_common::{
-    AF_INET6, COMM_LEN, Counter, EventKind, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN, IPPROTO_TCP,
-    Origin, Owner, OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state,
+    AF_INET6, Counter, EventKind, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN, IPPROTO_TCP, Origin, Owner,
+    OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state,
 };
 
 use crate::{EVENTS, LISTENERS, PEERS, SOCKETS, count, current_owner, field};
@@ -136,10 +136,7 @@ fn on_state_change(ctx: &TracePointContext) {
         (*event).tid = pid_tgid as u32;
         *(*event).saddr.as_mut_ptr().cast::<[u64; 2]>() = saddr;
         *(*event).daddr.as_mut_ptr().cast::<[u64; 2]>() = daddr;
-        let comm = (*event).comm.as_mut_ptr().cast();
-        if bpf_get_current_comm(comm, COMM_LEN as u32) != 0 {
-            (*event).comm = [0; COMM_LEN];
-        }
+        crate::current_comm(&mut (*event).comm);
         (*event).sport = sport;
         (*event).dport = dport;
         (*event).family = family;
