@@ -4,41 +4,14 @@
 mod common;
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
+    io::{BufReader, Read as _},
     path::Path,
     process::{Child, Command, Stdio},
 };
 
-use common::require_privileges;
+use common::{PORTWATCH, require_privileges, start_portwatch};
 use portwatch::actors::ActorProcess;
 use serde_json::Value;
-
-const PORTWATCH: &str = env!("CARGO_BIN_EXE_portwatch");
-
-/// Starts `portwatch <args>` and waits until it says it is tracing.
-#[allow(
-    clippy::zombie_processes,
-    reason = "the caller waits for it in finish()"
-)]
-fn start_portwatch(args: &[&str]) -> (Child, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(PORTWATCH)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            let status = child.wait().unwrap();
-            panic!("portwatch exited ({status}) before tracing");
-        }
-        if line.contains("tracing") || line.contains("recording") {
-            return (child, stderr);
-        }
-    }
-}
 
 /// Waits for portwatch to finish; returns its exit code and stdout.
 fn finish(mut child: Child, mut stderr: BufReader<std::process::ChildStderr>) -> (i32, String) {
@@ -99,19 +72,22 @@ fn report_names_the_leaker_and_the_churner_and_not_the_healthy_client() {
     ]);
     let record = std::env::temp_dir().join(format!("portwatch-test-{}.pwrec", std::process::id()));
 
-    let (portwatch, stderr) = start_portwatch(&[
-        "report",
-        "--format",
-        "json",
-        "--duration",
-        "5s",
-        "--close-wait-age",
-        "1s",
-        "--fail-on",
-        "warning",
-        "--record",
-        record.to_str().unwrap(),
-    ]);
+    let (portwatch, stderr) = start_portwatch(
+        &[
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "5s",
+            "--close-wait-age",
+            "1s",
+            "--fail-on",
+            "warning",
+            "--record",
+            record.to_str().unwrap(),
+        ],
+        Stdio::piped(),
+    );
     let leaker = actor(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"]);
     let mut feeder = actor(&[
         "leak-client",
@@ -204,7 +180,10 @@ fn report_names_the_leaker_and_the_churner_and_not_the_healthy_client() {
 #[test]
 fn a_tiny_port_range_in_a_namespace_is_reported_as_exhausted() {
     require_privileges();
-    let (portwatch, stderr) = start_portwatch(&["report", "--format", "json", "--duration", "3s"]);
+    let (portwatch, stderr) = start_portwatch(
+        &["report", "--format", "json", "--duration", "3s"],
+        Stdio::piped(),
+    );
     // A network namespace with 4 local ports: the fifth connection to one destination
     // fails with EADDRNOTAVAIL.
     let script = r#"

@@ -4,15 +4,13 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::TcpListener,
     process::{Command, Stdio},
 };
 
-use common::require_privileges;
+use common::{PORTWATCH, require_privileges, start_portwatch};
 use serde_json::Value;
-
-const PORTWATCH: &str = env!("CARGO_BIN_EXE_portwatch");
 
 /// Ids of every eBPF program loaded in the kernel, from bpftool.
 fn loaded_program_ids() -> BTreeSet<u64> {
@@ -32,20 +30,18 @@ fn stream_json_reports_another_process_connection_and_detaches() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
 
-    let mut portwatch = Command::new(PORTWATCH)
-        .args(["stream", "--format", "json", "--duration", "4s"])
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     // Wait until it says it is attached, rather than guessing how long that takes.
-    let mut stderr = BufReader::new(portwatch.stderr.take().unwrap());
-    let mut first_line = String::new();
-    stderr.read_line(&mut first_line).unwrap();
-    assert!(
-        first_line.contains("tracing"),
-        "unexpected first stderr line: {first_line:?}"
+    let (mut portwatch, mut stderr) = start_portwatch(
+        &[
+            "stream",
+            "--format",
+            "json",
+            "--duration",
+            "4s",
+            "--port",
+            &port.to_string(),
+        ],
+        Stdio::piped(),
     );
     let during = loaded_program_ids();
     assert!(
@@ -177,16 +173,7 @@ fn stream_json_reports_another_process_connection_and_detaches() {
 fn sigterm_stops_cleanly_with_a_summary() {
     require_privileges();
     let before = loaded_program_ids();
-    let mut portwatch = Command::new(PORTWATCH)
-        .arg("stream")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(portwatch.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    assert!(line.contains("tracing"), "{line}");
+    let (mut portwatch, mut stderr) = start_portwatch(&["stream"], Stdio::null());
     // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
     let killed = unsafe { libc::kill(portwatch.id() as i32, libc::SIGTERM) };
     assert_eq!(killed, 0);

@@ -3,8 +3,8 @@ use std::io::{self, BufWriter, Write};
 
 use anyhow::{Context as _, Result};
 
+use super::trace;
 use crate::{
-    bpf::Tracer,
     cli::StreamArgs,
     event::{Event, decode},
     filter::Filter,
@@ -12,7 +12,7 @@ use crate::{
         format::WallClock,
         stream::{ShownOwner, StreamPrinter},
     },
-    sockets::table::SocketTable,
+    sockets::table::{Seed, SocketTable},
 };
 
 pub async fn run(args: StreamArgs) -> Result<()> {
@@ -21,45 +21,24 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         ports: args.ports,
         states: args.states,
     };
-    let mut stop =
-        super::StopSignal::install(args.duration).context("installing signal handlers")?;
-    let (mut tracer, mut reader) = Tracer::start(&args.kernel.options())?;
-    super::warn_about_missing_features(tracer.features());
-    // After attaching, so no socket falls between the snapshot and the first event.
-    let mut table = SocketTable::new();
-    for seed in super::startup::seeds(&mut tracer) {
-        table.seed(seed);
-    }
-    eprintln!("portwatch: tracing TCP state changes; Ctrl-C to stop");
-
     let out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut sink = Sink {
         printer: StreamPrinter::new(out, args.format, WallClock::now()),
         filter,
-        table,
+        table: SocketTable::new(),
         seen: 0,
         shown: 0,
         undecodable: 0,
         write_error: None,
     };
-    sink.write(|printer| printer.header());
-    sink.flush();
-
-    while sink.write_error.is_none() {
-        tokio::select! {
-            biased;
-            () = stop.requested() => break,
-            batch = reader.read_batch(|record| sink.record(record)) => {
-                batch.context("reading the ring buffer")?;
-                // One flush per batch: live when traffic is light, few syscalls when heavy.
-                sink.flush();
-            }
-        }
-    }
-    reader.drain(|record| sink.record(record));
-    sink.flush();
-    let counters = tracer.counters()?;
-    drop(tracer);
+    let traced = trace::trace(
+        &args.kernel,
+        args.duration,
+        "tracing TCP state changes",
+        &mut sink,
+    )
+    .await?;
+    let counters = traced.counters;
 
     let mut summary = format!(
         "portwatch: {} events seen ({} shown), {} dropped (ring buffer full)",
@@ -107,7 +86,15 @@ struct Sink<W: Write> {
     write_error: Option<io::Error>,
 }
 
-impl<W: Write> Sink<W> {
+impl<W: Write> trace::Sink for Sink<W> {
+    fn start(&mut self, _start_ns: u64, seeds: Vec<Seed>) {
+        for seed in seeds {
+            self.table.seed(seed);
+        }
+        self.write(|printer| printer.header());
+        self.flush();
+    }
+
     fn record(&mut self, bytes: &[u8]) {
         self.seen += 1;
         let Ok(event) = decode(bytes) else {
@@ -134,6 +121,14 @@ impl<W: Write> Sink<W> {
         }
     }
 
+    /// One flush per batch: live when traffic is light, few syscalls when heavy.
+    fn batch_done(&mut self) -> bool {
+        self.flush();
+        self.write_error.is_none()
+    }
+}
+
+impl<W: Write> Sink<W> {
     fn flush(&mut self) {
         self.write(StreamPrinter::flush);
     }

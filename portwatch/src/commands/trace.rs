@@ -1,4 +1,4 @@
-//! The tracing loop shared by `report` and `record`: attach, hand every kernel record
+//! The tracing loop shared by `stream`, `report`, `record` and `demo`: attach, hand every kernel record
 //! to the caller until a stop is requested, detach, and say what was lost.
 use std::time::Duration;
 
@@ -25,6 +25,11 @@ pub trait Sink {
     fn start(&mut self, start_ns: u64, seeds: Vec<Seed>);
     /// One kernel record, in order.
     fn record(&mut self, bytes: &[u8]);
+    /// A batch of records ended (the ring was drained): where output is flushed.
+    /// Returns false to stop tracing, e.g. when the output went away.
+    fn batch_done(&mut self) -> bool {
+        true
+    }
 }
 
 /// Traces until Ctrl-C, SIGTERM or `duration`, feeding `sink`.
@@ -53,10 +58,14 @@ pub async fn trace(
             () = stop.requested() => break,
             batch = reader.read_batch(|bytes| sink.record(bytes)) => {
                 batch.context("reading the ring buffer")?;
+                if !sink.batch_done() {
+                    break;
+                }
             }
         }
     }
     reader.drain(|bytes| sink.record(bytes));
+    sink.batch_done();
     let end_ns = monotonic_ns();
     let counters = tracer.counters()?;
     drop(tracer);

@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio},
     time::Duration,
 };
 
@@ -29,6 +29,35 @@ pub fn require_privileges() {
          Run the suite with sudo, or `PORTWATCH_UNPRIVILEGED=1 cargo xtask test` to run \
          only the unprivileged tests."
     );
+}
+
+/// The portwatch binary cargo built for these tests.
+pub const PORTWATCH: &str = env!("CARGO_BIN_EXE_portwatch");
+
+/// Starts `portwatch <args>` and waits until it says it is tracing (or recording), past
+/// any warnings about hooks this kernel lacks. Returns it with the rest of its stderr.
+#[allow(
+    clippy::zombie_processes,
+    reason = "callers wait for it once they have read its output"
+)]
+pub fn start_portwatch(args: &[&str], stdout: Stdio) -> (Child, BufReader<ChildStderr>) {
+    let mut child = Command::new(PORTWATCH)
+        .args(args)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let status = child.wait().unwrap();
+            panic!("portwatch exited ({status}) before tracing");
+        }
+        if line.starts_with("portwatch: tracing") || line.starts_with("portwatch: recording") {
+            return (child, stderr);
+        }
+    }
 }
 
 pub fn start_tracer(options: &TracerOptions) -> (Tracer, EventReader) {
