@@ -11,12 +11,15 @@
 //! kernel addresses differ mostly in their middle bits, and the fold carries those into
 //! the low bits that pick a bucket.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{BuildHasherDefault, Hasher},
 };
 
 /// A `HashMap` with [`FastHasher`]. Create one with `FastMap::default()`.
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// A `HashSet` with [`FastHasher`].
+pub type FastSet<T> = HashSet<T, BuildHasherDefault<FastHasher>>;
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FastHasher {

@@ -103,6 +103,9 @@ impl<W: Write> trace::Sink for Sink<W> {
         };
         let owner = self.table.apply(&event);
         let Event::Transition(transition) = event else {
+            if self.table.wants_exit_pruning() {
+                self.table.prune_exits(|_| false);
+            }
             return;
         };
         let shown = owner.map(|owner| ShownOwner {

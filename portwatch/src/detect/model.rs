@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use crate::{
     detect::histogram::Histogram,
     event::{Comm, ConnectFailed, Event, Origin, Transition},
-    fast_hash::FastMap,
+    fast_hash::{FastMap, FastSet},
     sockets::table::{ProcessRef, Seed, SocketOwner, SocketTable},
     tcp_state::TcpState,
 };
@@ -123,8 +123,24 @@ impl Model {
                 self.last_ns = self.last_ns.max(failed.ts_ns);
                 self.connect_failed(failed);
             }
-            Event::Accepted(_) | Event::Exited(_) => {}
+            Event::Exited(_) => self.prune_exits(),
+            Event::Accepted(_) => {}
         }
+    }
+
+    /// Lets the table forget exits of PIDs that neither it nor this model refers to.
+    fn prune_exits(&mut self) {
+        if !self.table.wants_exit_pruning() {
+            return;
+        }
+        let mut pids: FastSet<u32> = self.processes.keys().map(|p| p.pid).collect();
+        for destination in self.destinations.values() {
+            pids.extend(destination.consumers.keys().map(|p| p.pid));
+        }
+        for portless in self.portless.values() {
+            pids.extend(portless.owner.map(|o| o.process.pid));
+        }
+        self.table.prune_exits(|pid| pids.contains(&pid));
     }
 
     fn activity(&mut self, owner: Option<&SocketOwner>) -> &mut Activity {
@@ -412,6 +428,31 @@ pub(crate) mod tests {
         assert!((median - 2_000_010.0).abs() / 2e6 < 0.07, "{median}");
         assert_eq!(model.destinations.len(), 1);
         assert_eq!(model.table.time_wait().map(|g| g.count).sum::<u32>(), 100);
+    }
+
+    #[test]
+    fn a_reported_process_stays_exited_however_many_exits_follow() {
+        let churner = owner(7, "churner", OwnerSource::Connect);
+        let mut script = Script::new();
+        script.short_client_connection(churner, 0, 1_000);
+        // A minute later its TIME_WAIT is gone: only the model still refers to it.
+        script.short_client_connection(owner(8, "other", OwnerSource::Connect), 61e9 as u64, 1);
+        let exit = |pid| {
+            Event::Exited(crate::event::Exited {
+                ts_ns: 62e9 as u64,
+                pid,
+                comm: Comm::new("x"),
+            })
+        };
+        script.events.push(exit(7));
+        script.events.extend((1_000..101_000).map(exit));
+        let model = script.model(0);
+        let churner = ProcessRef {
+            pid: 7,
+            generation: 0,
+        };
+        assert!(model.processes.contains_key(&churner));
+        assert!(!model.table.is_alive(&churner));
     }
 
     #[test]

@@ -155,7 +155,12 @@ pub struct SocketTable {
     seeds: HashMap<Tuple, Seed>,
     /// Exits seen per PID: an owner learned before the latest exit is gone.
     exits: FastMap<u32, u32>,
+    /// `exits.len()` after the last pruning (see [`SocketTable::prune_exits`]).
+    exits_kept: usize,
 }
+
+/// Exits are pruned once this many more were recorded than twice the number kept.
+const EXITS_SLACK: usize = 4096;
 
 impl SocketTable {
     pub fn new() -> Self {
@@ -319,6 +324,37 @@ impl SocketTable {
     #[cfg(test)]
     fn owners_len(&self) -> usize {
         self.owners.len()
+    }
+
+    /// Whether enough exits were recorded since the last pruning to prune again. The
+    /// table's user calls [`SocketTable::prune_exits`] then, with what it refers to.
+    pub fn wants_exit_pruning(&self) -> bool {
+        self.exits.len() > 2 * self.exits_kept + EXITS_SLACK
+    }
+
+    /// Forgets the exits of PIDs nothing refers to: not an owner in the table, not a
+    /// holder of a startup socket, not one `also_keep` names (the caller's own
+    /// references). A host starts and ends processes all day; without this a long run
+    /// would remember every exit. A PID forgotten here counts its lives from 0 again,
+    /// which nothing can confuse: no reference to its earlier lives is left.
+    pub fn prune_exits(&mut self, also_keep: impl Fn(u32) -> bool) {
+        let mut referenced = crate::fast_hash::FastSet::default();
+        let live = self.live.values().filter_map(|s| s.owner);
+        let time_wait = self.time_wait.iter().filter_map(|t| t.owner);
+        for id in live.chain(time_wait) {
+            referenced.insert(self.owners.get(id).process.pid);
+        }
+        for seed in self.seeds.values() {
+            referenced.extend(seed.holders.iter().map(|&(pid, _)| pid));
+        }
+        self.exits
+            .retain(|pid, _| referenced.contains(pid) || also_keep(*pid));
+        self.exits_kept = self.exits.len();
+    }
+
+    #[cfg(test)]
+    fn exits_len(&self) -> usize {
+        self.exits.len()
     }
 
     /// False once the process has exited: its PID may belong to another process now.
@@ -678,6 +714,64 @@ mod tests {
         let kept = table.get(20_000).unwrap().owner.unwrap();
         assert_eq!(kept.process.pid, 99_999);
         assert_eq!(kept.comm, Comm::new("stays"));
+    }
+
+    #[test]
+    fn exits_of_processes_nothing_refers_to_are_forgotten() {
+        let mut table = SocketTable::new();
+        let exit = |pid| {
+            Event::Exited(Exited {
+                ts_ns: 1,
+                pid,
+                comm: Comm::new("x"),
+            })
+        };
+        // A leaker that exits while its socket is still in the table, and a process
+        // only the caller refers to (say, a row of the report).
+        let leaker = table
+            .apply(&event(
+                1,
+                0,
+                TcpState::Established,
+                TcpState::CloseWait,
+                owner(SERVER, "leaker", OwnerSource::Accept),
+            ))
+            .unwrap();
+        table.apply(&exit(SERVER));
+        table.apply(&exit(CLIENT));
+        let reported = ProcessRef {
+            pid: CLIENT,
+            generation: 0,
+        };
+        // Then 100,000 short-lived processes nothing refers to.
+        for pid in 1_000..101_000 {
+            table.apply(&exit(pid));
+            if table.wants_exit_pruning() {
+                table.prune_exits(|pid| pid == CLIENT);
+            }
+        }
+        assert!(
+            table.exits_len() < 20_000,
+            "{} exits kept",
+            table.exits_len()
+        );
+        assert!(!table.is_alive(&leaker.process), "the leaker stays exited");
+        assert!(
+            !table.is_alive(&reported),
+            "the caller's process stays exited"
+        );
+        // A new process with the leaker's PID is not the leaker.
+        let next = table
+            .apply(&event(
+                2,
+                3,
+                TcpState::Close,
+                TcpState::SynSent,
+                owner(SERVER, "next", OwnerSource::Connect),
+            ))
+            .unwrap();
+        assert!(table.is_alive(&next.process));
+        assert_ne!(next.process, leaker.process);
     }
 
     #[test]
