@@ -41,6 +41,16 @@ impl Agent {
         }
     }
 
+    /// A column heading.
+    pub fn short_label(self) -> &'static str {
+        match self {
+            Agent::Report => "report",
+            Agent::Stream => "stream",
+            Agent::Tcpstates => "tcpstates",
+            Agent::Tcplife => "tcplife",
+        }
+    }
+
     pub fn is_portwatch(self) -> bool {
         matches!(self, Agent::Report | Agent::Stream)
     }

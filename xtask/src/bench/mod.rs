@@ -13,6 +13,7 @@ mod calibrate;
 mod netns;
 mod process;
 mod procfs;
+mod profile;
 mod scale;
 mod summary;
 mod workload;
@@ -115,8 +116,15 @@ pub struct BenchArgs {
 
     /// Run the memory and scale benchmark instead: hold many connections under
     /// `portwatch report`, then churn through them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "profile")]
     scale: bool,
+
+    /// Profile instead of measuring pairs: one run bare and one under each agent, each
+    /// while `perf record -a -g` samples the whole machine, and a table of where the
+    /// samples fell (workload, eBPF programs, maps, ring buffer, tracing glue, the
+    /// agent's process, idle). Installs Debian's linux-perf.
+    #[arg(long)]
+    profile: bool,
 
     #[command(flatten)]
     scale_args: scale::ScaleArgs,
@@ -142,6 +150,9 @@ pub fn run(workspace: &Path, args: BenchArgs) -> Result<()> {
     let portwatch = workload::portwatch_binary(workspace);
     if args.scale {
         return scale::run(&portwatch, &out_dir, &args.scale_args);
+    }
+    if args.profile {
+        setup::debian_packages(&[("linux-perf", "perf")]).context("the profile needs perf")?;
     }
     churn(&portwatch, &out_dir, args)
 }
@@ -207,7 +218,10 @@ fn churn(portwatch: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
         calibration: &calibration,
     };
     // Warm up the machine before the first measured run.
-    context.run_once(0, None, Agent::Report, Duration::from_secs(1))?;
+    context.run_once(0, None, Agent::Report, Duration::from_secs(1), None)?;
+    if args.profile {
+        return profile_runs(&context, &agents, duration, out_dir);
+    }
     let total = runs as usize * agents.len() * 2;
     let mut results = Vec::with_capacity(total);
     for round in 0..runs {
@@ -224,7 +238,7 @@ fn churn(portwatch: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
                 wait_for_quiet(args.quiet_wait);
                 let mut pair = Vec::with_capacity(2);
                 for mode in order {
-                    let mut run = context.run_once(round, mode, agent, duration)?;
+                    let mut run = context.run_once(round, mode, agent, duration, None)?;
                     run.attempt = attempt;
                     eprintln!(
                         "xtask: bench: [{:>3}/{total}] round {} {:<32} {:>8.0} conn/s  \
@@ -270,6 +284,43 @@ fn churn(portwatch: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--profile`: one run bare, then one under each agent, each recorded by perf.
+fn profile_runs(
+    context: &RunContext,
+    agents: &[Agent],
+    duration: Duration,
+    out_dir: &Path,
+) -> Result<()> {
+    let mut breakdowns = Vec::new();
+    let modes = std::iter::once(None).chain(agents.iter().map(|&agent| Some(agent)));
+    for mode in modes {
+        let label = mode.map_or("bare", Agent::label);
+        let short = mode.map_or("bare", Agent::short_label);
+        let path = out_dir.join(format!("perf-{short}.data"));
+        let pair = mode.unwrap_or(Agent::Report);
+        wait_for_quiet(Duration::from_secs(60));
+        let run = context.run_once(0, mode, pair, duration, Some(&path))?;
+        eprintln!(
+            "xtask: bench: profiled {label}: {:.0} conn/s, {}",
+            run.client.rate(),
+            path.display()
+        );
+        breakdowns.push(profile::breakdown(short, &path, WORKLOAD_COMMS)?);
+    }
+    print!("{}", profile::table(&breakdowns));
+    let json = serde_json::to_string_pretty(&breakdowns)?;
+    let path = out_dir.join("profile-latest.json");
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "xtask: bench: breakdown in {}; `perf report -i <file>` shows every symbol",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The workload's processes and threads, by comm (see portwatch's actors).
+const WORKLOAD_COMMS: &[&str] = &["churn-client", "echo-"];
+
 struct RunContext<'a> {
     portwatch: &'a Path,
     out_dir: &'a Path,
@@ -288,6 +339,7 @@ impl RunContext<'_> {
         mode: Option<Agent>,
         pair: Agent,
         duration: Duration,
+        profile: Option<&Path>,
     ) -> Result<Run> {
         let name = format!("{:?}", mode.unwrap_or(pair)).to_lowercase();
         let output = self
@@ -310,9 +362,15 @@ impl RunContext<'_> {
         let server_cpu = procfs::cpu_seconds(server.pid())?;
         let busy = procfs::host_busy_seconds();
         let overflows = listen_overflows(server.pid());
+        let recording = profile
+            .map(|path| profile::Recording::start(path, duration))
+            .transpose()?;
         let client = self
             .actors
             .client(self.shape, server.port, Limit::Duration(duration))?;
+        if let Some(recording) = recording {
+            recording.finish()?;
+        }
         // The last connections' final transitions run just after the client's close.
         thread::sleep(Duration::from_millis(300));
         let listen_overflows = listen_overflows(server.pid()) - overflows;
