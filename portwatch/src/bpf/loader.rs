@@ -56,6 +56,14 @@ pub struct KernelCounters {
     pub skipped: Option<u64>,
 }
 
+impl KernelCounters {
+    /// Sockets or owners the kernel's tables had no room for: what a report calls
+    /// untracked.
+    pub fn untracked(&self) -> u64 {
+        self.socket_table_full + self.owner_table_full
+    }
+}
+
 /// portwatch's programs, loaded and attached.
 pub struct Tracer {
     // aya detaches every program and closes every map when `ebpf` is dropped.

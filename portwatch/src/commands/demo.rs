@@ -120,7 +120,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         settings: &settings,
         thresholds: &Thresholds::default(),
         dropped: traced.counters.ring_buffer_full,
-        untracked: traced.counters.socket_table_full + traced.counters.owner_table_full,
+        untracked: traced.counters.untracked(),
         skipped: traced.counters.skipped,
         workload: &workload,
     };

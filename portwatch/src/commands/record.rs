@@ -66,7 +66,7 @@ impl FileSink {
             .finish(&Trailer {
                 end_ns: traced.end_ns,
                 dropped: traced.counters.ring_buffer_full,
-                untracked: traced.counters.socket_table_full + traced.counters.owner_table_full,
+                untracked: traced.counters.untracked(),
                 skipped: traced.counters.skipped,
                 holders,
             })

@@ -126,7 +126,7 @@ async fn live(args: &ReportArgs) -> Result<Report> {
     if let Some(file) = live.file {
         file.finish(&traced, &holders)?;
     }
-    let untracked = traced.counters.socket_table_full + traced.counters.owner_table_full;
+    let untracked = traced.counters.untracked();
     Ok(build(
         &sink.model,
         traced.end_ns,

@@ -238,7 +238,7 @@ impl SocketTable {
         if event.new_state == TcpState::Close {
             let closed = entry.remove();
             if event.enters_time_wait() {
-                self.add_time_wait(tuple, closed.origin, event.ts_ns, owner, closed.owner);
+                self.add_time_wait(tuple, closed.origin, event.ts_ns, closed.owner);
             }
         }
         self.compact_owners();
@@ -250,8 +250,7 @@ impl SocketTable {
         tuple: Tuple,
         origin: Option<Origin>,
         ts_ns: u64,
-        owner: Option<SocketOwner>,
-        owner_id: Option<OwnerId>,
+        owner: Option<OwnerId>,
     ) {
         let tuple = match origin {
             Some(Origin::Passive) => Tuple {
@@ -268,7 +267,7 @@ impl SocketTable {
         }
         let key = TimeWaitKey {
             tuple,
-            owner: owner.map(|o| o.process),
+            owner: owner.map(|id| self.owners.get(id).process),
         };
         if let Some(&position) = self.time_wait_index.get(&key)
             && let Some(group) = position
@@ -282,7 +281,7 @@ impl SocketTable {
         self.time_wait_index.insert(key, position);
         self.time_wait.push_back(StoredTimeWait {
             tuple,
-            owner: owner_id,
+            owner,
             count: 1,
             since_ns: ts_ns,
         });
