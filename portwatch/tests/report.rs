@@ -4,33 +4,26 @@
 mod common;
 
 use std::{
-    io::{BufReader, Read as _},
+    io::BufReader,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStderr, Command, Stdio},
 };
 
-use common::{PORTWATCH, require_privileges, start_portwatch};
+use common::{PORTWATCH, require_privileges, start_portwatch, wait_for_portwatch};
 use portwatch::actors::ActorProcess;
 use serde_json::Value;
 
 /// Waits for portwatch to finish; returns its exit code and stdout.
-fn finish(mut child: Child, mut stderr: BufReader<std::process::ChildStderr>) -> (i32, String) {
-    let mut stdout = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    let status = child.wait().unwrap();
-    let code = status.code().unwrap_or(-1);
+fn finish(child: Child, stderr: BufReader<ChildStderr>) -> (i32, String) {
+    let finished = wait_for_portwatch(child, stderr);
+    let code = finished.status.code().unwrap_or(-1);
     assert!(
         code == 0 || code == 2,
-        "portwatch failed ({status}): {rest}"
+        "portwatch failed ({}): {}",
+        finished.status,
+        finished.stderr
     );
-    (code, stdout)
+    (code, finished.stdout)
 }
 
 fn actor(args: &[&str]) -> ActorProcess {

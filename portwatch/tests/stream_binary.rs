@@ -9,7 +9,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use common::{PORTWATCH, require_privileges, start_portwatch};
+use common::{Finished, PORTWATCH, require_privileges, start_portwatch, wait_for_portwatch};
 use serde_json::Value;
 
 /// Ids of every eBPF program loaded in the kernel, from bpftool.
@@ -23,6 +23,16 @@ fn loaded_program_ids() -> BTreeSet<u64> {
     programs.iter().map(|p| p["id"].as_u64().unwrap()).collect()
 }
 
+/// Detach leaves no program behind. Other tools' programs may come and go meanwhile;
+/// none of portwatch's may stay.
+fn assert_detached(before: &BTreeSet<u64>) {
+    let after = loaded_program_ids();
+    assert!(
+        after.is_subset(before),
+        "detach leaves no program behind: {after:?} vs {before:?}"
+    );
+}
+
 #[test]
 fn stream_json_reports_another_process_connection_and_detaches() {
     require_privileges();
@@ -31,7 +41,7 @@ fn stream_json_reports_another_process_connection_and_detaches() {
     let port = listener.local_addr().unwrap().port();
 
     // Wait until it says it is attached, rather than guessing how long that takes.
-    let (mut portwatch, mut stderr) = start_portwatch(
+    let (portwatch, stderr) = start_portwatch(
         &[
             "stream",
             "--format",
@@ -68,16 +78,11 @@ fn stream_json_reports_another_process_connection_and_detaches() {
     assert_eq!(accepted.read(&mut buffer).unwrap(), 0, "client closed");
     drop(accepted);
 
-    let mut stdout = String::new();
-    portwatch
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    let status = portwatch.wait().unwrap();
+    let Finished {
+        status,
+        stdout,
+        stderr: rest,
+    } = wait_for_portwatch(portwatch, stderr);
     assert!(status.success(), "portwatch failed: {rest}");
 
     let events: Vec<Value> = stdout
@@ -161,34 +166,25 @@ fn stream_json_reports_another_process_connection_and_detaches() {
         summary.contains(&format!("{} shown", events.len())) && summary.contains("0 dropped"),
         "summary line: {rest}"
     );
-    // Other tools' programs may come and go meanwhile; none of portwatch's may stay.
-    let after = loaded_program_ids();
-    assert!(
-        after.is_subset(&before),
-        "detach leaves no program behind: {after:?} vs {before:?}"
-    );
+    assert_detached(&before);
 }
 
 #[test]
 fn sigterm_stops_cleanly_with_a_summary() {
     require_privileges();
     let before = loaded_program_ids();
-    let (mut portwatch, mut stderr) = start_portwatch(&["stream"], Stdio::null());
+    let (portwatch, stderr) = start_portwatch(&["stream"], Stdio::null());
     // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
     let killed = unsafe { libc::kill(portwatch.id() as i32, libc::SIGTERM) };
     assert_eq!(killed, 0);
-    let mut rest = String::new();
-    stderr.read_to_string(&mut rest).unwrap();
-    assert!(portwatch.wait().unwrap().success());
+    let finished = wait_for_portwatch(portwatch, stderr);
+    assert!(finished.status.success());
+    let rest = finished.stderr;
     assert!(
         rest.contains("events seen") && rest.contains("dropped"),
         "{rest}"
     );
-    let after = loaded_program_ids();
-    assert!(
-        after.is_subset(&before),
-        "detach leaves no program behind: {after:?} vs {before:?}"
-    );
+    assert_detached(&before);
 }
 
 /// Unprivileged user: a clear paragraph naming the missing capabilities, exit code 1.

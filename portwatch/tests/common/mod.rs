@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio},
+    process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
     time::Duration,
 };
 
@@ -57,6 +57,30 @@ pub fn start_portwatch(args: &[&str], stdout: Stdio) -> (Child, BufReader<ChildS
         if line.starts_with("portwatch: tracing") || line.starts_with("portwatch: recording") {
             return (child, stderr);
         }
+    }
+}
+
+/// What a portwatch started by [`start_portwatch`] left when it ended.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    /// Its stderr after the "tracing" line: warnings and the summary.
+    pub stderr: String,
+}
+
+/// Reads the rest of a portwatch's output and waits for it to exit.
+pub fn wait_for_portwatch(mut child: Child, mut stderr: BufReader<ChildStderr>) -> Finished {
+    use std::io::Read as _;
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        out.read_to_string(&mut stdout).unwrap();
+    }
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    Finished {
+        status: child.wait().unwrap(),
+        stdout,
+        stderr: rest,
     }
 }
 
