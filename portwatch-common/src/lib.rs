@@ -279,6 +279,18 @@ pub mod tcp_state {
     pub const LISTEN: u8 = 10;
     pub const CLOSING: u8 = 11;
     pub const NEW_SYN_RECV: u8 = 12;
+
+    /// Transitions that begin a socket's life: connect(), listen(), and a new passive
+    /// socket cloned from its listener. Whatever the tables remember about the socket's
+    /// address belongs to an earlier socket (its last transitions were missed). Both
+    /// the kernel's table and userspace's rely on this.
+    #[inline(always)]
+    pub const fn starts_life(old_state: u8, new_state: u8) -> bool {
+        matches!(
+            (old_state, new_state),
+            (CLOSE, SYN_SENT) | (CLOSE, LISTEN) | (LISTEN, SYN_RECV)
+        )
+    }
 }
 
 pub const AF_INET: u16 = 2;

@@ -169,7 +169,7 @@ fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: b
     // the lookup is skipped: two of the ten a loopback connection costs. Should a
     // stale entry remain (its CLOSE never seen), the insert below replaces it, rather
     // than the new socket inheriting its owner and times.
-    let opening = starts_life(old_state, new_state);
+    let opening = tcp_state::starts_life(old_state, new_state);
     let existing = if opening {
         None
     } else {
@@ -241,18 +241,6 @@ fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: b
         opened_ns,
         owner,
     }
-}
-
-/// Transitions that begin a socket's life: connect(), listen(), and a new passive
-/// socket cloned from its listener.
-#[inline(always)]
-fn starts_life(old_state: u8, new_state: u8) -> bool {
-    matches!(
-        (old_state, new_state),
-        (tcp_state::CLOSE, tcp_state::SYN_SENT)
-            | (tcp_state::CLOSE, tcp_state::LISTEN)
-            | (tcp_state::LISTEN, tcp_state::SYN_RECV)
-    )
 }
 
 /// Transitions only a system call on the socket makes (include/net/tcp_states.h and

@@ -461,11 +461,7 @@ fn unspecified(addr: IpAddr) -> IpAddr {
 /// connect(), listen(), or a new passive socket cloned from its listener: a new socket
 /// at this address, whatever the table remembers about the address.
 fn starts_life(event: &Transition) -> bool {
-    use TcpState::*;
-    matches!(
-        (event.old_state, event.new_state),
-        (Close, SynSent) | (Close, Listen) | (Listen, SynRecv)
-    )
+    portwatch_common::tcp_state::starts_life(event.old_state.number(), event.new_state.number())
 }
 
 /// A socket's entry before its first transition is applied.
