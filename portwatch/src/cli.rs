@@ -456,8 +456,11 @@ fn parse_size(text: &str) -> Result<u32, String> {
         .trim()
         .parse()
         .map_err(|_| format!("{text:?} is not a size such as 4096, 512K or 8M"))?;
-    let bytes = number << shift;
-    u32::try_from(bytes).map_err(|_| format!("{text} is larger than 4G"))
+    // `<<` would silently drop the high bits of a huge number (17179869185G wraps to 1G).
+    number
+        .checked_mul(1 << shift)
+        .and_then(|bytes| u32::try_from(bytes).ok())
+        .ok_or_else(|| format!("{text} is larger than 4G"))
 }
 
 /// The kernel wants a power-of-two number of pages.
@@ -489,6 +492,12 @@ mod tests {
         assert_eq!(parse_size("8M"), Ok(8 << 20));
         assert_eq!(parse_size("16MiB"), Ok(16 << 20));
         assert_eq!(parse_size("1g"), Ok(1 << 30));
+        // Would wrap to 1G with a plain shift.
+        assert_eq!(
+            parse_size("17179869185G"),
+            Err("17179869185G is larger than 4G".to_string())
+        );
+        assert!(parse_size("18446744073709551615K").is_err());
         assert!(parse_size("8X").is_err());
         assert!(parse_size("8G").is_err());
         assert_eq!(parse_ring_buffer_size("16M"), Ok(16 << 20));
