@@ -322,3 +322,89 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     Ok(duration)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser};
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        workload: WorkloadArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<WorkloadArgs, clap::Error> {
+        Cli::try_parse_from(["portwatch-workload"].iter().chain(args)).map(|cli| cli.workload)
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("10").unwrap_err().contains("e.g. 10s"));
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("longer than zero")
+        );
+    }
+
+    #[test]
+    fn hold_client_ends_in_one_way() {
+        let args = parse(&[
+            "--until-stdin-eof",
+            "hold-client",
+            "--connect",
+            "127.0.0.1:80",
+            "--count",
+            "2",
+            "--close-on-go",
+        ])
+        .unwrap();
+        assert!(args.until_stdin_eof);
+        let Role::HoldClient(hold) = args.role else {
+            panic!("parsed as {:?}", args.role);
+        };
+        assert!(hold.close_on_go && !hold.exit_when_held);
+        let base = ["hold-client", "--connect", "127.0.0.1:80", "--count", "2"];
+        for extra in [
+            &["--close-on-go", "--exit-when-held"][..],
+            &["--close-on-go", "--churn-rate", "10"],
+            &["--exit-when-held", "--churn-rate", "10"],
+        ] {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            assert!(parse(&args).is_err(), "{args:?} parsed");
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        let bad: [&[&str]; 5] = [
+            &["leak-server", "--listen", "localhost:80"],
+            &["leak-server", "--listen", "127.0.0.1:0", "--keep-listening"],
+            &["prefork-server", "--listen", "127.0.0.1:0"],
+            &["churn-client", "--connect", "127.0.0.1:80", "--rate", "-1"],
+            &[
+                "churn-client",
+                "--connect",
+                "127.0.0.1:80",
+                "--rate",
+                "1",
+                "--await-peer-close",
+                "--lifetime",
+                "1s",
+            ],
+        ];
+        for args in bad {
+            assert!(parse(args).is_err(), "{args:?} parsed");
+        }
+    }
+}
