@@ -1,7 +1,8 @@
 //! Command-line interface.
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use portwatch_workload::{self as workload, parse_duration};
 
 use crate::{
     bpf::TracerOptions,
@@ -57,8 +58,8 @@ pub enum Command {
     )]
     Snapshot(SnapshotArgs),
 
-    /// Run a workload actor: a real process that leaks, churns or behaves well, for
-    /// `portwatch demo` and the tests. Not for users, so hidden from --help.
+    /// Run one of the demo's processes: a real process that leaks, churns or behaves
+    /// well. Not for users, so hidden from --help.
     #[command(hide = true)]
     Actor(ActorArgs),
 }
@@ -229,8 +230,9 @@ impl KernelArgs {
     }
 }
 
-/// `portwatch actor [--until-stdin-eof] <ROLE> [options]`. Every role prints
-/// `ready <pid> <port>` on stdout once set up.
+/// `portwatch actor [--until-stdin-eof] <ROLE> [options]`: the processes `portwatch demo`
+/// starts, run by the workload library, so that the demo needs nothing but this binary.
+/// Only the demo's roles; tests and benchmarks run `portwatch-workload`.
 #[derive(Debug, Args)]
 pub struct ActorArgs {
     /// Exit (status 0) when standard input reaches EOF, so an actor dies with the parent
@@ -244,202 +246,28 @@ pub struct ActorArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum ActorRole {
-    /// Accepts connections, reads each until the peer closes, and never closes it: the
-    /// sockets stay in CLOSE_WAIT. With --leak N, prints `done <N>` once all N saw EOF.
-    LeakServer(LeakServerArgs),
-    /// Answers each request line with the same line and closes as soon as the peer does
-    /// (or, with --close-after N, first, after N answers).
-    EchoServer(EchoServerArgs),
-    /// Opens short connections at a fixed rate (or flat out), one request each by
-    /// default, closing first (its sockets go to TIME_WAIT) unless told the server does.
-    /// Prints `done <made> <seconds> <no_local_port>` at the end.
-    ChurnClient(ChurnClientArgs),
-    /// One connection (connected before `ready`), one request per interval. Prints
-    /// `done <requests> <seconds>` when --duration ends.
-    KeepaliveClient(KeepaliveClientArgs),
-    /// Connects N times and closes each connection at once. Prints `done <N>`.
-    LeakClient(LeakClientArgs),
-    /// Accepts on every --listen address and holds each connection until the peer
-    /// closes it, then closes its side: for tens of thousands of live connections.
-    HoldServer(HoldServerArgs),
-    /// Opens N connections and holds them; prints `held <N> <seconds>`. Then, with
-    /// --churn-rate, replaces the oldest one with a new one at that rate, and prints
-    /// `done <held> <replaced> <seconds>`.
-    HoldClient(HoldClientArgs),
+    /// Accepts connections and never closes them: CLOSE_WAIT.
+    LeakServer(workload::LeakServerArgs),
+    /// Connects N times and closes each connection at once.
+    LeakClient(workload::LeakClientArgs),
+    /// Answers each request line and closes after the peer.
+    EchoServer(workload::EchoServerArgs),
+    /// Opens short connections at a fixed rate, closing first: TIME_WAIT churn.
+    ChurnClient(workload::ChurnClientArgs),
+    /// One connection, one request per interval.
+    KeepaliveClient(workload::KeepaliveClientArgs),
 }
 
-#[derive(Debug, Args)]
-pub struct LeakServerArgs {
-    /// Address to listen on, e.g. 127.0.0.1:0 or [::1]:8080 (port 0: any free port).
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
-    pub listen: SocketAddr,
-
-    /// Accept exactly N connections, then stop listening and hold them.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    pub leak: Option<u64>,
-
-    /// Accept and leak every connection, for as long as the actor runs (the default).
-    #[arg(long, conflicts_with = "leak")]
-    pub leak_all: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct EchoServerArgs {
-    /// Address to listen on, e.g. 127.0.0.1:0 or [::1]:8080 (port 0: any free port).
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
-    pub listen: SocketAddr,
-
-    /// Serve connections on N threads that each accept and serve one connection at a
-    /// time, instead of a new thread per connection: what a benchmark wants, as
-    /// starting a thread costs more than a loopback connection. N must cover the
-    /// connections open at once.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub workers: Option<u16>,
-
-    /// Close each connection first, after answering N lines (0: as soon as it is
-    /// accepted), so the TIME_WAIT lands on this side. Default: close after the peer.
-    #[arg(long, value_name = "N")]
-    pub close_after: Option<u32>,
-
-    /// With --close-after: close no sooner than this long after accepting, e.g. 10ms.
-    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "close_after")]
-    pub lifetime: Option<Duration>,
-}
-
-#[derive(Debug, Args)]
-pub struct ChurnClientArgs {
-    /// The echo-server to connect to, e.g. 127.0.0.1:8080 or [::1]:8080.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
-    pub connect: SocketAddr,
-
-    /// Connections per second, over all threads; 0: as fast as possible.
-    #[arg(long, value_name = "R", value_parser = parse_rate)]
-    pub rate: f64,
-
-    /// Stop after N connections.
-    #[arg(long, value_name = "N")]
-    pub count: Option<u64>,
-
-    /// Stop after this long, e.g. 10s. Without --count or --duration: until killed.
-    #[arg(long, value_name = "D", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-
-    /// Connections in flight at once.
-    #[arg(long, value_name = "T", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub threads: u16,
-
-    /// Request-response exchanges per connection; 0: connect and close.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub requests: u32,
-
-    /// Which side closes each connection first, and so keeps its TIME_WAIT. `server`
-    /// needs an echo-server started with `--close-after` the same number of requests:
-    /// this client then waits for the server's FIN before closing.
-    #[arg(long, value_enum, default_value_t = CloseFirst::Client)]
-    pub close_first: CloseFirst,
-
-    /// Keep each connection open this long after connecting before closing it, e.g.
-    /// 10ms (--close-first client only; the server holds it with its own --lifetime).
-    #[arg(long, value_name = "D", value_parser = parse_duration)]
-    pub lifetime: Option<Duration>,
-}
-
-/// The side of a connection that sends the first FIN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum CloseFirst {
-    Client,
-    Server,
-}
-
-#[derive(Debug, Args)]
-pub struct HoldServerArgs {
-    /// Addresses to listen on (repeatable). Those after the first with port 0 take the
-    /// first one's port, so one port number serves them all.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr, required = true)]
-    pub listen: Vec<SocketAddr>,
-}
-
-#[derive(Debug, Args)]
-pub struct HoldClientArgs {
-    /// Servers to connect to, in turn (repeatable): each (address, port) has its own
-    /// budget of ephemeral ports, so several addresses allow more connections than the
-    /// port range holds.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr, required = true)]
-    pub connect: Vec<SocketAddr>,
-
-    /// How many connections to open and hold.
-    #[arg(long, value_name = "N")]
-    pub count: u64,
-
-    /// Connections opened per second while filling up; 0: as fast as possible.
-    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = parse_rate)]
-    pub rate: f64,
-
-    /// Once all are open, close the oldest and open a new one this many times per
-    /// second (this side closes first); 0: just hold them.
-    #[arg(long, value_name = "R", default_value_t = 0.0, value_parser = parse_rate)]
-    pub churn_rate: f64,
-
-    /// How long to churn, e.g. 60s. Default: until stopped.
-    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "churn_rate")]
-    pub churn_duration: Option<Duration>,
-
-    /// Begin churning only when a `go` line arrives on stdin (with --until-stdin-eof),
-    /// so that several clients churn together.
-    #[arg(long, requires = "churn_rate")]
-    pub churn_on_go: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct KeepaliveClientArgs {
-    /// The echo-server to connect to, e.g. 127.0.0.1:8080 or [::1]:8080.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
-    pub connect: SocketAddr,
-
-    /// Time between requests, e.g. 100ms.
-    #[arg(long, value_name = "I", value_parser = parse_duration)]
-    pub interval: Duration,
-
-    /// Stop after this long, e.g. 10s. Default: until killed.
-    #[arg(long, value_name = "D", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-}
-
-#[derive(Debug, Args)]
-pub struct LeakClientArgs {
-    /// The server to connect to, e.g. 127.0.0.1:8080 or [::1]:8080.
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_socket_addr)]
-    pub connect: SocketAddr,
-
-    /// How many connections to open and close.
-    #[arg(long, value_name = "N")]
-    pub count: u64,
-}
-
-/// Numeric addresses only: actors talk to this host, and a name lookup would only add a
-/// way to fail.
-fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.parse().map_err(|_| {
-        format!("{text:?} is not an address and port such as 127.0.0.1:8080 or [::1]:8080")
-    })
-}
-
-fn parse_rate(text: &str) -> Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
-        _ => Err(format!(
-            "{text:?} is not a rate: write connections per second, e.g. 200 or 0.5 (0: as fast as possible)"
-        )),
+impl From<ActorRole> for workload::Role {
+    fn from(role: ActorRole) -> workload::Role {
+        match role {
+            ActorRole::LeakServer(args) => workload::Role::LeakServer(args),
+            ActorRole::LeakClient(args) => workload::Role::LeakClient(args),
+            ActorRole::EchoServer(args) => workload::Role::EchoServer(args),
+            ActorRole::ChurnClient(args) => workload::Role::ChurnClient(args),
+            ActorRole::KeepaliveClient(args) => workload::Role::KeepaliveClient(args),
+        }
     }
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|err| format!("{err} (write a number and a unit, e.g. 10s, 2m, 1h)"))?;
-    if duration.is_zero() {
-        return Err("the duration must be longer than zero".into());
-    }
-    Ok(duration)
 }
 
 /// `4096`, `512K`, `8M`, `1G` (binary units; a trailing `iB`/`B` is accepted).
@@ -651,7 +479,10 @@ mod tests {
 
     #[test]
     fn bad_actor_arguments_are_usage_errors() {
-        let bad: [&[&str]; 6] = [
+        let bad: [&[&str]; 8] = [
+            // Benchmark and test roles are portwatch-workload's, not the product's.
+            &["hold-server", "--listen", "127.0.0.1:0"],
+            &["prefork-server", "--listen", "127.0.0.1:0", "--leak", "1"],
             &["leak-server", "--listen", "localhost:80"],
             &[
                 "leak-server",

@@ -1,7 +1,6 @@
 //! portwatch: finds the processes behind TCP port exhaustion.
 //!
 //! The binary is a thin shell over these modules; integration tests use them directly.
-pub mod actors;
 pub mod bpf;
 pub mod cli;
 pub mod commands;

@@ -2,7 +2,6 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use portwatch::{
-    actors,
     cli::{Cli, Command},
     commands,
 };
@@ -36,8 +35,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }),
         // Synchronous: one dump, one pass over /proc, one write.
         Command::Snapshot(args) => commands::snapshot::run(args).map(success),
-        // Actors are plain threads and blocking sockets: no runtime.
-        Command::Actor(args) => actors::run(&args).map(success),
+        // Workloads are plain threads and blocking sockets: no runtime.
+        Command::Actor(args) => {
+            portwatch_workload::run(&args.role.into(), args.until_stdin_eof).map(success)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Actor, collect_until, resolve_owners, start_tracer, transitions_of};
+use common::{collect_until, expect_line, resolve_owners, start_tracer, transitions_of, workload};
 use portwatch::{
     bpf::TracerOptions,
     event::{Event, OwnerSource, Transition},
@@ -15,6 +15,15 @@ use portwatch::{
 };
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `host:port` as workloads take it: an IPv6 host in brackets.
+fn address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
 
 /// Server-side sockets of `port` that reached CLOSE_WAIT and were accepted, in either
 /// order: a client that closes at once can reach CLOSE_WAIT in the accept queue.
@@ -35,14 +44,15 @@ fn accepted_close_waits(events: &[Event], port: u16) -> usize {
 async fn leak_is_charged_to_the_server(listen_host: &str, connect_host: &str) {
     const LEAKS: usize = 3;
     let (_tracer, mut reader) = start_tracer(&TracerOptions::default());
-    let mut server = Actor::start("leak-server", &[listen_host, &LEAKS.to_string()]);
+    let leaks = LEAKS.to_string();
+    let listen = address(listen_host, 0);
+    let mut server = workload(&["leak-server", "--listen", &listen, "--leak", &leaks]);
     let port = server.port;
-    let mut client = Actor::start(
-        "client",
-        &[connect_host, &port.to_string(), &LEAKS.to_string()],
-    );
-    client.expect_line("done");
-    server.expect_line("done");
+    let target = address(connect_host, port);
+    let mut client = workload(&["leak-client", "--connect", &target, "--count", &leaks]);
+    expect_line(&mut client, "done");
+    // Once every connection is accepted and at EOF: in CLOSE_WAIT.
+    expect_line(&mut server, "done");
 
     let events = collect_until(
         &mut reader,
@@ -117,12 +127,14 @@ async fn ipv4_mapped_close_wait_leak_is_charged_and_shown_as_ipv4() {
 #[tokio::test]
 async fn prefork_child_that_accepts_owns_the_leak() {
     let (_tracer, mut reader) = start_tracer(&TracerOptions::default());
-    let mut parent = Actor::start("prefork-server", &["127.0.0.1", "1"]);
+    let mut parent = workload(&["prefork-server", "--listen", "127.0.0.1:0", "--leak", "1"]);
     let port = parent.port;
-    let child_pid: u32 = parent.expect_line("forked")[0].parse().unwrap();
-    let mut client = Actor::start("client", &["127.0.0.1", &port.to_string(), "1"]);
-    client.expect_line("done");
-    parent.expect_line("child");
+    let child_pid: u32 = expect_line(&mut parent, "forked")[0].parse().unwrap();
+    let target = format!("127.0.0.1:{port}");
+    let mut client = workload(&["leak-client", "--connect", &target, "--count", "1"]);
+    expect_line(&mut client, "done");
+    // The child says it on the parent's stdout, which it inherited.
+    expect_line(&mut parent, "done");
 
     let events = collect_until(
         &mut reader,
@@ -156,13 +168,15 @@ async fn prefork_child_that_accepts_owns_the_leak() {
 #[tokio::test]
 async fn sockets_of_an_exited_process_are_not_charged_to_a_live_pid() {
     let (_tracer, mut reader) = start_tracer(&TracerOptions::default());
-    let server = Actor::start("leak-server", &["127.0.0.1", "1"]);
-    let port = server.port;
-    let mut quitter = Actor::start("connect-and-exit", &["127.0.0.1", &port.to_string()]);
+    let server = workload(&["leak-server", "--listen", "127.0.0.1:0", "--leak", "1"]);
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut quitter = workload(&["connect-and-exit", "--connect", &target, "--exit-on-go"]);
     let quitter_pid = quitter.pid;
-    let quitter_port = quitter.port;
-    quitter.proceed();
-    quitter.wait();
+    let quitter_port: u16 = expect_line(&mut quitter, "connected")[0].parse().unwrap();
+    quitter.tell("go").unwrap();
+    quitter
+        .wait_success(TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err:#}"));
 
     // The kernel closes the quitter's socket as it exits: FIN_WAIT1, then FIN_WAIT2
     // once the server acknowledges. The server never closes, so it stays there.
@@ -201,13 +215,19 @@ async fn connections_open_before_portwatch_are_charged_by_the_startup_snapshot()
     const HELD: usize = 2;
     // Everything is set up before portwatch attaches: the kernel never sees these
     // sockets open, listen or accept.
-    let mut server = Actor::start("leak-server", &["127.0.0.1", &HELD.to_string()]);
+    let held = HELD.to_string();
+    let mut server = workload(&["leak-server", "--listen", "127.0.0.1:0", "--leak", &held]);
     let port = server.port;
-    let mut client = Actor::start(
+    let target = format!("127.0.0.1:{port}");
+    let mut client = workload(&[
         "hold-client",
-        &["127.0.0.1", &port.to_string(), &HELD.to_string()],
-    );
-    server.expect_line("done");
+        "--connect",
+        &target,
+        "--count",
+        &held,
+        "--close-on-go",
+    ]);
+    expect_line(&mut server, "accepted");
 
     let (mut tracer, mut reader) = start_tracer(&TracerOptions::default());
     let mut table = SocketTable::new();
@@ -216,8 +236,8 @@ async fn connections_open_before_portwatch_are_charged_by_the_startup_snapshot()
     }
     // Now the client closes: the server's sockets go ESTABLISHED -> CLOSE_WAIT in
     // softirq context, with no owner in the kernel's table.
-    client.proceed();
-    client.expect_line("closed");
+    client.tell("go").unwrap();
+    expect_line(&mut client, "closed");
     let events = collect_until(
         &mut reader,
         |e| e.sport == port || e.dport == port,

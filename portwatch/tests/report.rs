@@ -5,12 +5,12 @@ mod common;
 
 use std::{
     io::BufReader,
-    path::Path,
     process::{Child, ChildStderr, Command, Stdio},
 };
 
-use common::{PORTWATCH, require_privileges, start_portwatch, wait_for_portwatch};
-use portwatch::actors::ActorProcess;
+use common::{
+    PORTWATCH, require_privileges, start_portwatch, wait_for_portwatch, workload, workload_binary,
+};
 use serde_json::Value;
 
 /// Waits for portwatch to finish; returns its exit code and stdout.
@@ -24,10 +24,6 @@ fn finish(child: Child, stderr: BufReader<ChildStderr>) -> (i32, String) {
         finished.stderr
     );
     (code, finished.stdout)
-}
-
-fn actor(args: &[&str]) -> ActorProcess {
-    ActorProcess::spawn(Path::new(PORTWATCH), args).unwrap()
 }
 
 fn findings_for(report: &Value, pid: u32) -> Vec<&Value> {
@@ -45,9 +41,9 @@ fn report_names_the_leaker_and_the_churner_and_not_the_healthy_client() {
     const LEAKS: u64 = 7;
     // The churner and the healthy client run from before the window until after it, so
     // the churner's true rate in the window is its average rate, which it reports.
-    let echo = actor(&["echo-server", "--listen", "127.0.0.1:0"]);
+    let echo = workload(&["echo-server", "--listen", "127.0.0.1:0"]);
     let echo_addr = format!("127.0.0.1:{}", echo.port);
-    let mut churner = actor(&[
+    let mut churner = workload(&[
         "churn-client",
         "--connect",
         &echo_addr,
@@ -56,7 +52,7 @@ fn report_names_the_leaker_and_the_churner_and_not_the_healthy_client() {
         "--duration",
         "8s",
     ]);
-    let healthy = actor(&[
+    let healthy = workload(&[
         "keepalive-client",
         "--connect",
         &echo_addr,
@@ -81,8 +77,8 @@ fn report_names_the_leaker_and_the_churner_and_not_the_healthy_client() {
         ],
         Stdio::piped(),
     );
-    let leaker = actor(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"]);
-    let mut feeder = actor(&[
+    let leaker = workload(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"]);
+    let mut feeder = workload(&[
         "leak-client",
         "--connect",
         &format!("127.0.0.1:{}", leaker.port),
@@ -178,25 +174,24 @@ fn a_tiny_port_range_in_a_namespace_is_reported_as_exhausted() {
         Stdio::piped(),
     );
     // A network namespace with 4 local ports: the fifth connection to one destination
-    // fails with EADDRNOTAVAIL.
+    // fails with EADDRNOTAVAIL. The server says `ready` once it listens; then the
+    // client runs, says `ready <pid> ...` and `held <opened> <seconds> <failed>`, and
+    // exits; then the server is stopped.
     let script = r#"
 ip link set lo up
 sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
-exec python3 -c '
-import os, socket
-server = socket.socket(); server.bind(("127.0.0.1", 5000)); server.listen(64)
-held, failed = [], 0
-for _ in range(8):
-    try:
-        held.append(socket.create_connection(("127.0.0.1", 5000)))
-    except OSError as e:
-        assert e.errno == 99, e
-        failed += 1
-print("pid", os.getpid(), "failed", failed, flush=True)
-'
+"$WORKLOAD" leak-server --listen 127.0.0.1:5000 | {
+    read -r ready server_pid port
+    "$WORKLOAD" hold-client --connect 127.0.0.1:5000 --count 8 --count-no-local-port \
+        --exit-when-held
+    status=$?
+    kill "$server_pid"
+    exit "$status"
+}
 "#;
     let output = Command::new("unshare")
         .args(["--net", "sh", "-c", script])
+        .env("WORKLOAD", workload_binary())
         .output()
         .unwrap();
     assert!(
@@ -206,7 +201,9 @@ print("pid", os.getpid(), "failed", failed, flush=True)
     );
     let said = String::from_utf8(output.stdout).unwrap();
     let words: Vec<&str> = said.split_whitespace().collect();
-    let (pid, failed): (u32, u64) = (words[1].parse().unwrap(), words[3].parse().unwrap());
+    // ready <pid> 5000 held <opened> <seconds> <failed>
+    assert_eq!((words[0], words[3]), ("ready", "held"), "{said}");
+    let (pid, failed): (u32, u64) = (words[1].parse().unwrap(), words[6].parse().unwrap());
     assert_eq!(failed, 4, "the namespace ran out of ports: {said}");
 
     let (_, stdout) = finish(portwatch, stderr);

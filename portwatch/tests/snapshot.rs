@@ -1,16 +1,15 @@
 //! `portwatch snapshot` against real processes. PRIVILEGED: it runs as root so that /proc
-//! shows every process's descriptors (it loads no eBPF). Separate python3 processes leak
-//! sockets in CLOSE_WAIT; the snapshot must name the process that holds each one.
+//! shows every process's descriptors (it loads no eBPF). Separate workload processes
+//! leak sockets in CLOSE_WAIT; the snapshot must name the process that holds each one.
 mod common;
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::IpAddr,
-    os::unix::process::CommandExt as _,
-    process::{Child, ChildStdout, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
+use common::{WorkloadProcess, expect_line, workload};
 use portwatch::{
     event::Family,
     sockets::snapshot::{self, Snapshot, SnapshotSocket, group_by_process},
@@ -20,101 +19,60 @@ use serde_json::Value;
 
 const PORTWATCH: &str = env!("CARGO_BIN_EXE_portwatch");
 
-/// Listens on argv[1], prints its port and the PID of the process that accepts, accepts
-/// argv[2] connections, prints "accepted" and never closes them. With argv[3] == "fork",
-/// the parent forks a child that accepts while the parent keeps only the listener, as
-/// pre-fork servers do.
-const SERVER: &str = r#"
-import os, socket, sys, time
-host, count, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-family = socket.AF_INET6 if ":" in host else socket.AF_INET
-listener = socket.socket(family, socket.SOCK_STREAM)
-if family == socket.AF_INET6:
-    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-listener.bind((host, 0))
-listener.listen(16)
-print(listener.getsockname()[1], flush=True)
-if mode == "fork" and os.fork() != 0:
-    time.sleep(3600)
-    sys.exit(0)
-print(os.getpid(), flush=True)
-leaked = [listener.accept()[0] for _ in range(count)]
-print("accepted", flush=True)
-time.sleep(3600)
-"#;
-
-/// Connects argv[3] times to argv[1]:argv[2], closes every connection, prints "closed"
-/// and stays alive, so the snapshot can check it is not blamed for the server's sockets.
-const CLIENT: &str = r#"
-import socket, sys, time
-host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-connections = [socket.create_connection((host, port)) for _ in range(count)]
-for connection in connections:
-    connection.close()
-print("closed", flush=True)
-time.sleep(3600)
-"#;
-
-/// A python3 process in its own process group, killed with the whole group (a forked
-/// child included) when dropped, also when a test fails.
-struct Spawned {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Spawned {
-    fn python(script: &str, args: &[&str]) -> Spawned {
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .args(args)
-            .stdout(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .expect("running python3");
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Spawned { child, stdout }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The next line the script prints; fails the test if it exited instead.
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        assert!(!line.is_empty(), "the python3 script exited early");
-        line.trim().to_owned()
+/// `host:0` as workloads take it: an IPv6 host in brackets.
+fn any_port(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]:0")
+    } else {
+        format!("{host}:0")
     }
 }
 
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let group = self.child.id() as i32;
-        // SAFETY: kill has no memory-safety preconditions; the group is the one this
-        // test created for its child (process_group(0) made the child its leader).
-        unsafe { libc::kill(-group, libc::SIGKILL) };
-        let _ = self.child.wait();
+/// A server that will leak `count` connections on `host`, keeping its listener: (server,
+/// port, PID of the process that accepts). With `fork`, a pre-fork server: its forked
+/// child accepts while the parent keeps only the listener.
+fn server(host: &str, count: usize, fork: bool) -> (WorkloadProcess, u16, u32) {
+    let (listen, count) = (any_port(host), count.to_string());
+    if fork {
+        let mut server = workload(&["prefork-server", "--listen", &listen, "--leak", &count]);
+        let child = expect_line(&mut server, "forked")[0].parse().unwrap();
+        let port = server.port;
+        return (server, port, child);
     }
-}
-
-/// A server that will leak `count` connections on `host`: (server, port, PID of the
-/// process that accepts).
-fn server(host: &str, count: usize, mode: &str) -> (Spawned, u16, u32) {
-    let mut server = Spawned::python(SERVER, &[host, &count.to_string(), mode]);
-    let port = server.line().parse().unwrap();
-    let acceptor = server.line().parse().unwrap();
-    (server, port, acceptor)
+    let server = workload(&[
+        "leak-server",
+        "--listen",
+        &listen,
+        "--leak",
+        &count,
+        "--keep-listening",
+    ]);
+    let (port, pid) = (server.port, server.pid);
+    (server, port, pid)
 }
 
 /// Connects to `server` and closes `count` times; returns once every connection is
 /// closed by the client and accepted by the server. Until the server accepts, a
 /// connection sits in the listener's queue with no file, so no process holds it yet.
-fn client(server: &mut Spawned, host: &str, port: u16, count: usize) -> Spawned {
-    let mut client = Spawned::python(CLIENT, &[host, &port.to_string(), &count.to_string()]);
-    assert_eq!(client.line(), "closed");
-    assert_eq!(server.line(), "accepted");
+/// The client stays alive, so the snapshot can check it is not blamed for the server's
+/// sockets.
+fn client(server: &mut WorkloadProcess, host: &str, port: u16, count: usize) -> WorkloadProcess {
+    let target = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let count = count.to_string();
+    let mut client = workload(&[
+        "leak-client",
+        "--connect",
+        &target,
+        "--count",
+        &count,
+        "--stay",
+    ]);
+    expect_line(&mut client, "done");
+    expect_line(server, "accepted");
     client
 }
 
@@ -185,14 +143,14 @@ fn json_close_wait(group: &Value, port: u16) -> Vec<&Value> {
 #[test]
 fn close_wait_sockets_are_attributed_to_the_server_that_leaks_them() {
     common::require_privileges();
-    let (mut server, port, server_pid) = server("127.0.0.1", 3, "single");
-    assert_eq!(server_pid, server.pid());
+    let (mut server, port, server_pid) = server("127.0.0.1", 3, false);
+    assert_eq!(server_pid, server.pid);
     let client = client(&mut server, "127.0.0.1", port, 3);
 
     let snapshot = snapshot_until(|s| close_wait_on(s, port).len() == 3);
     for socket in close_wait_on(&snapshot, port) {
         assert_eq!(holder_pids(socket), [server_pid], "{socket:#?}");
-        assert_eq!(socket.holders[0].comm, "python3");
+        assert_eq!(socket.holders[0].comm, "leak-server");
         assert_eq!(socket.socket.family, Family::Ipv4);
         assert_ne!(socket.socket.inode, 0);
         assert!(
@@ -212,19 +170,19 @@ fn close_wait_sockets_are_attributed_to_the_server_that_leaks_them() {
         grouping
             .processes
             .iter()
-            .all(|g| g.process.id.pid != client.pid()),
+            .all(|g| g.process.id.pid != client.pid),
         "the client closed everything: it holds nothing"
     );
 
     // The binary says the same, and nothing else holds the server's CLOSE_WAIT sockets.
     let json = snapshot_json();
     let server_json = json_process(&json, server_pid);
-    assert_eq!(server_json["comm"], "python3");
+    assert_eq!(server_json["comm"], "leak-server");
     assert_eq!(server_json["start_time"], group.process.id.start_time);
     assert_eq!(server_json["states"]["CLOSE_WAIT"], 3);
     assert_eq!(json_close_wait(server_json, port).len(), 3);
     for other in json["processes"].as_array().unwrap() {
-        assert_ne!(other["pid"], client.pid(), "{other}");
+        assert_ne!(other["pid"], client.pid, "{other}");
         if other["pid"] != server_pid {
             assert!(json_close_wait(other, port).is_empty(), "{other}");
         }
@@ -241,7 +199,7 @@ fn close_wait_sockets_are_attributed_to_the_server_that_leaks_them() {
         .find(|line| line.split_whitespace().next() == Some(&server_pid.to_string()))
         .unwrap_or_else(|| panic!("no line for {server_pid}:\n{text}"));
     assert!(
-        line.contains("python3") && line.contains("CLOSE_WAIT 3 (≥ "),
+        line.contains("leak-server") && line.contains("CLOSE_WAIT 3 (≥ "),
         "{line}"
     );
 }
@@ -249,8 +207,8 @@ fn close_wait_sockets_are_attributed_to_the_server_that_leaks_them() {
 #[test]
 fn pre_fork_child_holds_the_socket_it_accepted() {
     common::require_privileges();
-    let (mut server, port, child_pid) = server("127.0.0.1", 1, "fork");
-    let parent_pid = server.pid();
+    let (mut server, port, child_pid) = server("127.0.0.1", 1, true);
+    let parent_pid = server.pid;
     assert_ne!(child_pid, parent_pid);
     let _client = client(&mut server, "127.0.0.1", port, 1);
 
@@ -291,11 +249,11 @@ fn ipv6_and_ipv4_mapped_sockets() {
     let loopback4: IpAddr = "127.0.0.1".parse().unwrap();
 
     // Plain IPv6 on ::1.
-    let (mut server6, port6, pid6) = server("::1", 2, "single");
+    let (mut server6, port6, pid6) = server("::1", 2, false);
     let _client6 = client(&mut server6, "::1", port6, 2);
     // A dual-stack listener on :: that accepts IPv4 connections: the kernel keeps them
     // as IPv6 sockets with ::ffff:127.0.0.1 addresses.
-    let (mut mapped, mapped_port, mapped_pid) = server("::", 2, "single");
+    let (mut mapped, mapped_port, mapped_pid) = server("::", 2, false);
     let _client4 = client(&mut mapped, "127.0.0.1", mapped_port, 2);
 
     let snapshot = snapshot_until(|s| {

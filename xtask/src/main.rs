@@ -129,7 +129,8 @@ fn run(cli: Cli) -> Result<()> {
                         "{UNPRIVILEGED}=1 is for developer laptops: CI must run the privileged tests"
                     );
                 }
-                // The actor tests load no eBPF: they belong with the unit tests here.
+                // The workload's tests (portwatch-workload/tests/actors.rs) load no eBPF:
+                // they belong with the unit tests here.
                 cargo(&workspace, &["test", "--lib", "--bins", "--test", "actors"])?;
                 eprintln!(
                     "xtask: {UNPRIVILEGED}=1: ran the unit tests and the actor tests only; \

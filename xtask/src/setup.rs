@@ -17,13 +17,11 @@ use anyhow::{Context as _, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages the test suite needs, with the command each provides: bpftool
-/// (programs left behind), python3 (the ownership and snapshot fixtures), iproute2 and
-/// procps (`ip` and `sysctl` in the port-exhaustion namespace), util-linux (`unshare`,
-/// `setpriv`). All but bpftool come with Debian's base system; they are named so a
+/// (programs left behind), iproute2 and procps (`ip` and `sysctl` in the
+/// port-exhaustion namespace), util-linux (`unshare`, `setpriv`). All but bpftool come with Debian's base system; they are named so a
 /// trimmed image says what is missing instead of failing a test.
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
-    ("python3", "python3"),
     ("iproute2", "ip"),
     ("procps", "sysctl"),
     ("util-linux", "unshare"),

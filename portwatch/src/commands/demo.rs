@@ -6,9 +6,9 @@
 use std::io::{self, Write as _};
 
 use anyhow::{Context as _, Result};
+use portwatch_workload::{Launcher, WorkloadProcess};
 
 use crate::{
-    actors::ActorProcess,
     cli::{DemoArgs, ReportFormat},
     commands::{
         report::ModelSink,
@@ -32,7 +32,7 @@ const CHURN_RATE: &str = "200";
 /// The demo's processes, started once tracing has begun.
 struct DemoSink {
     inner: ModelSink,
-    actors: Vec<ActorProcess>,
+    actors: Vec<WorkloadProcess>,
     spawn_error: Option<anyhow::Error>,
 }
 
@@ -50,39 +50,29 @@ impl Sink for DemoSink {
     }
 }
 
-fn spawn_actors() -> Result<Vec<ActorProcess>> {
+fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
+    // This binary's hidden `actor` command: the demo needs no other program.
     let exe = std::env::current_exe().context("finding portwatch's own executable")?;
-    let leaker = ActorProcess::spawn(
-        &exe,
-        &["leak-server", "--listen", "127.0.0.1:0", "--leak-all"],
-    )?;
+    let actors = Launcher::new(exe, ["actor"]);
+    let leaker = actors.spawn(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"])?;
     let leaker_addr = format!("127.0.0.1:{}", leaker.port);
-    let feeder = ActorProcess::spawn(
-        &exe,
-        &["leak-client", "--connect", &leaker_addr, "--count", LEAKS],
-    )?;
-    let echo = ActorProcess::spawn(&exe, &["echo-server", "--listen", "127.0.0.1:0"])?;
+    let feeder = actors.spawn(&["leak-client", "--connect", &leaker_addr, "--count", LEAKS])?;
+    let echo = actors.spawn(&["echo-server", "--listen", "127.0.0.1:0"])?;
     let echo_addr = format!("127.0.0.1:{}", echo.port);
-    let churner = ActorProcess::spawn(
-        &exe,
-        &[
-            "churn-client",
-            "--connect",
-            &echo_addr,
-            "--rate",
-            CHURN_RATE,
-        ],
-    )?;
-    let healthy = ActorProcess::spawn(
-        &exe,
-        &[
-            "keepalive-client",
-            "--connect",
-            &echo_addr,
-            "--interval",
-            "100ms",
-        ],
-    )?;
+    let churner = actors.spawn(&[
+        "churn-client",
+        "--connect",
+        &echo_addr,
+        "--rate",
+        CHURN_RATE,
+    ])?;
+    let healthy = actors.spawn(&[
+        "keepalive-client",
+        "--connect",
+        &echo_addr,
+        "--interval",
+        "100ms",
+    ])?;
     eprintln!(
         "portwatch demo: started leak-server (pid {}) fed by leak-client (pid {}), \
          churn-client (pid {}, {CHURN_RATE}/s) and keepalive-client (pid {}) against \

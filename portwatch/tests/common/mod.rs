@@ -4,9 +4,11 @@
 
 use std::{
     collections::HashMap,
-    io::{BufRead as _, BufReader, Write as _},
+    io::{BufRead as _, BufReader},
     net::{SocketAddr, TcpListener, TcpStream},
-    process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, ExitStatus, Stdio},
+    sync::OnceLock,
     time::Duration,
 };
 
@@ -16,6 +18,8 @@ use portwatch::{
     sockets::table::{SocketOwner, SocketTable},
     tcp_state::TcpState,
 };
+use portwatch_workload::Launcher;
+pub use portwatch_workload::WorkloadProcess;
 
 /// Fails the test, with the reason, when it cannot load eBPF. There is no silent skip:
 /// a non-root developer runs `PORTWATCH_UNPRIVILEGED=1 cargo xtask test`, which leaves
@@ -191,69 +195,55 @@ pub fn all_closed(events: &[Event], count: usize) -> bool {
             .all(|events| events.iter().any(|e| e.new_state == TcpState::Close))
 }
 
-/// A real process playing a TCP role from tests/fixtures/tcp_actor.py. It is killed
-/// when dropped.
-pub struct Actor {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    pub pid: u32,
-    pub port: u16,
-}
+/// How long a workload may take to say a line it owes: its setup and its few loopback
+/// connections take milliseconds; seconds mean it is stuck.
+pub const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl Actor {
-    /// Starts `role` with `args` and waits for its "ready <pid> <port>" line.
-    pub fn start(role: &str, args: &[&str]) -> Actor {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tcp_actor.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(role)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3 runs the test actors");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut actor = Actor {
-            child,
-            stdin,
-            stdout,
-            pid: 0,
-            port: 0,
+/// The `portwatch-workload` binary of this workspace, built for this test's profile.
+///
+/// Cargo hands a test only its own package's binaries, so this one is found where cargo
+/// puts it, next to this test's directory (`target/<profile>/deps/<test>` →
+/// `target/<profile>/portwatch-workload`), after asking cargo to build it: a no-op
+/// when it is up to date, and a fresh build under `cargo test -p portwatch`, which does
+/// not build other packages' binaries.
+pub fn workload_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().expect("this test's own path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("tests run from target/<profile>/deps");
+        let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile directory above {}", exe.display()),
         };
-        let ready = actor.expect_line("ready");
-        actor.pid = ready[0].parse().unwrap();
-        actor.port = ready[1].parse().unwrap();
-        actor
-    }
-
-    /// Waits for the next line, which must start with `word`; returns its other words.
-    pub fn expect_line(&mut self, word: &str) -> Vec<String> {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("reading the actor");
-        let mut words = line.split_whitespace().map(str::to_owned);
-        assert_eq!(words.next().as_deref(), Some(word), "actor said {line:?}");
-        words.collect()
-    }
-
-    /// Lets the actor go on past its current wait.
-    pub fn proceed(&mut self) {
-        let stdin = self.stdin.as_mut().expect("actor stdin");
-        stdin.write_all(b"go\n").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    /// Waits for the actor to exit by itself.
-    pub fn wait(mut self) {
-        self.stdin.take();
-        self.child.wait().unwrap();
-    }
+        let target_dir = profile_dir.parent().expect("target/<profile>");
+        let status = Command::new(env!("CARGO"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "--package", "portwatch-workload"])
+            .args(["--bin", "portwatch-workload", "--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .status()
+            .expect("running cargo to build portwatch-workload");
+        assert!(status.success(), "building portwatch-workload: {status}");
+        profile_dir.join("portwatch-workload")
+    })
 }
 
-impl Drop for Actor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `portwatch-workload <role_args>` and waits for its `ready` line. It is
+/// killed when dropped, also when the test fails.
+pub fn workload(role_args: &[&str]) -> WorkloadProcess {
+    Launcher::binary(workload_binary())
+        .spawn(role_args)
+        .unwrap_or_else(|err| panic!("{role_args:?}: {err:#}"))
+}
+
+/// Waits for `process`'s next line starting with `word`; returns its other words.
+pub fn expect_line(process: &mut WorkloadProcess, word: &str) -> Vec<String> {
+    process
+        .wait_line_timeout(word, WORKLOAD_TIMEOUT)
+        .unwrap_or_else(|err| panic!("{err:#}"))
 }

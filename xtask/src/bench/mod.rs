@@ -104,8 +104,8 @@ pub struct BenchArgs {
     attempts: u32,
 
     /// The portwatch binary to measure as the agent, e.g. an older build to compare
-    /// with (default: this workspace's release build, which always runs the workload's
-    /// actors).
+    /// with (default: this workspace's release build; the workload always comes from
+    /// this workspace's portwatch-workload).
     #[arg(long, value_name = "PATH")]
     agent_binary: Option<std::path::PathBuf>,
 
@@ -143,21 +143,32 @@ pub fn run(workspace: &Path, args: BenchArgs) -> Result<()> {
     if !setup::on_path("ip") {
         bail!("the benchmark needs `ip` (iproute2) for its network namespace");
     }
-    crate::cargo(workspace, &["build", "--release", "--package", "portwatch"])?;
+    crate::cargo(
+        workspace,
+        &[
+            "build",
+            "--release",
+            "--package",
+            "portwatch",
+            "--package",
+            "portwatch-workload",
+        ],
+    )?;
     let out_dir = workspace.join("target/bench");
     fs::create_dir_all(out_dir.join("runs"))
         .with_context(|| format!("creating {}", out_dir.display()))?;
     let portwatch = workload::portwatch_binary(workspace);
+    let workload = workload::workload_binary(workspace);
     if args.scale {
-        return scale::run(&portwatch, &out_dir, &args.scale_args);
+        return scale::run(&portwatch, &workload, &out_dir, &args.scale_args);
     }
     if args.profile {
         setup::debian_packages(&[("linux-perf", "perf")]).context("the profile needs perf")?;
     }
-    churn(&portwatch, &out_dir, args)
+    churn(&portwatch, &workload, &out_dir, args)
 }
 
-fn churn(portwatch: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
+fn churn(portwatch: &Path, workload: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
     let (runs, duration) = if args.quick {
         (3, Duration::from_secs(3))
     } else {
@@ -187,7 +198,7 @@ fn churn(portwatch: &Path, out_dir: &Path, args: BenchArgs) -> Result<()> {
 
     let netns = Netns::create(NETNS)?;
     let actors = Actors {
-        portwatch: portwatch.to_owned(),
+        workload: workload.to_owned(),
         netns: &netns,
     };
     eprintln!("xtask: bench: counting the transitions of one connection (tracefs)");
@@ -318,7 +329,7 @@ fn profile_runs(
     Ok(())
 }
 
-/// The workload's processes and threads, by comm (see portwatch's actors).
+/// The workload's processes and threads, by comm (see portwatch-workload's roles).
 const WORKLOAD_COMMS: &[&str] = &["churn-client", "echo-"];
 
 struct RunContext<'a> {
@@ -465,11 +476,5 @@ fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
     }
 }
 
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|err| format!("{err} (write a number and a unit, e.g. 5s, 500ms)"))?;
-    if duration.is_zero() {
-        return Err("the duration must be longer than zero".into());
-    }
-    Ok(duration)
-}
+/// Durations are parsed as portwatch parses its own.
+pub(crate) use portwatch_workload::parse_duration;

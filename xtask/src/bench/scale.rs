@@ -33,6 +33,7 @@ use super::{
     netns::Netns,
     process::{Listen, Process},
     procfs::{self, MapMemory},
+    workload,
 };
 
 #[derive(Debug, Args)]
@@ -118,7 +119,7 @@ struct NamedMap {
     map: MapMemory,
 }
 
-pub fn run(portwatch: &Path, out_dir: &Path, args: &ScaleArgs) -> Result<()> {
+pub fn run(portwatch: &Path, workload: &Path, out_dir: &Path, args: &ScaleArgs) -> Result<()> {
     let per_process = descriptors_per_process()?;
     let processes = args.connections.div_ceil(per_process).max(1);
     if processes > 100 {
@@ -151,11 +152,11 @@ pub fn run(portwatch: &Path, out_dir: &Path, args: &ScaleArgs) -> Result<()> {
     // Servers first: their ready lines carry the ports.
     let mut servers = Vec::new();
     for i in 0..processes {
-        let mut command = netns.command(&portwatch.to_string_lossy());
-        command.args(["actor", "--until-stdin-eof", "hold-server"]);
+        let mut role = vec!["hold-server".to_owned()];
         for address in server_addresses(i) {
-            command.args(["--listen", &format!("{address}:0")]);
+            role.extend(["--listen".to_owned(), format!("{address}:0")]);
         }
+        let command = workload::command(&netns, workload, &role);
         let mut server = Process::spawn(command, "hold-server", Listen::Stdout)?;
         let port = ready_port(&mut server)?;
         servers.push((server, port));
@@ -170,20 +171,20 @@ pub fn run(portwatch: &Path, out_dir: &Path, args: &ScaleArgs) -> Result<()> {
     for (i, (_, port)) in servers.iter().enumerate() {
         let count = left.min(args.connections.div_ceil(processes));
         left -= count;
-        let mut command = netns.command(&portwatch.to_string_lossy());
-        command.args(["actor", "--until-stdin-eof", "hold-client"]);
+        let mut role = vec!["hold-client".to_owned()];
         for address in server_addresses(i as u64) {
-            command.args(["--connect", &format!("{address}:{port}")]);
+            role.extend(["--connect".to_owned(), format!("{address}:{port}")]);
         }
-        command.args(["--count", &count.to_string(), "--churn-on-go"]);
-        command.args([
-            "--churn-rate",
-            &(args.churn_rate / processes as f64).to_string(),
+        role.extend([
+            "--count".to_owned(),
+            count.to_string(),
+            "--churn-on-go".to_owned(),
+            "--churn-rate".to_owned(),
+            (args.churn_rate / processes as f64).to_string(),
+            "--churn-duration".to_owned(),
+            format!("{}ms", args.churn_duration.as_millis()),
         ]);
-        command.args([
-            "--churn-duration",
-            &format!("{}ms", args.churn_duration.as_millis()),
-        ]);
+        let command = workload::command(&netns, workload, &role);
         let mut client = Process::spawn(command, "hold-client", Listen::Stdout)?;
         client.wait_word("ready", Duration::from_secs(10))?;
         clients.push(client);

@@ -1,7 +1,8 @@
-//! The churn workload: portwatch's own actors (`portwatch actor echo-server` and
-//! `churn-client`), run in the benchmark's network namespace.
+//! The churn workload: the workload library's `echo-server` and `churn-client` (the
+//! release build of `portwatch-workload`), run in the benchmark's network namespace.
 use std::{
     path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
@@ -87,17 +88,19 @@ impl Server {
     }
 }
 
-/// Runs actors of `portwatch` inside `netns`.
+/// Runs roles of `portwatch-workload` inside `netns`.
 pub struct Actors<'a> {
-    pub portwatch: PathBuf,
+    pub workload: PathBuf,
     pub netns: &'a Netns,
 }
 
 impl Actors<'_> {
     fn spawn(&self, role_args: &[String], name: &str) -> Result<Process> {
-        let mut command = self.netns.command(&self.portwatch.to_string_lossy());
-        command.args(["actor", "--until-stdin-eof"]).args(role_args);
-        Process::spawn(command, name, Listen::Stdout)
+        Process::spawn(
+            command(self.netns, &self.workload, role_args),
+            name,
+            Listen::Stdout,
+        )
     }
 
     pub fn server(&self, shape: &Shape) -> Result<Server> {
@@ -178,7 +181,21 @@ impl Actors<'_> {
     }
 }
 
+/// `workload [--until-stdin-eof] <role_args>` inside `netns`: the role exits when the
+/// benchmark, which holds its stdin, is gone.
+pub fn command(netns: &Netns, workload: &Path, role_args: &[String]) -> Command {
+    let mut command = netns.command(&workload.to_string_lossy());
+    command.arg("--until-stdin-eof").args(role_args);
+    command
+}
+
 /// Where the workspace's release build of portwatch is.
 pub fn portwatch_binary(workspace: &Path) -> PathBuf {
     workspace.join("target/release/portwatch")
+}
+
+/// Where the workspace's release build of the workload is: built with portwatch, with
+/// the same profile, so its cost per connection is what it always was.
+pub fn workload_binary(workspace: &Path) -> PathBuf {
+    workspace.join("target/release/portwatch-workload")
 }

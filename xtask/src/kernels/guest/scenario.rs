@@ -5,12 +5,12 @@
 use std::{fs, path::Path, thread, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
+use portwatch_workload::{Launcher, WorkloadProcess};
 use serde_json::Value;
 
 use super::{
     checks::{self, Checks, Churn, Exhaustion, Leak},
     portwatch,
-    process::Actor,
 };
 
 /// Connections the leak client makes and closes (half accepted with accept4(), half
@@ -24,11 +24,35 @@ const BURST: usize = 200;
 const NARROW_PORT_RANGE: &str = "40000 40009";
 const HOLD_ATTEMPTS: usize = 14;
 const PORT_RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+/// Emulation is slow, but a traffic process's few loopback connections take seconds at
+/// most.
+const TRAFFIC_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Starts a workload role (`xtask guest workload <role_args>`, this binary again) and
+/// waits for its `ready` line.
+fn start(role_args: &[&str]) -> Result<WorkloadProcess> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    Launcher::new(exe, ["guest", "workload"]).spawn(role_args)
+}
+
+/// The leak's server: it writes a byte to each connection it accepts, so that clients
+/// close only once accepted, and accepts with accept() and accept4() in turn, so that
+/// both pairs of accept tracepoints are covered.
+fn leak_server() -> Result<WorkloadProcess> {
+    start(&[
+        "leak-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--greet",
+        "--alternate-accept",
+    ])
+}
 
 pub fn run(binary: &Path) -> Result<()> {
     let version = portwatch::run(binary, &["--version"])?;
     println!("guest: testing {}", version.stdout.trim());
-    let churn_server = Actor::start(&["churn-server"])?;
+    // One worker serves one connection at a time: reads to EOF, closes.
+    let churn_server = start(&["echo-server", "--listen", "127.0.0.1:0", "--workers", "1"])?;
 
     let (mut checks, counts_skips) = main_pass(binary, churn_server.port)?;
     if checks.failed() && !counts_skips {
@@ -96,16 +120,23 @@ fn main_pass(binary: &Path, churn_port: u16) -> Result<(Checks, bool)> {
     )?;
 
     step("leak: a server that never closes, a client that does");
-    let leak_server = Actor::start(&["leak-server"])?;
-    let port = leak_server.port.to_string();
-    let mut leak_client = Actor::start(&["leak-client", &port, &LEAKS.to_string()])?;
-    leak_client.expect("done")?;
+    let leak_server = leak_server()?;
+    let target = format!("127.0.0.1:{}", leak_server.port);
+    let mut leak_client = start(&[
+        "leak-client",
+        "--connect",
+        &target,
+        "--count",
+        &LEAKS.to_string(),
+        "--await-greeting",
+    ])?;
+    leak_client.wait_line_timeout("done", TRAFFIC_TIMEOUT)?;
     let leak_client_pid = leak_client.pid;
-    leak_client.wait()?;
+    leak_client.wait_success(TRAFFIC_TIMEOUT)?;
     step("exit: a client that exits without closing");
-    let exiting = Actor::start(&["connect-and-exit", &port])?;
+    let mut exiting = start(&["connect-and-exit", "--connect", &target, "--await-greeting"])?;
     let exited = exiting.pid;
-    exiting.wait()?;
+    exiting.wait_success(TRAFFIC_TIMEOUT)?;
     let leak = Leak {
         server: leak_server.pid,
         port: leak_server.port,
@@ -179,10 +210,24 @@ fn step(what: &str) {
 }
 
 fn run_churn(port: u16, connections: usize) -> Result<Churn> {
-    let mut client = Actor::start(&["churn-client", &port.to_string(), &connections.to_string()])?;
-    client.expect("done")?;
+    // One connection at a time, each over on both sides before the next (this side
+    // closes first, then waits for the server's close), so the listener's backlog never
+    // overflows: a dropped SYN costs a 1 s retry.
+    let mut client = start(&[
+        "churn-client",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        "--rate",
+        "0",
+        "--count",
+        &connections.to_string(),
+        "--requests",
+        "0",
+        "--await-peer-close",
+    ])?;
+    client.wait_line_timeout("done", TRAFFIC_TIMEOUT)?;
     let pid = client.pid;
-    client.wait()?;
+    client.wait_success(TRAFFIC_TIMEOUT)?;
     Ok(Churn {
         client: pid,
         port,
@@ -193,23 +238,28 @@ fn run_churn(port: u16, connections: usize) -> Result<Churn> {
 /// Runs out of local ports toward one destination.
 fn exhaust() -> Result<Exhaustion> {
     // Listening before the range is narrowed: bind() to port 0 takes from it too.
-    let server = Actor::start(&["leak-server"])?;
+    let server = leak_server()?;
     let range = PortRange::narrow(NARROW_PORT_RANGE)?;
-    let mut client = Actor::start(&[
+    let mut client = start(&[
         "hold-client",
-        &server.port.to_string(),
+        "--connect",
+        &format!("127.0.0.1:{}", server.port),
+        "--count",
         &HOLD_ATTEMPTS.to_string(),
+        "--count-no-local-port",
+        "--exit-when-held",
     ])?;
-    let done = client.expect("done")?;
+    // held <opened> <seconds> <no_local_port>
+    let held = client.wait_line_timeout("held", TRAFFIC_TIMEOUT)?;
     let pid = client.pid;
-    client.wait()?;
+    client.wait_success(TRAFFIC_TIMEOUT)?;
     drop(range);
-    let Some(Ok(failed)) = done.get(1).map(|n| n.parse()) else {
-        bail!("hold-client said `done {}`", done.join(" "));
+    let Some(Ok(failed)) = held.get(2).map(|n| n.parse()) else {
+        bail!("hold-client said `held {}`", held.join(" "));
     };
     println!(
         "guest: hold-client: {} connected, {failed} failed with EADDRNOTAVAIL",
-        done[0]
+        held[0]
     );
     Ok(Exhaustion {
         client: pid,

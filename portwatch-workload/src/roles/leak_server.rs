@@ -2,26 +2,50 @@
 //! the peer closes and then never closes its side, so the socket sits in CLOSE_WAIT for
 //! as long as the process lives.
 use std::{
-    io::{self, Read as _},
+    io::{self, Read as _, Write as _},
     net::TcpStream,
     sync::mpsc,
 };
 
-use super::shared::{self, Acceptor, ActorError};
-use crate::cli::LeakServerArgs;
+use crate::{
+    args::LeakServerArgs,
+    shared::{self, Acceptor, GREETING, RoleError},
+};
 
-pub fn run(args: &LeakServerArgs) -> Result<(), ActorError> {
-    let mut acceptor = Acceptor::listen(args.listen)?;
+pub fn run(args: &LeakServerArgs) -> Result<(), RoleError> {
+    let acceptor = Acceptor::listen(args.listen)?.alternate_syscalls(args.alternate_accept);
     shared::say_ready(acceptor.local_addr().port())?;
+    let limit = Limit {
+        leak: args.leak,
+        keep_listening: args.keep_listening,
+    };
+    leak(acceptor, limit, args.greet)
+}
 
+/// How many connections to leak, and what then becomes of the listener.
+pub struct Limit {
+    /// None: every one.
+    pub leak: Option<u64>,
+    /// Hold the listening socket once `leak` are accepted, rather than closing it.
+    pub keep_listening: bool,
+}
+
+/// Accepts connections up to `limit` and leaks them; with `greet`, writes each one byte
+/// first. Returns only on an error.
+pub fn leak(mut acceptor: Acceptor, limit: Limit, greet: bool) -> Result<(), RoleError> {
     // Each connection is read on its own thread, so one peer that stays open does not
     // hold up the others; at EOF the socket comes back here, to be kept and never closed.
     let (leaked_tx, leaked_rx) = mpsc::channel::<TcpStream>();
     let mut leaked = Vec::new();
     let mut accepted = 0;
-    while args.leak.is_none_or(|limit| accepted < limit) {
-        let stream = acceptor.accept()?;
+    while limit.leak.is_none_or(|limit| accepted < limit) {
+        let mut stream = acceptor.accept()?;
         accepted += 1;
+        if greet {
+            // A client that never reads it may already have reset the connection: that
+            // is no reason to stop.
+            let _ = stream.write_all(&[GREETING]);
+        }
         let leaked_tx = leaked_tx.clone();
         shared::spawn("leak", move || {
             read_until_eof(&stream);
@@ -34,8 +58,11 @@ pub fn run(args: &LeakServerArgs) -> Result<(), ActorError> {
 
     // --leak N: stop listening, so that later connections are refused rather than left
     // unaccepted in the backlog, where they would reach CLOSE_WAIT too and blur "N".
-    drop(acceptor);
+    // Unless told to keep it, as a pre-fork worker keeps the listener it inherited.
+    let _listener = limit.keep_listening.then_some(acceptor);
     drop(leaked_tx);
+    // Said before waiting for EOF: the peers may hold their connections open.
+    shared::say(&format!("accepted {accepted}"))?;
     while (leaked.len() as u64) < accepted {
         let Ok(stream) = leaked_rx.recv() else { break };
         leaked.push(stream);

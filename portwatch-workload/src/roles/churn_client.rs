@@ -17,15 +17,22 @@ use std::{
     time::Instant,
 };
 
-use super::{
+use crate::{
+    args::{ChurnClientArgs, CloseFirst},
     pacing::{Schedule, Step},
-    shared::{self, ActorError, EchoConnection},
+    shared::{self, EchoConnection, RoleError},
 };
-use crate::cli::{ChurnClientArgs, CloseFirst};
 
-pub fn run(args: &ChurnClientArgs) -> Result<(), ActorError> {
+pub fn run(args: &ChurnClientArgs) -> Result<(), RoleError> {
+    if args.close_first == CloseFirst::Server && args.await_peer_close {
+        return Err(RoleError::Usage(
+            "--await-peer-close is for --close-first client: with --close-first server, \
+             the client always waits for the server's FIN"
+                .into(),
+        ));
+    }
     if args.close_first == CloseFirst::Server && args.lifetime.is_some() {
-        return Err(ActorError::Usage(
+        return Err(RoleError::Usage(
             "--lifetime is the closing side's: with --close-first server, give the \
              echo-server --lifetime"
                 .into(),
@@ -51,7 +58,7 @@ pub fn run(args: &ChurnClientArgs) -> Result<(), ActorError> {
                 .name("churn-client".into())
                 .spawn_scoped(scope, || run.work());
             if let Err(err) = started {
-                run.fail(ActorError::Thread(err));
+                run.fail(RoleError::Thread(err));
                 break;
             }
         }
@@ -83,7 +90,7 @@ struct Run<'a> {
     /// client exists to cause. They use up their slot and the run goes on.
     no_local_port: AtomicU64,
     failed: AtomicBool,
-    error: Mutex<Option<ActorError>>,
+    error: Mutex<Option<RoleError>>,
 }
 
 impl Run<'_> {
@@ -96,7 +103,7 @@ impl Run<'_> {
             shared::sleep_until(self.start, at);
             match self.connection(slot) {
                 Ok(()) => self.made.fetch_add(1, Ordering::Relaxed),
-                Err(ActorError::Connect { source, .. })
+                Err(RoleError::Connect { source, .. })
                     if source.kind() == io::ErrorKind::AddrNotAvailable =>
                 {
                     self.no_local_port.fetch_add(1, Ordering::Relaxed)
@@ -108,7 +115,7 @@ impl Run<'_> {
 
     /// Connect, the requests (one by default), and close: first by default, so that the
     /// active close leaves this side's socket in TIME_WAIT; or after the server's FIN.
-    fn connection(&self, slot: u64) -> Result<(), ActorError> {
+    fn connection(&self, slot: u64) -> Result<(), RoleError> {
         let opened = Instant::now();
         let mut connection = EchoConnection::open(self.args.connect)?;
         for request in 0..self.args.requests {
@@ -120,6 +127,10 @@ impl Run<'_> {
             connection.exchange(&line)?;
         }
         match self.args.close_first {
+            CloseFirst::Client if self.args.await_peer_close => {
+                connection.shut_down_sending()?;
+                connection.wait_for_close()
+            }
             CloseFirst::Client => {
                 if let Some(lifetime) = self.args.lifetime {
                     shared::sleep_until(opened, lifetime);
@@ -131,7 +142,7 @@ impl Run<'_> {
     }
 
     /// Keeps the first error and stops the other threads.
-    fn fail(&self, err: ActorError) {
+    fn fail(&self, err: RoleError) {
         self.failed.store(true, Ordering::Relaxed);
         let mut error = self.error.lock().unwrap_or_else(|p| p.into_inner());
         error.get_or_insert(err);

@@ -2,13 +2,13 @@
 //! one request per interval: no TIME_WAIT churn, no CLOSE_WAIT.
 use std::time::Instant;
 
-use super::{
+use crate::{
+    args::KeepaliveClientArgs,
     pacing::{Schedule, Step},
-    shared::{self, ActorError, EchoConnection},
+    shared::{self, EchoConnection, RoleError},
 };
-use crate::cli::KeepaliveClientArgs;
 
-pub fn run(args: &KeepaliveClientArgs) -> Result<(), ActorError> {
+pub fn run(args: &KeepaliveClientArgs) -> Result<(), RoleError> {
     let schedule = Schedule::every(args.interval).with_duration(args.duration);
     let mut connection = EchoConnection::open(args.connect)?;
     shared::say_ready(args.connect.port())?;

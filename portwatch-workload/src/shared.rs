@@ -1,5 +1,5 @@
-//! What every role needs: its stdout lines, sockets with timeouts, line exchanges,
-//! threads, and its errors.
+//! What every role needs: its stdout lines, stdin's `go`, sockets with timeouts, line
+//! exchanges, threads, and its errors.
 use std::{
     io::{self, BufRead, BufReader, Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -16,7 +16,7 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const THREAD_STACK: usize = 128 << 10;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ActorError {
+pub enum RoleError {
     #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
@@ -43,7 +43,7 @@ pub enum ActorError {
     },
     #[error(
         "{addr} sent no reply within {timeout:?}; this client needs a server that answers \
-         each line, such as `portwatch actor echo-server`"
+         each line, such as an echo-server"
     )]
     ReplyTimeout { addr: SocketAddr, timeout: Duration },
     #[error("{addr} closed the connection instead of replying to {request:?}")]
@@ -61,6 +61,12 @@ pub enum ActorError {
     NotClosedByServer { addr: SocketAddr, timeout: Duration },
     #[error("{0}")]
     Usage(String),
+    #[error("{addr} sent {byte:?} instead of a leak-server's greeting")]
+    WrongGreeting { addr: SocketAddr, byte: u8 },
+    #[error("this role waits for `go` on stdin, which only --until-stdin-eof listens to")]
+    NoStdinWatcher,
+    #[error("cannot fork")]
+    Fork(#[source] io::Error),
     #[error("cannot start a thread")]
     Thread(#[source] io::Error),
     #[error("cannot start an async runtime")]
@@ -70,27 +76,32 @@ pub enum ActorError {
 }
 
 /// Prints one line on stdout and flushes it: the parent is waiting for it.
-pub fn say(line: &str) -> Result<(), ActorError> {
+pub fn say(line: &str) -> Result<(), RoleError> {
     // Not println!: it panics when the parent has closed the pipe.
     let mut out = io::stdout().lock();
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
-        .map_err(ActorError::Stdout)
+        .map_err(RoleError::Stdout)
 }
 
 /// The line every role prints once set up: `ready <pid> <port>`.
-pub fn say_ready(port: u16) -> Result<(), ActorError> {
+pub fn say_ready(port: u16) -> Result<(), RoleError> {
     say(&format!("ready {} {port}", std::process::id()))
 }
 
-/// One line on stderr, prefixed like portwatch's own messages.
+/// One line on stderr, prefixed with the program's name, as its error would be.
 pub fn warn(message: &str) {
+    let program = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|path| Some(path.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_default();
     // Not eprintln!: it panics when stderr is gone.
-    let _ = writeln!(io::stderr(), "portwatch: {message}");
+    let _ = writeln!(io::stderr(), "{program}: {message}");
 }
 
 /// Raises this process's limit on open files as far as the kernel allows
-/// (`fs.nr_open`), for actors that hold a descriptor per connection by the hundred
+/// (`fs.nr_open`), for roles that hold a descriptor per connection by the hundred
 /// thousand. Without the privilege to raise the hard limit, the soft one goes up to it.
 pub fn raise_open_files_limit() {
     let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
@@ -128,7 +139,8 @@ pub fn raise_open_files_limit() {
 /// closed it or died.
 ///
 /// A `go` line on stdin is remembered (see [`wait_for_go`]); anything else is ignored.
-pub fn exit_on_stdin_eof() -> Result<(), ActorError> {
+pub fn exit_on_stdin_eof() -> Result<(), RoleError> {
+    WATCHING_STDIN.store(true, std::sync::atomic::Ordering::Release);
     spawn("stdin-eof", || {
         let mut line = String::new();
         let mut stdin = io::stdin().lock();
@@ -145,24 +157,30 @@ pub fn exit_on_stdin_eof() -> Result<(), ActorError> {
 
 /// Set when the parent wrote `go` on stdin.
 static GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Set once a thread reads stdin: without it, `go` would never be heard.
+static WATCHING_STDIN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Waits until the parent writes a `go` line on stdin (heard only with
-/// `--until-stdin-eof`, whose thread reads stdin), so that several actors can begin
-/// a phase together.
-pub fn wait_for_go() {
+/// `--until-stdin-eof`, whose thread reads stdin), so that several processes can begin
+/// a phase together, or a test can say when a process moves on.
+pub fn wait_for_go() -> Result<(), RoleError> {
+    if !WATCHING_STDIN.load(std::sync::atomic::Ordering::Acquire) {
+        return Err(RoleError::NoStdinWatcher);
+    }
     while !GO.load(std::sync::atomic::Ordering::Acquire) {
         thread::sleep(Duration::from_millis(5));
     }
+    Ok(())
 }
 
 /// A named thread with a small stack, detached.
-pub fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> Result<(), ActorError> {
+pub fn spawn(name: &str, work: impl FnOnce() + Send + 'static) -> Result<(), RoleError> {
     thread::Builder::new()
         .name(name.to_owned())
         .stack_size(THREAD_STACK)
         .spawn(work)
         .map(drop)
-        .map_err(ActorError::Thread)
+        .map_err(RoleError::Thread)
 }
 
 /// A listening socket that accepts the way servers do. Running out of file descriptors
@@ -172,11 +190,14 @@ pub struct Acceptor {
     listener: TcpListener,
     addr: SocketAddr,
     warned: bool,
+    /// Every other accept with accept(2) rather than accept4(2).
+    alternate: bool,
+    accepted: u64,
 }
 
 impl Acceptor {
-    pub fn listen(addr: SocketAddr) -> Result<Acceptor, ActorError> {
-        let error = |source| ActorError::Listen { addr, source };
+    pub fn listen(addr: SocketAddr) -> Result<Acceptor, RoleError> {
+        let error = |source| RoleError::Listen { addr, source };
         let listener = TcpListener::bind(addr).map_err(error)?;
         // The real port, when `addr` asked for any (port 0).
         let addr = listener.local_addr().map_err(error)?;
@@ -184,7 +205,15 @@ impl Acceptor {
             listener,
             addr,
             warned: false,
+            alternate: false,
+            accepted: 0,
         })
+    }
+
+    /// Accepts with accept(2) and accept4(2) in turn, so that both system calls (and a
+    /// tracer's hooks on each) are exercised; the standard library only calls accept4.
+    pub fn alternate_syscalls(self, alternate: bool) -> Acceptor {
+        Acceptor { alternate, ..self }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -192,11 +221,11 @@ impl Acceptor {
     }
 
     /// Another acceptor on the same listening socket, for another thread.
-    pub fn try_clone(&self) -> Result<Acceptor, ActorError> {
+    pub fn try_clone(&self) -> Result<Acceptor, RoleError> {
         let listener = self
             .listener
             .try_clone()
-            .map_err(|source| ActorError::Listen {
+            .map_err(|source| RoleError::Listen {
                 addr: self.addr,
                 source,
             })?;
@@ -204,13 +233,23 @@ impl Acceptor {
             listener,
             addr: self.addr,
             warned: false,
+            alternate: self.alternate,
+            accepted: 0,
         })
     }
 
-    pub fn accept(&mut self) -> Result<TcpStream, ActorError> {
+    pub fn accept(&mut self) -> Result<TcpStream, RoleError> {
         loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => return Ok(stream),
+            let accepted = if self.alternate && self.accepted % 2 == 1 {
+                accept_syscall(&self.listener)
+            } else {
+                self.listener.accept().map(|(stream, _)| stream)
+            };
+            match accepted {
+                Ok(stream) => {
+                    self.accepted += 1;
+                    return Ok(stream);
+                }
                 // The peer gave up before we got to it, or a signal came: nothing to see.
                 Err(err)
                     if matches!(
@@ -221,14 +260,14 @@ impl Acceptor {
                     if !self.warned {
                         self.warned = true;
                         warn(&format!(
-                            "actor on {}: cannot accept: {err}; retrying every 100ms",
+                            "listener on {}: cannot accept: {err}; retrying every 100ms",
                             self.addr
                         ));
                     }
                     thread::sleep(Duration::from_millis(100));
                 }
                 Err(source) => {
-                    return Err(ActorError::Accept {
+                    return Err(RoleError::Accept {
                         addr: self.addr,
                         source,
                     });
@@ -236,6 +275,51 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// accept(2) itself: the standard library always calls accept4(2).
+fn accept_syscall(listener: &TcpListener) -> io::Result<TcpStream> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _};
+    // SAFETY: zeroed bytes are a valid sockaddr_storage.
+    let mut address: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut length = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the fd is the listener's, open for the duration of the call; address and
+    // length point to writable memory of the sizes passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_accept,
+            listener.as_raw_fd(),
+            (&raw mut address).cast::<libc::sockaddr>(),
+            &raw mut length,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: accept returned a new fd that nothing else owns. (Unlike accept4 with
+    // SOCK_CLOEXEC it is inherited across exec; workloads exec nothing.)
+    Ok(unsafe { TcpStream::from_raw_fd(fd as i32) })
+}
+
+/// The byte a leak-server run with --greet writes to each connection it accepts.
+pub const GREETING: u8 = b'a';
+
+/// Reads the server's greeting: the connection is accepted.
+pub fn await_greeting(mut stream: &TcpStream) -> Result<(), RoleError> {
+    let addr = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut byte = [0u8; 1];
+    stream
+        .read_exact(&mut byte)
+        .map_err(|source| RoleError::Exchange { addr, source })?;
+    if byte[0] != GREETING {
+        return Err(RoleError::WrongGreeting {
+            addr,
+            byte: byte[0],
+        });
+    }
+    Ok(())
 }
 
 pub fn is_resource_shortage(err: &io::Error) -> bool {
@@ -247,14 +331,14 @@ pub fn is_resource_shortage(err: &io::Error) -> bool {
 
 /// Connects with timeouts on connect, reads and writes, and without Nagle's delay (each
 /// request is one small write).
-pub fn connect(addr: SocketAddr) -> Result<TcpStream, ActorError> {
+pub fn connect(addr: SocketAddr) -> Result<TcpStream, RoleError> {
     let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        .map_err(|source| ActorError::Connect { addr, source })?;
+        .map_err(|source| RoleError::Connect { addr, source })?;
     stream
         .set_read_timeout(Some(IO_TIMEOUT))
         .and_then(|()| stream.set_write_timeout(Some(IO_TIMEOUT)))
         .and_then(|()| stream.set_nodelay(true))
-        .map_err(|source| ActorError::Connect { addr, source })?;
+        .map_err(|source| RoleError::Connect { addr, source })?;
     Ok(stream)
 }
 
@@ -266,7 +350,7 @@ pub struct EchoConnection {
 }
 
 impl EchoConnection {
-    pub fn open(addr: SocketAddr) -> Result<EchoConnection, ActorError> {
+    pub fn open(addr: SocketAddr) -> Result<EchoConnection, RoleError> {
         Ok(EchoConnection {
             reader: BufReader::new(connect(addr)?),
             addr,
@@ -275,14 +359,14 @@ impl EchoConnection {
     }
 
     /// Sends `request` (one line, without its newline) and checks the reply.
-    pub fn exchange(&mut self, request: &str) -> Result<(), ActorError> {
+    pub fn exchange(&mut self, request: &str) -> Result<(), RoleError> {
         let addr = self.addr;
         let io_error = |source: io::Error| match source.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ActorError::ReplyTimeout {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RoleError::ReplyTimeout {
                 addr,
                 timeout: IO_TIMEOUT,
             },
-            _ => ActorError::Exchange { addr, source },
+            _ => RoleError::Exchange { addr, source },
         };
         // One write, so the request leaves in one segment.
         let line = format!("{request}\n");
@@ -292,13 +376,13 @@ impl EchoConnection {
             .map_err(io_error)?;
         self.reply.clear();
         if self.reader.read_line(&mut self.reply).map_err(io_error)? == 0 {
-            return Err(ActorError::ClosedByServer {
+            return Err(RoleError::ClosedByServer {
                 addr,
                 request: request.to_owned(),
             });
         }
         if self.reply != line {
-            return Err(ActorError::WrongReply {
+            return Err(RoleError::WrongReply {
                 addr,
                 request: request.to_owned(),
                 reply: self.reply.trim_end().to_owned(),
@@ -309,11 +393,20 @@ impl EchoConnection {
 }
 
 impl EchoConnection {
+    /// Sends this side's FIN but keeps the socket, to read until the server's.
+    pub fn shut_down_sending(&mut self) -> Result<(), RoleError> {
+        let addr = self.addr;
+        self.reader
+            .get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|source| RoleError::Exchange { addr, source })
+    }
+
     /// Waits for the server to close its side first (its FIN: end of file), reading
     /// nothing else. The caller then closes, second, so the TIME_WAIT is the server's.
-    pub fn wait_for_close(&mut self) -> Result<(), ActorError> {
+    pub fn wait_for_close(&mut self) -> Result<(), RoleError> {
         let addr = self.addr;
-        let not_closed = || ActorError::NotClosedByServer {
+        let not_closed = || RoleError::NotClosedByServer {
             addr,
             timeout: IO_TIMEOUT,
         };
@@ -332,7 +425,7 @@ impl EchoConnection {
                 {
                     return Err(not_closed());
                 }
-                Err(source) => return Err(ActorError::Exchange { addr, source }),
+                Err(source) => return Err(RoleError::Exchange { addr, source }),
             }
         }
     }

@@ -1,31 +1,35 @@
-//! The workload actors (`portwatch actor <ROLE>`), run as the real binary. UNPRIVILEGED:
-//! no eBPF; the kernel's socket tables in /proc show what the actors did.
+//! The workload roles (`portwatch-workload <ROLE>`), run as the real binary.
+//! UNPRIVILEGED: no eBPF; the kernel's socket tables in /proc show what the roles did.
 use std::{
     collections::HashSet,
     fs,
     net::{IpAddr, SocketAddr, TcpListener},
-    path::Path,
     process::Command,
     thread,
     time::{Duration, Instant},
 };
 
-use portwatch::actors::ActorProcess;
+use portwatch_workload::{Launcher, WorkloadProcess};
 
-const PORTWATCH: &str = env!("CARGO_BIN_EXE_portwatch");
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_portwatch-workload");
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-fn spawn(role_args: &[&str]) -> ActorProcess {
-    ActorProcess::spawn(Path::new(PORTWATCH), role_args)
+fn launcher() -> Launcher {
+    Launcher::binary(WORKLOAD)
+}
+
+fn spawn(role_args: &[&str]) -> WorkloadProcess {
+    launcher()
+        .spawn(role_args)
         .unwrap_or_else(|err| panic!("{role_args:?}: {err:#}"))
 }
 
-fn echo_server(listen: &str) -> ActorProcess {
+fn echo_server(listen: &str) -> WorkloadProcess {
     spawn(&["echo-server", "--listen", listen])
 }
 
-fn done(actor: &mut ActorProcess) -> Vec<String> {
-    actor
+fn done(workload: &mut WorkloadProcess) -> Vec<String> {
+    workload
         .wait_line_timeout("done", TIMEOUT)
         .unwrap_or_else(|err| panic!("{err:#}"))
 }
@@ -134,8 +138,8 @@ fn seconds(word: &str) -> f64 {
 
 /// Each test that counts sockets by address has a loopback address of its own, so that
 /// another test's TIME_WAITs toward a port the kernel handed out again do not count.
-fn server_on(ip: &str, actor: &ActorProcess) -> SocketAddr {
-    SocketAddr::new(ip.parse().unwrap(), actor.port)
+fn server_on(ip: &str, server: &WorkloadProcess) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), server.port)
 }
 
 #[test]
@@ -279,8 +283,8 @@ fn churn_client_exchanges_its_requests_and_keeps_each_connection_its_lifetime() 
     assert!((0.2..1.0).contains(&elapsed), "took {elapsed} s");
 
     // The lifetime belongs to the side that closes first.
-    let output = Command::new(PORTWATCH)
-        .args(["actor", "churn-client", "--connect", &target, "--rate", "1"])
+    let output = Command::new(WORKLOAD)
+        .args(["churn-client", "--connect", &target, "--rate", "1"])
         .args(["--close-first", "server", "--lifetime", "10ms"])
         .output()
         .unwrap();
@@ -290,7 +294,7 @@ fn churn_client_exchanges_its_requests_and_keeps_each_connection_its_lifetime() 
 }
 
 #[test]
-fn hold_actors_hold_their_connections_and_replace_them_on_go() {
+fn hold_roles_hold_their_connections_and_replace_them_on_go() {
     let server = spawn(&[
         "hold-server",
         "--listen",
@@ -445,7 +449,7 @@ fn keepalive_client_uses_one_connection_for_every_request() {
 }
 
 #[test]
-fn an_actor_exits_cleanly_when_its_stdin_closes() {
+fn a_workload_exits_cleanly_when_its_stdin_closes() {
     let mut server = echo_server("127.0.0.1:0");
     server.close_stdin();
     let status = server
@@ -460,8 +464,8 @@ fn an_unreachable_server_is_one_line_on_stderr_and_exit_code_1() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let output = Command::new(PORTWATCH)
-        .args(["actor", "churn-client", "--rate", "10", "--count", "1"])
+    let output = Command::new(WORKLOAD)
+        .args(["churn-client", "--rate", "10", "--count", "1"])
         .args(["--connect", &format!("127.0.0.1:{port}")])
         .output()
         .unwrap();
@@ -469,7 +473,7 @@ fn an_unreachable_server_is_one_line_on_stderr_and_exit_code_1() {
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(
         stderr.starts_with(&format!(
-            "portwatch: actor churn-client: cannot connect to 127.0.0.1:{port}: Connection refused"
+            "portwatch-workload: churn-client: cannot connect to 127.0.0.1:{port}: Connection refused"
         )),
         "{stderr}"
     );
@@ -477,10 +481,11 @@ fn an_unreachable_server_is_one_line_on_stderr_and_exit_code_1() {
 }
 
 #[test]
-fn spawning_an_actor_that_cannot_start_says_why() {
+fn spawning_a_workload_that_cannot_start_says_why() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let err = ActorProcess::spawn(Path::new(PORTWATCH), &["echo-server", "--listen", &addr])
+    let err = launcher()
+        .spawn(&["echo-server", "--listen", &addr])
         .err()
         .expect("the port is taken");
     let message = format!("{err:#}");

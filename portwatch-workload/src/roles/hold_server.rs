@@ -2,7 +2,7 @@
 //! every `--listen` address and holds each connection, reading nothing, until the peer
 //! closes it; then it closes its side at once (no CLOSE_WAIT is left behind).
 //!
-//! Unlike the other actors it is asynchronous: a thread per connection does not scale
+//! Unlike the other roles it is asynchronous: a thread per connection does not scale
 //! to the 100,000 connections a memory benchmark holds, one epoll set does.
 use std::{io, net::SocketAddr, time::Duration};
 
@@ -11,20 +11,22 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::shared::{self, ActorError};
-use crate::cli::HoldServerArgs;
+use crate::{
+    args::HoldServerArgs,
+    shared::{self, RoleError},
+};
 
-pub fn run(args: &HoldServerArgs) -> Result<(), ActorError> {
+pub fn run(args: &HoldServerArgs) -> Result<(), RoleError> {
     shared::raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
-        .map_err(ActorError::Runtime)?;
+        .map_err(RoleError::Runtime)?;
     runtime.block_on(serve(&args.listen))
 }
 
-async fn serve(addresses: &[SocketAddr]) -> Result<(), ActorError> {
+async fn serve(addresses: &[SocketAddr]) -> Result<(), RoleError> {
     let mut listeners = Vec::with_capacity(addresses.len());
     let mut port = 0;
     for &addr in addresses {
@@ -32,7 +34,7 @@ async fn serve(addresses: &[SocketAddr]) -> Result<(), ActorError> {
             0 => SocketAddr::new(addr.ip(), port),
             _ => addr,
         };
-        let error = |source| ActorError::Listen { addr, source };
+        let error = |source| RoleError::Listen { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(error)?;
         if port == 0 {
             port = listener.local_addr().map_err(error)?.port();
@@ -47,12 +49,12 @@ async fn serve(addresses: &[SocketAddr]) -> Result<(), ActorError> {
     // The accept loops run until one fails.
     match accepting.join_next().await {
         Some(Ok(err)) => Err(err),
-        Some(Err(join)) => Err(ActorError::Runtime(io::Error::other(join))),
+        Some(Err(join)) => Err(RoleError::Runtime(io::Error::other(join))),
         None => Ok(()),
     }
 }
 
-async fn accept_all(listener: TcpListener, addr: SocketAddr) -> ActorError {
+async fn accept_all(listener: TcpListener, addr: SocketAddr) -> RoleError {
     let mut warned = false;
     loop {
         match listener.accept().await {
@@ -63,13 +65,13 @@ async fn accept_all(listener: TcpListener, addr: SocketAddr) -> ActorError {
                 if !warned {
                     warned = true;
                     shared::warn(&format!(
-                        "actor on {addr}: cannot accept: {err}; retrying every 100ms"
+                        "listener on {addr}: cannot accept: {err}; retrying every 100ms"
                     ));
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(err) if err.kind() == io::ErrorKind::ConnectionAborted => {}
-            Err(source) => return ActorError::Accept { addr, source },
+            Err(source) => return RoleError::Accept { addr, source },
         }
     }
 }

@@ -13,8 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::shared::{self, Acceptor, ActorError};
-use crate::cli::EchoServerArgs;
+use crate::{
+    args::EchoServerArgs,
+    shared::{self, Acceptor, RoleError},
+};
 
 /// How each connection is served.
 #[derive(Clone, Copy, Debug)]
@@ -25,7 +27,7 @@ struct Policy {
     lifetime: Option<Duration>,
 }
 
-pub fn run(args: &EchoServerArgs) -> Result<(), ActorError> {
+pub fn run(args: &EchoServerArgs) -> Result<(), RoleError> {
     let mut acceptor = Acceptor::listen(args.listen)?;
     shared::say_ready(acceptor.local_addr().port())?;
     let policy = Policy {
@@ -65,7 +67,7 @@ pub fn run(args: &EchoServerArgs) -> Result<(), ActorError> {
 
 /// One worker: accept a connection, serve it to the end, repeat. Returns only on an
 /// accept error.
-fn work(acceptor: &mut Acceptor, policy: Policy) -> ActorError {
+fn work(acceptor: &mut Acceptor, policy: Policy) -> RoleError {
     loop {
         match acceptor.accept() {
             Ok(stream) => {
