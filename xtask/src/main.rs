@@ -123,6 +123,7 @@ fn run(cli: Cli) -> Result<()> {
                 &["clippy", "--all-targets", "--", "-D", "warnings"],
             )?;
             clippy_ebpf(&workspace)?;
+            deny(&workspace)?;
             if std::env::var_os(UNPRIVILEGED).is_some_and(|value| value == "1") {
                 if std::env::var_os("CI").is_some() {
                     bail!(
@@ -155,6 +156,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Bench(args) => bench::run(&workspace, *args),
     }
+}
+
+/// Licenses, banned crates and sources of every dependency (deny.toml). Not advisories:
+/// RustSec's database cannot be fetched from the project's machines.
+fn deny(workspace: &Path) -> Result<()> {
+    let cargo_deny = setup::test_tools(workspace)?;
+    let status = Command::new(&cargo_deny)
+        .args(["deny", "check", "licenses", "bans", "sources"])
+        .current_dir(workspace)
+        .status()
+        .with_context(|| format!("running {}", cargo_deny.display()))?;
+    if !status.success() {
+        bail!("cargo deny check licenses bans sources failed (see above; rules in deny.toml)");
+    }
+    Ok(())
 }
 
 /// Clippy for the eBPF crate, which only builds for the BPF target.

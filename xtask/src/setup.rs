@@ -16,6 +16,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The last cargo-deny release whose rust-version (1.88) these toolchains meet.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 /// Debian packages the test suite needs, with the command each provides: bpftool
 /// (programs left behind), iproute2 and procps (`ip` and `sysctl` in the
 /// port-exhaustion namespace), util-linux (`unshare`, `setpriv`). All but bpftool come with Debian's base system; they are named so a
@@ -33,6 +35,30 @@ pub fn all(workspace: &Path) -> Result<()> {
     bpf_linker(workspace, &sysroot)?;
     debian_packages(DEBIAN_PACKAGES)?;
     Ok(())
+}
+
+/// What `cargo xtask test` needs beyond the build: cargo-deny, under `target/tools`
+/// (built from crates.io once, a few minutes; `run` does not wait for it).
+pub fn test_tools(workspace: &Path) -> Result<PathBuf> {
+    let tools = tools_dir(workspace);
+    let deny = tools.join("bin/cargo-deny");
+    let stamp = tools.join("cargo-deny.stamp");
+    if deny.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(CARGO_DENY_VERSION) {
+        return Ok(deny);
+    }
+    eprintln!("xtask: building cargo-deny {CARGO_DENY_VERSION} (once, a few minutes)");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .args(["install", "cargo-deny", "--version", CARGO_DENY_VERSION])
+        .args(["--locked", "--force", "--root"])
+        .arg(&tools)
+        .status()
+        .context("running cargo install cargo-deny")?;
+    if !status.success() {
+        bail!("building cargo-deny failed (see cargo's output above)");
+    }
+    fs::write(&stamp, CARGO_DENY_VERSION)
+        .with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(deny)
 }
 
 /// Where project-local tools live; portwatch/build.rs looks in the same place.
