@@ -6,7 +6,10 @@ use crate::{
     detect::histogram::Histogram,
     event::{Comm, ConnectFailed, Event, Origin, Transition},
     fast_hash::{FastMap, FastSet},
-    sockets::table::{ProcessRef, Seed, SocketOwner, SocketTable},
+    sockets::{
+        owners::{ProcessRef, SocketOwner},
+        table::{Seed, SocketTable},
+    },
     tcp_state::TcpState,
 };
 

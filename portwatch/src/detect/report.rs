@@ -13,7 +13,7 @@ use crate::{
         ports::PortSettings,
     },
     event::Comm,
-    sockets::table::{ProcessRef, TIME_WAIT_NS},
+    sockets::{owners::ProcessRef, table::TIME_WAIT_NS},
     tcp_state::TcpState,
 };
 

@@ -4,7 +4,7 @@
 //! kernel's events.
 pub mod diag;
 pub mod holders;
-mod owners;
+pub mod owners;
 pub mod snapshot;
 pub mod table;
 pub mod workload;

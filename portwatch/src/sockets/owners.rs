@@ -1,4 +1,4 @@
-//! Socket owners, each stored once, for the socket table.
+//! Socket owners: who owns a socket, and each owner stored once for the socket table.
 //!
 //! A host with 100,000 connections has a handful of owners: storing a 40-byte owner in
 //! every socket made it a third of each table entry. Sockets keep a 4-byte id instead.
@@ -7,8 +7,28 @@
 //! however many processes come and go.
 use std::num::NonZeroU32;
 
-use super::table::SocketOwner;
-use crate::fast_hash::FastMap;
+use crate::{
+    event::{Comm, OwnerSource},
+    fast_hash::FastMap,
+};
+
+/// A process as an owner: its PID and which life of that PID (see
+/// [`SocketTable::is_alive`](super::table::SocketTable::is_alive)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ProcessRef {
+    pub pid: u32,
+    /// How many exits of this PID portwatch had seen when it learned the owner.
+    pub generation: u32,
+}
+
+/// Who owns a socket, as far as portwatch knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketOwner {
+    pub process: ProcessRef,
+    pub comm: Comm,
+    pub cgroup_id: u64,
+    pub source: OwnerSource,
+}
 
 /// An owner in [`Owners`]. Only meaningful with the `Owners` that made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +83,7 @@ impl Owners {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.list.len()
     }
 }
@@ -79,10 +99,6 @@ fn id_for(len: usize) -> NonZeroU32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        event::{Comm, OwnerSource},
-        sockets::table::ProcessRef,
-    };
 
     fn owner(pid: u32) -> SocketOwner {
         SocketOwner {

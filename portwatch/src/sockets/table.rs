@@ -11,7 +11,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::owners::{OwnerId, Owners};
+use super::owners::{OwnerId, Owners, ProcessRef, SocketOwner};
 use crate::{
     event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
     fast_hash::FastMap,
@@ -40,24 +40,6 @@ impl Tuple {
             dport: event.dport,
         }
     }
-}
-
-/// A process as an owner: its PID and which life of that PID (see
-/// [`SocketTable::is_alive`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ProcessRef {
-    pub pid: u32,
-    /// How many exits of this PID portwatch had seen when it learned the owner.
-    pub generation: u32,
-}
-
-/// Who owns a socket, as far as portwatch knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SocketOwner {
-    pub process: ProcessRef,
-    pub comm: Comm,
-    pub cgroup_id: u64,
-    pub source: OwnerSource,
 }
 
 /// A socket that existed before portwatch attached, from the startup snapshot.
