@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod bpf;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod detect;
 pub mod event;

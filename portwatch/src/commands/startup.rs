@@ -3,7 +3,7 @@ use portwatch_common::{Origin, Owner, OwnerSource};
 
 use crate::{
     bpf::Tracer,
-    commands::trace::monotonic_ns,
+    clock::monotonic_ns,
     sockets::{
         holders,
         snapshot::{self, Snapshot},

@@ -6,12 +6,10 @@ use anyhow::{Context as _, Result};
 use super::trace;
 use crate::{
     cli::StreamArgs,
+    clock::WallClock,
     event::{Event, decode},
     filter::Filter,
-    output::{
-        format::WallClock,
-        stream::{ShownOwner, StreamPrinter},
-    },
+    output::{json_line::ShownOwner, stream::StreamPrinter},
     sockets::table::{Seed, SocketTable},
 };
 
