@@ -6,7 +6,7 @@ use super::{Context, Evidence, Finding, FindingKind, Severity, Who};
 use crate::{
     detect::model::{Destination, Model, UNKNOWN},
     event::Origin,
-    sockets::table::TIME_WAIT_NS,
+    sockets::time_wait::TIME_WAIT_NS,
 };
 
 pub(super) fn findings(

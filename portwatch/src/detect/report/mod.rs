@@ -15,7 +15,7 @@ use crate::{
         ports::PortSettings,
     },
     event::Comm,
-    sockets::{owners::ProcessRef, table::TIME_WAIT_NS},
+    sockets::{owners::ProcessRef, time_wait::TIME_WAIT_NS},
     tcp_state::TcpState,
 };
 
