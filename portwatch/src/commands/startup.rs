@@ -7,7 +7,8 @@ use crate::{
     sockets::{
         holders,
         snapshot::{self, Snapshot},
-        table::{Seed, Tuple},
+        table::Seed,
+        tuple::Tuple,
     },
     tcp_state::TcpState,
 };

@@ -9,4 +9,5 @@ pub mod owners;
 pub mod snapshot;
 pub mod table;
 pub mod time_wait;
+pub mod tuple;
 pub mod workload;

@@ -3,41 +3,19 @@
 //!
 //! Pure code over events and timestamps (no clock, no I/O), so it is tested with
 //! synthetic streams.
-use std::{collections::HashMap, net::IpAddr, num::NonZeroU64};
-
-use serde::Serialize;
+use std::{collections::HashMap, num::NonZeroU64};
 
 use super::{
     exits::Exits,
     owners::{OwnerId, Owners, ProcessRef, SocketOwner},
     time_wait::{TimeWait, TimeWaits},
+    tuple::Tuple,
 };
 use crate::{
     event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
     fast_hash::FastMap,
     tcp_state::TcpState,
 };
-
-/// A connection's two ends, as seen from the socket's side. IPv4-mapped IPv6
-/// addresses are stored as IPv4, so the kernel's events and sock_diag agree.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-pub struct Tuple {
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-}
-
-impl Tuple {
-    pub fn of(event: &Transition) -> Self {
-        Tuple {
-            saddr: event.saddr,
-            sport: event.sport,
-            daddr: event.daddr,
-            dport: event.dport,
-        }
-    }
-}
 
 /// A socket that existed before portwatch attached, from the startup snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use std::{collections::VecDeque, net::IpAddr};
 
 use super::{
     owners::{OwnerId, ProcessRef, SocketOwner},
-    table::Tuple,
+    tuple::Tuple,
 };
 use crate::{event::Origin, fast_hash::FastMap};
 
