@@ -8,7 +8,6 @@ pub mod clock;
 pub mod commands;
 pub mod detect;
 pub mod event;
-pub mod fast_hash;
 pub mod filter;
 pub mod output;
 pub mod record;

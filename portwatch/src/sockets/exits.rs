@@ -1,7 +1,8 @@
 //! Exits seen per PID, so that an owner learned before its process exited is not
 //! mistaken for a later process with the same PID.
+use rustc_hash::FxHashMap;
+
 use super::owners::ProcessRef;
-use crate::fast_hash::FastMap;
 
 /// Exits are pruned once this many more were recorded than twice the number kept.
 const EXITS_SLACK: usize = 4096;
@@ -9,7 +10,7 @@ const EXITS_SLACK: usize = 4096;
 #[derive(Debug, Default)]
 pub(super) struct Exits {
     /// Exits seen per PID: an owner learned before the latest exit is gone.
-    counts: FastMap<u32, u32>,
+    counts: FxHashMap<u32, u32>,
     /// `counts.len()` after the last pruning (see [`Exits::retain`]).
     kept: usize,
 }

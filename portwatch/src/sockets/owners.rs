@@ -7,10 +7,9 @@
 //! however many processes come and go.
 use std::num::NonZeroU32;
 
-use crate::{
-    event::{Comm, OwnerSource},
-    fast_hash::FastMap,
-};
+use rustc_hash::FxHashMap;
+
+use crate::event::{Comm, OwnerSource};
 
 /// A process as an owner: its PID and which life of that PID (see
 /// [`SocketTable::is_alive`](super::table::SocketTable::is_alive)).
@@ -37,7 +36,7 @@ pub struct OwnerId(NonZeroU32);
 #[derive(Debug, Default)]
 pub struct Owners {
     list: Vec<SocketOwner>,
-    ids: FastMap<SocketOwner, OwnerId>,
+    ids: FxHashMap<SocketOwner, OwnerId>,
     /// The list's length after the last compaction.
     compacted_len: usize,
 }
@@ -69,7 +68,7 @@ impl Owners {
     /// Keeps only the owners `in_use` refers to, and renumbers those ids.
     pub fn compact<'a>(&mut self, in_use: impl Iterator<Item = &'a mut OwnerId>) {
         let mut list = Vec::new();
-        let mut ids = FastMap::default();
+        let mut ids = FxHashMap::default();
         for id in in_use {
             let owner = self.get(*id);
             *id = *ids.entry(owner).or_insert_with(|| {

@@ -6,7 +6,9 @@ use super::{
     owners::{OwnerId, ProcessRef, SocketOwner},
     tuple::Tuple,
 };
-use crate::{event::Origin, fast_hash::FastMap};
+use rustc_hash::FxHashMap;
+
+use crate::event::Origin;
 
 /// Linux keeps a socket in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN), not configurable.
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
@@ -54,7 +56,7 @@ pub(super) struct TimeWaits {
     groups: VecDeque<StoredTimeWait>,
     /// The current second's groups: key -> absolute position in `groups`.
     second: u64,
-    index: FastMap<TimeWaitKey, u64>,
+    index: FxHashMap<TimeWaitKey, u64>,
     /// Groups expired so far, to turn absolute positions into indices.
     expired: u64,
 }

@@ -2,10 +2,11 @@
 //! stream, so live runs, replays and tests all go through it.
 use std::net::IpAddr;
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use crate::{
     detect::histogram::Histogram,
     event::{Comm, ConnectFailed, Event, Origin, Transition},
-    fast_hash::{FastMap, FastSet},
     sockets::{
         owners::{ProcessRef, SocketOwner},
         table::{Seed, SocketTable},
@@ -56,7 +57,7 @@ pub struct Activity {
     /// connect() calls that failed with EADDRNOTAVAIL.
     pub failed_connects: u64,
     /// Active connections opened, per destination.
-    pub destinations: FastMap<Destination, u64>,
+    pub destinations: FxHashMap<Destination, u64>,
 }
 
 /// What happened toward one destination during the window.
@@ -66,7 +67,7 @@ pub struct DestinationActivity {
     pub failed_connects: u64,
     pub lifetimes: Histogram,
     /// Connections opened (or failed) per process.
-    pub consumers: FastMap<ProcessRef, u64>,
+    pub consumers: FxHashMap<ProcessRef, u64>,
 }
 
 /// A connect() that got as far as SYN_SENT and fell back to CLOSE without a local port.
@@ -80,11 +81,11 @@ struct PortlessClose {
 #[derive(Debug)]
 pub struct Model {
     pub table: SocketTable,
-    pub processes: FastMap<ProcessRef, Activity>,
-    pub destinations: FastMap<Destination, DestinationActivity>,
+    pub processes: FxHashMap<ProcessRef, Activity>,
+    pub destinations: FxHashMap<Destination, DestinationActivity>,
     /// The last portless SYN_SENT -> CLOSE per thread, to give a following
     /// EADDRNOTAVAIL its destination.
-    portless: FastMap<u32, PortlessClose>,
+    portless: FxHashMap<u32, PortlessClose>,
     pub start_ns: u64,
     pub last_ns: u64,
     /// Records seen, of every kind.
@@ -101,9 +102,9 @@ impl Model {
     pub fn new(start_ns: u64) -> Self {
         Model {
             table: SocketTable::new(),
-            processes: FastMap::default(),
-            destinations: FastMap::default(),
-            portless: FastMap::default(),
+            processes: FxHashMap::default(),
+            destinations: FxHashMap::default(),
+            portless: FxHashMap::default(),
             start_ns,
             last_ns: start_ns,
             seen: 0,
@@ -136,7 +137,7 @@ impl Model {
         if !self.table.wants_exit_pruning() {
             return;
         }
-        let mut pids: FastSet<u32> = self.processes.keys().map(|p| p.pid).collect();
+        let mut pids: FxHashSet<u32> = self.processes.keys().map(|p| p.pid).collect();
         for destination in self.destinations.values() {
             pids.extend(destination.consumers.keys().map(|p| p.pid));
         }
@@ -233,7 +234,7 @@ impl Model {
 /// The activity of `owner`'s process (or of the unknown owner), with the owner's latest
 /// comm and cgroup.
 fn activity_of<'a>(
-    processes: &'a mut FastMap<ProcessRef, Activity>,
+    processes: &'a mut FxHashMap<ProcessRef, Activity>,
     owner: Option<&SocketOwner>,
 ) -> &'a mut Activity {
     let key = owner.map_or(UNKNOWN, |owner| owner.process);

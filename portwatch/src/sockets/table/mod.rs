@@ -5,6 +5,8 @@
 //! synthetic streams.
 use std::{collections::HashMap, num::NonZeroU64};
 
+use rustc_hash::{FxHashMap, FxHashSet};
+
 use super::{
     exits::Exits,
     owners::{OwnerId, Owners, ProcessRef, SocketOwner},
@@ -13,7 +15,6 @@ use super::{
 };
 use crate::{
     event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
-    fast_hash::FastMap,
     tcp_state::TcpState,
 };
 
@@ -63,11 +64,12 @@ const _: () = assert!(size_of::<Stored>() == 64);
 
 #[derive(Debug, Default)]
 pub struct SocketTable {
-    live: FastMap<u64, Stored>,
+    live: FxHashMap<u64, Stored>,
     time_wait: TimeWaits,
     /// The owners `live` and `time_wait` refer to.
     owners: Owners,
-    /// Sockets from the startup snapshot that no event has named yet.
+    /// Sockets from the startup snapshot that no event has named yet. std's hasher:
+    /// the key is a 4-tuple remote peers choose (see Cargo.toml on rustc-hash).
     seeds: HashMap<Tuple, Seed>,
     exits: Exits,
 }
@@ -206,7 +208,7 @@ impl SocketTable {
     /// would remember every exit. A PID forgotten here counts its lives from 0 again,
     /// which nothing can confuse: no reference to its earlier lives is left.
     pub fn prune_exits(&mut self, also_keep: impl Fn(u32) -> bool) {
-        let mut referenced = crate::fast_hash::FastSet::default();
+        let mut referenced = FxHashSet::default();
         let live = self.live.values().filter_map(|s| s.owner);
         let time_wait = self.time_wait.iter().filter_map(|t| t.owner);
         for id in live.chain(time_wait) {
