@@ -10,6 +10,7 @@ pub mod detect;
 pub mod event;
 pub mod filter;
 pub mod output;
+pub mod process;
 pub mod record;
 pub mod sockets;
 pub mod tcp_state;

@@ -107,15 +107,12 @@ impl<W: Write> trace::Sink for Sink<W> {
             return;
         };
         let shown = owner.map(|owner| ShownOwner {
-            pid: owner.process.pid,
-            comm: owner.comm,
-            source: owner.source,
+            owner,
             alive: self.table.is_alive(&owner.process),
-            cgroup_id: owner.cgroup_id,
         });
         if self
             .filter
-            .matches(&transition, shown.map(|owner| owner.pid))
+            .matches(&transition, shown.map(|shown| shown.owner.process.pid))
         {
             self.shown += 1;
             self.write(|printer| printer.print(&transition, shown.as_ref()));

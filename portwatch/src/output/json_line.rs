@@ -11,18 +11,16 @@ use serde::Serialize;
 
 use crate::{
     event::{Comm, Family, Origin, OwnerSource, Transition},
+    sockets::owners::SocketOwner,
     tcp_state::TcpState,
 };
 
 /// The owner to show next to a transition, as the socket table resolved it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShownOwner {
-    pub pid: u32,
-    pub comm: Comm,
-    pub source: OwnerSource,
+    pub owner: SocketOwner,
     /// False once the process has exited (the PID may name another process now).
     pub alive: bool,
-    pub cgroup_id: u64,
 }
 
 /// One `--format json` line. Field names are a stable interface: README.md documents
@@ -61,11 +59,11 @@ impl JsonTransition {
     pub fn new(event: &Transition, owner: Option<&ShownOwner>) -> Self {
         JsonTransition {
             ts_ns: event.ts_ns,
-            pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.comm),
-            owner_source: owner.map(|o| o.source),
+            pid: owner.map(|o| o.owner.process.pid),
+            comm: owner.map(|o| o.owner.comm),
+            owner_source: owner.map(|o| o.owner.source),
             owner_alive: owner.map(|o| o.alive),
-            cgroup_id: owner.map(|o| o.cgroup_id).filter(|&id| id != 0),
+            cgroup_id: owner.map(|o| o.owner.cgroup_id).filter(|&id| id != 0),
             task_pid: event.task.pid,
             task_tid: event.task.tid,
             task_comm: event.task.comm,
@@ -98,19 +96,19 @@ pub fn write_transition(out: &mut Vec<u8>, event: &Transition, owner: Option<&Sh
     out.extend_from_slice(b"{\"ts_ns\":");
     integer(out, event.ts_ns);
     out.extend_from_slice(b",\"pid\":");
-    optional(out, owner.map(|o| o.pid), integer);
+    optional(out, owner.map(|o| o.owner.process.pid), integer);
     out.extend_from_slice(b",\"comm\":");
-    optional(out, owner.map(|o| o.comm), |out, comm| {
+    optional(out, owner.map(|o| o.owner.comm), |out, comm| {
         comm_string(out, &comm)
     });
     out.extend_from_slice(b",\"owner_source\":");
-    optional(out, owner.map(|o| o.source), |out, source| {
+    optional(out, owner.map(|o| o.owner.source), |out, source| {
         string(out, owner_source(source))
     });
     out.extend_from_slice(b",\"owner_alive\":");
     optional(out, owner.map(|o| o.alive), boolean);
     out.extend_from_slice(b",\"cgroup_id\":");
-    let cgroup_id = owner.map(|o| o.cgroup_id).filter(|&id| id != 0);
+    let cgroup_id = owner.map(|o| o.owner.cgroup_id).filter(|&id| id != 0);
     optional(out, cgroup_id, integer);
     out.extend_from_slice(b",\"task_pid\":");
     integer(out, event.task.pid);
@@ -251,7 +249,7 @@ fn hex(out: &mut Vec<u8>, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::tests::raw_v4;
+    use crate::{event::tests::raw_v4, process::Process};
 
     fn reference(event: &Transition, owner: Option<&ShownOwner>) -> String {
         let mut line = serde_json::to_string(&JsonTransition::new(event, owner)).unwrap();
@@ -279,11 +277,13 @@ mod tests {
         .enumerate()
         {
             owners.push(Some(ShownOwner {
-                pid: [0, 1, 4_294_967_295, 1000, 77, 31337][i],
-                comm: Comm::new(["nginx", "", "a\"b\\c", "tab\there", "日本語", "x"][i]),
-                source,
+                owner: SocketOwner {
+                    process: Process::after_exits([0, 1, 4_294_967_295, 1000, 77, 31337][i], 0),
+                    comm: Comm::new(["nginx", "", "a\"b\\c", "tab\there", "日本語", "x"][i]),
+                    source,
+                    cgroup_id: [0, 1, u64::MAX, 42, 0, 9][i],
+                },
                 alive: i % 2 == 0,
-                cgroup_id: [0, 1, u64::MAX, 42, 0, 9][i],
             }));
         }
         owners

@@ -66,7 +66,7 @@ impl<'a> JsonFinding<'a> {
         JsonFinding {
             kind: finding.kind,
             severity: finding.severity,
-            pid: finding.pid,
+            pid: finding.process.pid,
             comm: finding.comm,
             alive: finding.alive,
             workload: &finding.workload,
@@ -128,7 +128,7 @@ fn write_finding(out: &mut impl Write, finding: &Finding) -> io::Result<()> {
     write!(
         out,
         "{severity:<9} {kind:<17} pid {} {}",
-        finding.pid, finding.comm
+        finding.process.pid, finding.comm
     )?;
     if let Some(workload) = &finding.workload {
         write!(out, " ({workload})")?;
@@ -175,12 +175,12 @@ fn write_processes(out: &mut impl Write, processes: &[ProcessReport]) -> io::Res
         );
         let other: usize =
             process.states.values().sum::<usize>() - established - close_wait - time_wait;
-        let pid = if process.pid == 0 {
+        let pid = if process.process.pid == 0 {
             "?".to_owned()
         } else {
-            process.pid.to_string()
+            process.process.pid.to_string()
         };
-        let comm = if process.pid == 0 {
+        let comm = if process.process.pid == 0 {
             "(unknown owner)".to_owned()
         } else if process.alive {
             process.comm.to_string()

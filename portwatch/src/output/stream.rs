@@ -110,7 +110,7 @@ struct OwnerPid<'a>(Option<&'a ShownOwner>);
 impl std::fmt::Display for OwnerPid<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(owner) => owner.pid.fmt(f),
+            Some(shown) => shown.owner.process.pid.fmt(f),
             None => f.pad("-"),
         }
     }
@@ -122,8 +122,8 @@ struct OwnerComm<'a>(Option<&'a ShownOwner>);
 impl std::fmt::Display for OwnerComm<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(owner) if owner.alive => owner.comm.fmt(f),
-            Some(owner) => f.pad(&format!("{}\u{2020}", owner.comm)),
+            Some(shown) if shown.alive => shown.owner.comm.fmt(f),
+            Some(shown) => f.pad(&format!("{}\u{2020}", shown.owner.comm)),
             None => f.pad("?"),
         }
     }
@@ -147,18 +147,24 @@ impl std::fmt::Display for TransitionText {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Comm, Family, OwnerSource, tests::raw_v4};
+    use crate::{
+        event::{Comm, Family, OwnerSource, tests::raw_v4},
+        process::Process,
+        sockets::owners::SocketOwner,
+    };
 
     fn event() -> Transition {
         Transition::try_from(&raw_v4()).unwrap()
     }
 
     const OWNER: ShownOwner = ShownOwner {
-        pid: 1000,
-        comm: Comm::from_bytes(*b"nginx\0\0\0\0\0\0\0\0\0\0\0"),
-        source: OwnerSource::Accept,
+        owner: SocketOwner {
+            process: Process::after_exits(1000, 0),
+            comm: Comm::from_bytes(*b"nginx\0\0\0\0\0\0\0\0\0\0\0"),
+            source: OwnerSource::Accept,
+            cgroup_id: 77,
+        },
         alive: true,
-        cgroup_id: 77,
     };
 
     fn printed(format: Format, event: &Transition) -> String {

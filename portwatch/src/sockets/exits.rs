@@ -2,7 +2,7 @@
 //! mistaken for a later process with the same PID.
 use rustc_hash::FxHashMap;
 
-use super::owners::ProcessRef;
+use crate::process::Process;
 
 /// Exits are pruned once this many more were recorded than twice the number kept.
 const EXITS_SLACK: usize = 4096;
@@ -20,14 +20,14 @@ impl Exits {
         *self.counts.entry(pid).or_default() += 1;
     }
 
-    /// The life of `pid` running now: how many of its exits were seen.
-    pub fn generation(&self, pid: u32) -> u32 {
-        self.counts.get(&pid).copied().unwrap_or(0)
+    /// The process running as `pid` now, as far as the exits seen tell.
+    pub fn process(&self, pid: u32) -> Process {
+        Process::after_exits(pid, self.counts.get(&pid).copied().unwrap_or(0))
     }
 
     /// False once the process has exited: its PID may belong to another process now.
-    pub fn is_alive(&self, process: &ProcessRef) -> bool {
-        self.generation(process.pid) == process.generation
+    pub fn is_alive(&self, process: &Process) -> bool {
+        self.process(process.pid) == *process
     }
 
     /// Whether enough exits were recorded since the last pruning to prune again.

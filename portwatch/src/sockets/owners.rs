@@ -9,21 +9,16 @@ use std::num::NonZeroU32;
 
 use rustc_hash::FxHashMap;
 
-use crate::event::{Comm, OwnerSource};
-
-/// A process as an owner: its PID and which life of that PID (see
-/// [`SocketTable::is_alive`](super::table::SocketTable::is_alive)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ProcessRef {
-    pub pid: u32,
-    /// How many exits of this PID portwatch had seen when it learned the owner.
-    pub generation: u32,
-}
+use crate::{
+    event::{Comm, OwnerSource},
+    process::Process,
+};
 
 /// Who owns a socket, as far as portwatch knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SocketOwner {
-    pub process: ProcessRef,
+    /// The process, in the life the socket table knew when it learned the owner.
+    pub process: Process,
     pub comm: Comm,
     pub cgroup_id: u64,
     pub source: OwnerSource,
@@ -101,7 +96,7 @@ mod tests {
 
     fn owner(pid: u32) -> SocketOwner {
         SocketOwner {
-            process: ProcessRef { pid, generation: 0 },
+            process: Process::after_exits(pid, 0),
             comm: Comm::new("x"),
             cgroup_id: 0,
             source: OwnerSource::Connect,

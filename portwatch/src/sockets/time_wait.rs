@@ -3,12 +3,12 @@
 use std::{collections::VecDeque, net::IpAddr};
 
 use super::{
-    owners::{OwnerId, ProcessRef, SocketOwner},
+    owners::{OwnerId, SocketOwner},
     tuple::Tuple,
 };
 use rustc_hash::FxHashMap;
 
-use crate::event::Origin;
+use crate::{event::Origin, process::Process};
 
 /// Linux keeps a socket in TIME_WAIT for 60 s (TCP_TIMEWAIT_LEN), not configurable.
 pub const TIME_WAIT_NS: u64 = 60_000_000_000;
@@ -35,7 +35,7 @@ pub struct TimeWait {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct TimeWaitKey {
     tuple: Tuple,
-    owner: Option<ProcessRef>,
+    owner: Option<Process>,
 }
 
 /// A TIME_WAIT group as the table stores it (56 bytes rather than [`TimeWait`]'s 96).
@@ -70,7 +70,7 @@ impl TimeWaits {
         origin: Option<Origin>,
         ts_ns: u64,
         owner: Option<OwnerId>,
-        process: Option<ProcessRef>,
+        process: Option<Process>,
     ) {
         let tuple = match origin {
             Some(Origin::Passive) => Tuple {

@@ -7,8 +7,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::{
     detect::histogram::Histogram,
     event::{Comm, ConnectFailed, Event, Origin, Transition},
+    process::Process,
     sockets::{
-        owners::{ProcessRef, SocketOwner},
+        owners::SocketOwner,
         table::{Seed, SocketTable},
     },
     tcp_state::TcpState,
@@ -67,7 +68,7 @@ pub struct DestinationActivity {
     pub failed_connects: u64,
     pub lifetimes: Histogram,
     /// Connections opened (or failed) per process.
-    pub consumers: FxHashMap<ProcessRef, u64>,
+    pub consumers: FxHashMap<Process, u64>,
 }
 
 /// A connect() that got as far as SYN_SENT and fell back to CLOSE without a local port.
@@ -81,7 +82,7 @@ struct PortlessClose {
 #[derive(Debug)]
 pub struct Model {
     pub table: SocketTable,
-    pub processes: FxHashMap<ProcessRef, Activity>,
+    pub processes: FxHashMap<Process, Activity>,
     pub destinations: FxHashMap<Destination, DestinationActivity>,
     /// The last portless SYN_SENT -> CLOSE per thread, to give a following
     /// EADDRNOTAVAIL its destination.
@@ -93,10 +94,7 @@ pub struct Model {
 }
 
 /// Processes whose owner portwatch does not know are counted under PID 0.
-pub const UNKNOWN: ProcessRef = ProcessRef {
-    pid: 0,
-    generation: 0,
-};
+pub const UNKNOWN: Process = Process::after_exits(0, 0);
 
 impl Model {
     pub fn new(start_ns: u64) -> Self {
@@ -234,7 +232,7 @@ impl Model {
 /// The activity of `owner`'s process (or of the unknown owner), with the owner's latest
 /// comm and cgroup.
 fn activity_of<'a>(
-    processes: &'a mut FxHashMap<ProcessRef, Activity>,
+    processes: &'a mut FxHashMap<Process, Activity>,
     owner: Option<&SocketOwner>,
 ) -> &'a mut Activity {
     let key = owner.map_or(UNKNOWN, |owner| owner.process);

@@ -165,10 +165,7 @@ fn counts_opens_closes_lifetimes_and_time_wait() {
         script.short_client_connection(client, i * 10_000_000, 2_000_000);
     }
     let model = script.model(0);
-    let activity = &model.processes[&ProcessRef {
-        pid: 7,
-        generation: 0,
-    }];
+    let activity = &model.processes[&Process::after_exits(7, 0)];
     assert_eq!(activity.opened_active, 100);
     assert_eq!(activity.closed_active, 100);
     assert_eq!(activity.closed_first, 100);
@@ -196,10 +193,7 @@ fn a_reported_process_stays_exited_however_many_exits_follow() {
     script.events.push(exit(7));
     script.events.extend((1_000..101_000).map(exit));
     let model = script.model(0);
-    let churner = ProcessRef {
-        pid: 7,
-        generation: 0,
-    };
+    let churner = Process::after_exits(7, 0);
     assert!(model.processes.contains_key(&churner));
     assert!(!model.table.is_alive(&churner));
 }
@@ -226,11 +220,7 @@ fn connect_failures_get_the_destination_of_the_portless_close() {
     assert_eq!(destination.dport, 5432);
     assert_eq!(toward.failed_connects, 1);
     assert_eq!(
-        model.processes[&ProcessRef {
-            pid: 9,
-            generation: 0
-        }]
-            .failed_connects,
+        model.processes[&Process::after_exits(9, 0)].failed_connects,
         1
     );
 }

@@ -80,7 +80,7 @@ pub(super) fn findings(
             .unwrap_or((UNKNOWN, 0));
         let activity = model.processes.get(&top);
         let who = Who {
-            pid: top.pid,
+            process: top,
             comm: activity.map(|a| a.comm).unwrap_or_default(),
             alive: top == UNKNOWN || model.table.is_alive(&top),
             workload: (context.workload)(top.pid),

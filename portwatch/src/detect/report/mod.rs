@@ -15,7 +15,8 @@ use crate::{
         ports::PortSettings,
     },
     event::Comm,
-    sockets::{owners::ProcessRef, time_wait::TIME_WAIT_NS},
+    process::Process,
+    sockets::time_wait::TIME_WAIT_NS,
     tcp_state::TcpState,
 };
 
@@ -70,7 +71,7 @@ mod leak;
 pub struct Finding {
     pub kind: FindingKind,
     pub severity: Severity,
-    pub pid: u32,
+    pub process: Process,
     pub comm: Comm,
     /// False when the process has exited (its sockets live on as orphans).
     pub alive: bool,
@@ -173,7 +174,9 @@ pub struct Peer {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ProcessReport {
-    pub pid: u32,
+    /// Shown as its PID; PID 0 is the unknown owner.
+    #[serde(rename = "pid", serialize_with = "pid_of")]
+    pub process: Process,
     pub comm: Comm,
     pub alive: bool,
     pub workload: Option<String>,
@@ -253,9 +256,9 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
     let window_s = window_ns as f64 / 1e9;
     let holdings = holdings(model, now_ns);
 
-    let mut keys: Vec<ProcessRef> = model.processes.keys().copied().collect();
+    let mut keys: Vec<Process> = model.processes.keys().copied().collect();
     keys.extend(holdings.keys().copied());
-    keys.sort_by_key(|p| (p.pid, p.generation));
+    keys.sort();
     keys.dedup();
 
     let empty = Holdings::default();
@@ -283,7 +286,7 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
                 / closed as f64
         });
         let report = ProcessReport {
-            pid: key.pid,
+            process: key,
             comm: activity.comm,
             alive,
             workload: workload.clone(),
@@ -306,7 +309,7 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
         };
         if key != UNKNOWN {
             let who = Who {
-                pid: key.pid,
+                process: key,
                 comm: activity.comm,
                 alive,
                 workload,
@@ -330,13 +333,17 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
         processes.push(report);
     }
     findings.extend(exhaustion::findings(model, now_ns, window_s, context));
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.pid.cmp(&b.pid)));
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.process.pid.cmp(&b.process.pid))
+    });
     processes.sort_by_key(|p| {
         let close_wait = p.states.get("CLOSE_WAIT").copied().unwrap_or(0);
         (
             std::cmp::Reverse(close_wait),
             std::cmp::Reverse(p.connections_opened),
-            p.pid,
+            p.process.pid,
         )
     });
 
@@ -361,8 +368,8 @@ fn ms(ns: u64) -> f64 {
     (ns as f64 / 1e6 * 1000.0).round() / 1000.0
 }
 
-fn holdings(model: &Model, now_ns: u64) -> HashMap<ProcessRef, Holdings> {
-    let mut holdings: HashMap<ProcessRef, Holdings> = HashMap::new();
+fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
+    let mut holdings: HashMap<Process, Holdings> = HashMap::new();
     for (_, socket) in model.table.live() {
         let key = socket.owner.map_or(UNKNOWN, |o| o.process);
         let held = holdings.entry(key).or_default();
@@ -381,7 +388,7 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<ProcessRef, Holdings> {
         let Some(&(pid, _)) = seed.holders.first() else {
             continue;
         };
-        let key = ProcessRef { pid, generation: 0 };
+        let key = Process::after_exits(pid, 0);
         let held = holdings.entry(key).or_default();
         *held.states.entry(seed.state.name()).or_default() += 1;
         if seed.state == TcpState::CloseWait {
@@ -404,8 +411,9 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<ProcessRef, Holdings> {
     holdings
 }
 
+/// The process a finding is about, as the report names it.
 struct Who {
-    pid: u32,
+    process: Process,
     comm: Comm,
     alive: bool,
     workload: Option<String>,
@@ -416,7 +424,7 @@ impl Who {
         Finding {
             kind,
             severity,
-            pid: self.pid,
+            process: self.process,
             comm: self.comm,
             alive: self.alive,
             workload: self.workload.clone(),
@@ -427,6 +435,10 @@ impl Who {
 
 fn round3(value: f64) -> f64 {
     (value * 1000.0).round() / 1000.0
+}
+
+fn pid_of<S: Serializer>(process: &Process, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u32(process.pid)
 }
 
 fn rounded<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {

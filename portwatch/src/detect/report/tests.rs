@@ -41,7 +41,7 @@ fn leaked_sockets_older_than_the_threshold_make_a_leak_finding() {
     let report = seven_leaks();
     let leaks = findings_of(&report, FindingKind::CloseWaitLeak);
     assert_eq!(leaks.len(), 1);
-    assert_eq!(leaks[0].pid, 10);
+    assert_eq!(leaks[0].process.pid, 10);
     let Evidence::Leak {
         close_wait,
         oldest_age_s,
@@ -170,12 +170,12 @@ fn an_exited_leaker_is_reported_as_exited_not_as_its_reused_pid() {
     );
     let report = report_of(&script, 30 * SECOND, 0);
     let leak = findings_of(&report, FindingKind::CloseWaitLeak)[0];
-    assert_eq!((leak.pid, leak.alive), (40, false));
+    assert_eq!((leak.process.pid, leak.alive), (40, false));
     assert_eq!(leak.comm.to_string(), "old");
     let alive: Vec<_> = report
         .processes
         .iter()
-        .filter(|p| p.pid == 40 && p.alive)
+        .filter(|p| p.process.pid == 40 && p.alive)
         .collect();
     assert_eq!(alive.len(), 1);
     assert_eq!(alive[0].comm.to_string(), "new");
@@ -259,7 +259,7 @@ fn failed_connects_are_exhaustion_that_already_happened() {
     let exhausted = findings_of(&report, FindingKind::PortExhaustion);
     assert_eq!(exhausted.len(), 1);
     assert_eq!(
-        (exhausted[0].pid, exhausted[0].severity),
+        (exhausted[0].process.pid, exhausted[0].severity),
         (60, Severity::Critical)
     );
     let Evidence::Exhaustion {

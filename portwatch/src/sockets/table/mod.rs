@@ -9,12 +9,13 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
     exits::Exits,
-    owners::{OwnerId, Owners, ProcessRef, SocketOwner},
+    owners::{OwnerId, Owners, SocketOwner},
     time_wait::{TimeWait, TimeWaits},
     tuple::Tuple,
 };
 use crate::{
     event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
+    process::Process,
     tcp_state::TcpState,
 };
 
@@ -173,10 +174,7 @@ impl SocketTable {
 
     fn owner_from(&self, owner: &Owner) -> SocketOwner {
         SocketOwner {
-            process: ProcessRef {
-                pid: owner.pid,
-                generation: self.exits.generation(owner.pid),
-            },
+            process: self.exits.process(owner.pid),
             comm: owner.comm,
             cgroup_id: owner.cgroup_id,
             source: owner.source,
@@ -227,7 +225,7 @@ impl SocketTable {
     }
 
     /// False once the process has exited: its PID may belong to another process now.
-    pub fn is_alive(&self, process: &ProcessRef) -> bool {
+    pub fn is_alive(&self, process: &Process) -> bool {
         self.exits.is_alive(process)
     }
 
@@ -298,10 +296,7 @@ impl SocketTable {
                 continue;
             };
             let found = SocketOwner {
-                process: ProcessRef {
-                    pid,
-                    generation: self.exits.generation(pid),
-                },
+                process: self.exits.process(pid),
                 comm,
                 cgroup_id: owner.map_or(0, |o| o.cgroup_id),
                 source: OwnerSource::Procfs,
@@ -337,10 +332,7 @@ fn fresh(event: &Transition, owner: Option<OwnerId>) -> Stored {
 fn seeded_owner(seed: Option<&Seed>, exits: &Exits) -> Option<SocketOwner> {
     let &(pid, comm) = seed?.holders.first()?;
     Some(SocketOwner {
-        process: ProcessRef {
-            pid,
-            generation: exits.generation(pid),
-        },
+        process: exits.process(pid),
         comm,
         cgroup_id: 0,
         source: OwnerSource::Procfs,
@@ -351,7 +343,7 @@ fn seeded_owner(seed: Option<&Seed>, exits: &Exits) -> Option<SocketOwner> {
 /// never replaces one found in /proc or learned for certain.
 ///
 /// The same PID and comm again is the same owner: keeping the one learned first keeps
-/// its generation, so an owner that has exited stays exited.
+/// its life, so an owner that has exited stays exited.
 fn should_replace(current: Option<&SocketOwner>, learned: &SocketOwner) -> bool {
     match current {
         None => true,

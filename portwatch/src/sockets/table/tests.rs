@@ -222,10 +222,7 @@ fn exits_of_processes_nothing_refers_to_are_forgotten() {
         .unwrap();
     table.apply(&exit(SERVER));
     table.apply(&exit(CLIENT));
-    let reported = ProcessRef {
-        pid: CLIENT,
-        generation: 0,
-    };
+    let reported = Process::after_exits(CLIENT, 0);
     // Then 100,000 short-lived processes nothing refers to.
     for pid in 1_000..101_000 {
         table.apply(&exit(pid));
