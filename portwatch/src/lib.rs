@@ -3,12 +3,13 @@
 //! The binary is a thin shell over these modules; integration tests use them directly.
 pub mod bpf;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod detect;
 pub mod event;
-pub mod fast_hash;
 pub mod filter;
 pub mod output;
+pub mod process;
 pub mod record;
 pub mod sockets;
 pub mod tcp_state;

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     detect::ports::PortSettings,
     event::Comm,
-    sockets::table::{Seed, Tuple},
+    sockets::{table::Seed, tuple::Tuple},
     tcp_state::TcpState,
 };
 

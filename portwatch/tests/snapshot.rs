@@ -178,7 +178,10 @@ fn close_wait_sockets_are_attributed_to_the_server_that_leaks_them() {
     let json = snapshot_json();
     let server_json = json_process(&json, server_pid);
     assert_eq!(server_json["comm"], "leak-server");
-    assert_eq!(server_json["start_time"], group.process.id.start_time);
+    assert_eq!(
+        server_json["start_time"],
+        group.process.id.start_time().unwrap()
+    );
     assert_eq!(server_json["states"]["CLOSE_WAIT"], 3);
     assert_eq!(json_close_wait(server_json, port).len(), 3);
     for other in json["processes"].as_array().unwrap() {

@@ -15,7 +15,7 @@ use crate::{
     detect::ports::PortSettings,
     event::Comm,
     record::{self, Header, RecordedHolder, RecordedSeed, Trailer, Writer},
-    sockets::table::{Seed, Tuple},
+    sockets::{table::Seed, tuple::Tuple},
 };
 
 /// Writes a window to a recording file. Also used by `report --record`.

@@ -3,11 +3,12 @@ use portwatch_common::{Origin, Owner, OwnerSource};
 
 use crate::{
     bpf::Tracer,
-    commands::trace::monotonic_ns,
+    clock::monotonic_ns,
     sockets::{
         holders,
         snapshot::{self, Snapshot},
-        table::{Seed, Tuple},
+        table::Seed,
+        tuple::Tuple,
     },
     tcp_state::TcpState,
 };

@@ -6,12 +6,10 @@ use anyhow::{Context as _, Result};
 use super::trace;
 use crate::{
     cli::StreamArgs,
+    clock::WallClock,
     event::{Event, decode},
     filter::Filter,
-    output::{
-        format::WallClock,
-        stream::{ShownOwner, StreamPrinter},
-    },
+    output::{json_line::ShownOwner, stream::StreamPrinter},
     sockets::table::{Seed, SocketTable},
 };
 
@@ -109,15 +107,12 @@ impl<W: Write> trace::Sink for Sink<W> {
             return;
         };
         let shown = owner.map(|owner| ShownOwner {
-            pid: owner.process.pid,
-            comm: owner.comm,
-            source: owner.source,
+            owner,
             alive: self.table.is_alive(&owner.process),
-            cgroup_id: owner.cgroup_id,
         });
         if self
             .filter
-            .matches(&transition, shown.map(|owner| owner.pid))
+            .matches(&transition, shown.map(|shown| shown.owner.process.pid))
         {
             self.shown += 1;
             self.write(|printer| printer.print(&transition, shown.as_ref()));

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 use crate::{
     bpf::{KernelCounters, Tracer},
     cli::KernelArgs,
-    output::format::clock_ns,
+    clock::monotonic_ns,
     sockets::table::Seed,
 };
 
@@ -74,9 +74,4 @@ pub async fn trace(
         end_ns,
         counters,
     })
-}
-
-/// CLOCK_MONOTONIC, the kernel's bpf_ktime_get_ns() clock.
-pub fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC) as u64
 }

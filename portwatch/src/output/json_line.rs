@@ -1,4 +1,4 @@
-//! `portwatch stream --format json`'s line, written without serde.
+//! `portwatch stream --format json`'s line: its fields, and a writer for it without serde.
 //!
 //! Under churn a stream prints hundreds of thousands of lines a second, and serde_json
 //! spent most of its time escaping the same twenty field names over and over. This
@@ -7,29 +7,108 @@
 //! the tests below hold it to that.
 use std::net::IpAddr;
 
+use serde::Serialize;
+
 use crate::{
     event::{Comm, Family, Origin, OwnerSource, Transition},
-    output::stream::ShownOwner,
+    sockets::owners::SocketOwner,
+    tcp_state::TcpState,
 };
+
+/// The owner to show next to a transition, as the socket table resolved it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShownOwner {
+    pub owner: SocketOwner,
+    /// False once the process has exited (the PID may name another process now).
+    pub alive: bool,
+}
+
+/// One `--format json` line. Field names are a stable interface: README.md documents
+/// them; add fields, never rename or remove.
+///
+/// This is the reference for the line: [`write_transition`] writes the same bytes
+/// faster, and the tests below compare the two. A field added here must be added there.
+#[derive(Serialize)]
+pub struct JsonTransition {
+    pub ts_ns: u64,
+    /// The socket's owner; null when portwatch does not know it.
+    pub pid: Option<u32>,
+    pub comm: Option<Comm>,
+    pub owner_source: Option<OwnerSource>,
+    pub owner_alive: Option<bool>,
+    pub cgroup_id: Option<u64>,
+    /// The task that was on the CPU; unless `by_syscall`, possibly a bystander.
+    pub task_pid: u32,
+    pub task_tid: u32,
+    pub task_comm: Comm,
+    pub by_syscall: bool,
+    pub origin: Option<Origin>,
+    pub family: Family,
+    pub saddr: std::net::IpAddr,
+    pub sport: u16,
+    pub daddr: std::net::IpAddr,
+    pub dport: u16,
+    pub old_state: TcpState,
+    pub new_state: TcpState,
+    /// Hex, so JSON parsers that read numbers as doubles keep every bit.
+    pub sock: Hex,
+    pub in_state_ns: Option<u64>,
+}
+
+impl JsonTransition {
+    pub fn new(event: &Transition, owner: Option<&ShownOwner>) -> Self {
+        JsonTransition {
+            ts_ns: event.ts_ns,
+            pid: owner.map(|o| o.owner.process.pid),
+            comm: owner.map(|o| o.owner.comm),
+            owner_source: owner.map(|o| o.owner.source),
+            owner_alive: owner.map(|o| o.alive),
+            cgroup_id: owner.map(|o| o.owner.cgroup_id).filter(|&id| id != 0),
+            task_pid: event.task.pid,
+            task_tid: event.task.tid,
+            task_comm: event.task.comm,
+            by_syscall: event.by_syscall,
+            origin: event.origin,
+            family: event.family,
+            saddr: event.saddr,
+            sport: event.sport,
+            daddr: event.daddr,
+            dport: event.dport,
+            old_state: event.old_state,
+            new_state: event.new_state,
+            sock: Hex(event.sock),
+            in_state_ns: event.in_state_ns,
+        }
+    }
+}
+
+/// A `u64` serialized as a `"0x…"` string, written straight into the output.
+pub struct Hex(pub u64);
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("{:#x}", self.0))
+    }
+}
 
 /// Appends one JSON line (with its newline) for `event` to `out`.
 pub fn write_transition(out: &mut Vec<u8>, event: &Transition, owner: Option<&ShownOwner>) {
     out.extend_from_slice(b"{\"ts_ns\":");
     integer(out, event.ts_ns);
     out.extend_from_slice(b",\"pid\":");
-    optional(out, owner.map(|o| o.pid), integer);
+    optional(out, owner.map(|o| o.owner.process.pid), integer);
     out.extend_from_slice(b",\"comm\":");
-    optional(out, owner.map(|o| o.comm), |out, comm| {
+    optional(out, owner.map(|o| o.owner.comm), |out, comm| {
         comm_string(out, &comm)
     });
     out.extend_from_slice(b",\"owner_source\":");
-    optional(out, owner.map(|o| o.source), |out, source| {
+    optional(out, owner.map(|o| o.owner.source), |out, source| {
         string(out, owner_source(source))
     });
     out.extend_from_slice(b",\"owner_alive\":");
     optional(out, owner.map(|o| o.alive), boolean);
     out.extend_from_slice(b",\"cgroup_id\":");
-    let cgroup_id = owner.map(|o| o.cgroup_id).filter(|&id| id != 0);
+    let cgroup_id = owner.map(|o| o.owner.cgroup_id).filter(|&id| id != 0);
     optional(out, cgroup_id, integer);
     out.extend_from_slice(b",\"task_pid\":");
     integer(out, event.task.pid);
@@ -170,7 +249,7 @@ fn hex(out: &mut Vec<u8>, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{event::tests::raw_v4, output::stream::JsonTransition, tcp_state::TcpState};
+    use crate::{event::tests::raw_v4, process::Process};
 
     fn reference(event: &Transition, owner: Option<&ShownOwner>) -> String {
         let mut line = serde_json::to_string(&JsonTransition::new(event, owner)).unwrap();
@@ -198,11 +277,13 @@ mod tests {
         .enumerate()
         {
             owners.push(Some(ShownOwner {
-                pid: [0, 1, 4_294_967_295, 1000, 77, 31337][i],
-                comm: Comm::new(["nginx", "", "a\"b\\c", "tab\there", "日本語", "x"][i]),
-                source,
+                owner: SocketOwner {
+                    process: Process::after_exits([0, 1, 4_294_967_295, 1000, 77, 31337][i], 0),
+                    comm: Comm::new(["nginx", "", "a\"b\\c", "tab\there", "日本語", "x"][i]),
+                    source,
+                    cgroup_id: [0, 1, u64::MAX, 42, 0, 9][i],
+                },
                 alive: i % 2 == 0,
-                cgroup_id: [0, 1, u64::MAX, 42, 0, 9][i],
             }));
         }
         owners

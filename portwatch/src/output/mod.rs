@@ -1,4 +1,5 @@
 //! How portwatch shows what it saw.
+pub mod advice;
 pub mod format;
 pub mod json_line;
 pub mod report;

@@ -1,11 +1,80 @@
 //! `portwatch report`'s outputs: a screen for people, one JSON object for programs.
-use std::io::{self, Write};
+use std::{
+    borrow::Cow,
+    io::{self, Write},
+};
 
-use crate::detect::report::{Finding, ProcessReport, Report, Severity};
+use serde::Serialize;
+
+use crate::{
+    detect::report::{
+        EventCounts, Evidence, Finding, FindingKind, ProcessReport, Report, Severity,
+    },
+    event::Comm,
+    output::advice,
+};
 
 pub fn json(out: &mut impl Write, report: &Report) -> io::Result<()> {
-    serde_json::to_writer_pretty(&mut *out, report)?;
+    serde_json::to_writer_pretty(&mut *out, &JsonReport::new(report))?;
     writeln!(out)
+}
+
+/// The `--format json` document: the report with each finding's words. Field names
+/// are a stable interface, documented in README.md: add fields, never rename or remove.
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    window_s: f64,
+    events: &'a EventCounts,
+    port_range: (u16, u16),
+    port_capacity: u32,
+    tcp_tw_reuse: u8,
+    findings: Vec<JsonFinding<'a>>,
+    processes: &'a [ProcessReport],
+}
+
+#[derive(Serialize)]
+struct JsonFinding<'a> {
+    kind: FindingKind,
+    severity: Severity,
+    pid: u32,
+    comm: Comm,
+    alive: bool,
+    workload: &'a Option<String>,
+    /// The evidence in one line of words and numbers.
+    summary: String,
+    advice: Cow<'static, str>,
+    #[serde(flatten)]
+    evidence: &'a Evidence,
+}
+
+impl<'a> JsonReport<'a> {
+    fn new(report: &'a Report) -> Self {
+        JsonReport {
+            window_s: report.window_s,
+            events: &report.events,
+            port_range: report.port_range,
+            port_capacity: report.port_capacity,
+            tcp_tw_reuse: report.tcp_tw_reuse,
+            findings: report.findings.iter().map(JsonFinding::new).collect(),
+            processes: &report.processes,
+        }
+    }
+}
+
+impl<'a> JsonFinding<'a> {
+    fn new(finding: &'a Finding) -> Self {
+        JsonFinding {
+            kind: finding.kind,
+            severity: finding.severity,
+            pid: finding.process.pid,
+            comm: finding.comm,
+            alive: finding.alive,
+            workload: &finding.workload,
+            summary: advice::summary(&finding.evidence),
+            advice: advice::advice(&finding.evidence),
+            evidence: &finding.evidence,
+        }
+    }
 }
 
 pub fn text(out: &mut impl Write, report: &Report) -> io::Result<()> {
@@ -59,7 +128,7 @@ fn write_finding(out: &mut impl Write, finding: &Finding) -> io::Result<()> {
     write!(
         out,
         "{severity:<9} {kind:<17} pid {} {}",
-        finding.pid, finding.comm
+        finding.process.pid, finding.comm
     )?;
     if let Some(workload) = &finding.workload {
         write!(out, " ({workload})")?;
@@ -68,10 +137,10 @@ fn write_finding(out: &mut impl Write, finding: &Finding) -> io::Result<()> {
         write!(out, " [exited]")?;
     }
     writeln!(out)?;
-    for line in wrap(&finding.summary, 86) {
+    for line in wrap(&advice::summary(&finding.evidence), 86) {
         writeln!(out, "          {line}")?;
     }
-    let mut advice = wrap(&finding.advice, 84).into_iter();
+    let mut advice = wrap(&advice::advice(&finding.evidence), 84).into_iter();
     if let Some(first) = advice.next() {
         writeln!(out, "          → {first}")?;
     }
@@ -106,12 +175,12 @@ fn write_processes(out: &mut impl Write, processes: &[ProcessReport]) -> io::Res
         );
         let other: usize =
             process.states.values().sum::<usize>() - established - close_wait - time_wait;
-        let pid = if process.pid == 0 {
+        let pid = if process.process.pid == 0 {
             "?".to_owned()
         } else {
-            process.pid.to_string()
+            process.process.pid.to_string()
         };
-        let comm = if process.pid == 0 {
+        let comm = if process.process.pid == 0 {
             "(unknown owner)".to_owned()
         } else if process.alive {
             process.comm.to_string()
@@ -163,6 +232,47 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detect::report::tests::{churn_at_100_per_s, seven_leaks};
+
+    fn json_of(report: &Report) -> serde_json::Value {
+        let mut out = Vec::new();
+        json(&mut out, report).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn a_leak_finding_in_json_has_its_kind_numbers_and_advice() {
+        let json = json_of(&seven_leaks());
+        assert_eq!(json["findings"][0]["kind"], "close_wait_leak");
+        assert_eq!(json["findings"][0]["close_wait"], 7);
+        assert!(
+            json["findings"][0]["advice"]
+                .as_str()
+                .unwrap()
+                .contains("close()")
+        );
+    }
+
+    #[test]
+    fn a_churn_finding_in_json_has_its_fields() {
+        let json = json_of(&churn_at_100_per_s());
+        let churn = json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "connection_churn")
+            .unwrap();
+        for field in [
+            "rate_per_s",
+            "median_lifetime_ms",
+            "destinations",
+            "advice",
+            "pid",
+            "comm",
+        ] {
+            assert!(churn.get(field).is_some(), "{field}");
+        }
+    }
 
     #[test]
     fn wraps_at_spaces() {

@@ -169,7 +169,8 @@ fn write_json(
             .iter()
             .map(|group| JsonProcess {
                 pid: group.process.id.pid,
-                start_time: group.process.id.start_time,
+                // Read from /proc, which always gives a start time.
+                start_time: group.process.id.start_time().unwrap_or_default(),
                 comm: &group.process.comm,
                 workload: group.process.workload.as_ref(),
                 states: &group.sockets.states,

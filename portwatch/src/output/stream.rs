@@ -1,24 +1,15 @@
 //! `portwatch stream`'s line formats: aligned text for people, JSON lines for programs.
 use std::io::{self, Write};
 
-use serde::Serialize;
-
 use crate::{
-    event::{Comm, Family, Origin, OwnerSource, Transition},
-    output::format::{Endpoint, HumanDuration, WallClock},
+    clock::WallClock,
+    event::Transition,
+    output::{
+        format::{Endpoint, HumanDuration},
+        json_line::{self, ShownOwner},
+    },
     tcp_state::TcpState,
 };
-
-/// The owner to show next to a transition, as the socket table resolved it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ShownOwner {
-    pub pid: u32,
-    pub comm: Comm,
-    pub source: OwnerSource,
-    /// False once the process has exited (the PID may name another process now).
-    pub alive: bool,
-    pub cgroup_id: u64,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -40,65 +31,6 @@ pub struct StreamPrinter<W: Write> {
 
 /// How many bytes of JSON lines gather before they go to the output.
 const PENDING_BYTES: usize = 64 << 10;
-
-/// One `--format json` line. Field names are a stable interface: README.md documents
-/// them; add fields, never rename or remove.
-///
-/// This is the reference for the line: `json_line` writes the same bytes faster, and
-/// its tests compare the two. A field added here must be added there.
-#[derive(Serialize)]
-pub struct JsonTransition {
-    pub ts_ns: u64,
-    /// The socket's owner; null when portwatch does not know it.
-    pub pid: Option<u32>,
-    pub comm: Option<Comm>,
-    pub owner_source: Option<OwnerSource>,
-    pub owner_alive: Option<bool>,
-    pub cgroup_id: Option<u64>,
-    /// The task that was on the CPU; unless `by_syscall`, possibly a bystander.
-    pub task_pid: u32,
-    pub task_tid: u32,
-    pub task_comm: Comm,
-    pub by_syscall: bool,
-    pub origin: Option<Origin>,
-    pub family: Family,
-    pub saddr: std::net::IpAddr,
-    pub sport: u16,
-    pub daddr: std::net::IpAddr,
-    pub dport: u16,
-    pub old_state: TcpState,
-    pub new_state: TcpState,
-    /// Hex, so JSON parsers that read numbers as doubles keep every bit.
-    pub sock: Hex,
-    pub in_state_ns: Option<u64>,
-}
-
-impl JsonTransition {
-    pub fn new(event: &Transition, owner: Option<&ShownOwner>) -> Self {
-        JsonTransition {
-            ts_ns: event.ts_ns,
-            pid: owner.map(|o| o.pid),
-            comm: owner.map(|o| o.comm),
-            owner_source: owner.map(|o| o.source),
-            owner_alive: owner.map(|o| o.alive),
-            cgroup_id: owner.map(|o| o.cgroup_id).filter(|&id| id != 0),
-            task_pid: event.task.pid,
-            task_tid: event.task.tid,
-            task_comm: event.task.comm,
-            by_syscall: event.by_syscall,
-            origin: event.origin,
-            family: event.family,
-            saddr: event.saddr,
-            sport: event.sport,
-            daddr: event.daddr,
-            dport: event.dport,
-            old_state: event.old_state,
-            new_state: event.new_state,
-            sock: Hex(event.sock),
-            in_state_ns: event.in_state_ns,
-        }
-    }
-}
 
 impl<W: Write> StreamPrinter<W> {
     pub fn new(out: W, format: Format, clock: WallClock) -> Self {
@@ -124,7 +56,7 @@ impl<W: Write> StreamPrinter<W> {
     pub fn print(&mut self, event: &Transition, owner: Option<&ShownOwner>) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                super::json_line::write_transition(&mut self.pending, event, owner);
+                json_line::write_transition(&mut self.pending, event, owner);
                 if self.pending.len() >= PENDING_BYTES {
                     self.write_pending()?;
                 }
@@ -178,7 +110,7 @@ struct OwnerPid<'a>(Option<&'a ShownOwner>);
 impl std::fmt::Display for OwnerPid<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(owner) => owner.pid.fmt(f),
+            Some(shown) => shown.owner.process.pid.fmt(f),
             None => f.pad("-"),
         }
     }
@@ -190,19 +122,10 @@ struct OwnerComm<'a>(Option<&'a ShownOwner>);
 impl std::fmt::Display for OwnerComm<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
-            Some(owner) if owner.alive => owner.comm.fmt(f),
-            Some(owner) => f.pad(&format!("{}\u{2020}", owner.comm)),
+            Some(shown) if shown.alive => shown.owner.comm.fmt(f),
+            Some(shown) => f.pad(&format!("{}\u{2020}", shown.owner.comm)),
             None => f.pad("?"),
         }
-    }
-}
-
-/// A `u64` serialized as a `"0x…"` string, written straight into the output.
-pub struct Hex(pub u64);
-
-impl Serialize for Hex {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&format_args!("{:#x}", self.0))
     }
 }
 
@@ -224,18 +147,24 @@ impl std::fmt::Display for TransitionText {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::tests::raw_v4;
+    use crate::{
+        event::{Comm, Family, OwnerSource, tests::raw_v4},
+        process::Process,
+        sockets::owners::SocketOwner,
+    };
 
     fn event() -> Transition {
         Transition::try_from(&raw_v4()).unwrap()
     }
 
     const OWNER: ShownOwner = ShownOwner {
-        pid: 1000,
-        comm: Comm::from_bytes(*b"nginx\0\0\0\0\0\0\0\0\0\0\0"),
-        source: OwnerSource::Accept,
+        owner: SocketOwner {
+            process: Process::after_exits(1000, 0),
+            comm: Comm::from_bytes(*b"nginx\0\0\0\0\0\0\0\0\0\0\0"),
+            source: OwnerSource::Accept,
+            cgroup_id: 77,
+        },
         alive: true,
-        cgroup_id: 77,
     };
 
     fn printed(format: Format, event: &Transition) -> String {

@@ -9,23 +9,17 @@ use std::collections::HashMap;
 
 use procfs::{
     ProcError, ProcResult,
-    process::{FDTarget, Process},
+    process::{FDTarget, Process as ProcProcess},
 };
 
 use super::workload::{Workload, workload_from_cgroups};
+use crate::process::Process;
 
-/// A process, named so that a reused PID is not mistaken for it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct ProcessId {
-    pub pid: u32,
-    /// process start time, clock ticks after boot (/proc/pid/stat field 22): with pid it
-    /// names a process even after the pid is reused
-    pub start_time: u64,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+/// A process as /proc shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
-    pub id: ProcessId,
+    /// Named by its start time ([`Life::StartedAt`](crate::process::Life::StartedAt)).
+    pub id: Process,
     pub comm: String,
     pub workload: Option<Workload>,
 }
@@ -84,14 +78,14 @@ pub fn socket_holders_of(wanted: impl Fn(u64) -> bool) -> Result<SocketHolders, 
 /// One process by PID, for owners learned from kernel events. None when it is gone or
 /// cannot be read.
 pub fn process_info(pid: u32) -> Option<ProcessInfo> {
-    let process = Process::new(i32::try_from(pid).ok()?).ok()?;
+    let process = ProcProcess::new(i32::try_from(pid).ok()?).ok()?;
     info(&process).ok()
 }
 
 /// The wanted socket inodes a process holds, each once, and the process; None when it
 /// holds none (most processes), so that only holders pay for reading stat and cgroup.
 fn held_sockets(
-    process: &Process,
+    process: &ProcProcess,
     wanted: &impl Fn(u64) -> bool,
 ) -> ProcResult<Option<(ProcessInfo, Vec<u64>)>> {
     let mut inodes = Vec::new();
@@ -110,17 +104,14 @@ fn held_sockets(
     Ok(Some((info(process)?, inodes)))
 }
 
-fn info(process: &Process) -> ProcResult<ProcessInfo> {
+fn info(process: &ProcProcess) -> ProcResult<ProcessInfo> {
     let stat = process.stat()?;
     // A process without a readable cgroup file is still worth showing.
     let workload = process.cgroups().ok().and_then(|cgroups| {
         workload_from_cgroups(cgroups.0.iter().map(|cgroup| cgroup.pathname.as_str()))
     });
     Ok(ProcessInfo {
-        id: ProcessId {
-            pid: u32::try_from(stat.pid).unwrap_or_default(),
-            start_time: stat.starttime,
-        },
+        id: Process::started_at(u32::try_from(stat.pid).unwrap_or_default(), stat.starttime),
         comm: stat.comm,
         workload,
     })
@@ -149,7 +140,7 @@ mod tests {
         drop(clone);
         let info = process_info(me).unwrap();
         assert_eq!(held_by[0], info);
-        assert!(info.id.start_time > 0);
+        assert!(info.id.start_time().unwrap() > 0);
         assert!(!info.comm.is_empty());
     }
 

@@ -3,8 +3,11 @@
 //! what those processes run as via cgroups), and the live table mirrored from the
 //! kernel's events.
 pub mod diag;
+mod exits;
 pub mod holders;
-mod owners;
+pub mod owners;
 pub mod snapshot;
 pub mod table;
+pub mod time_wait;
+pub mod tuple;
 pub mod workload;

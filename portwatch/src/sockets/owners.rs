@@ -1,4 +1,4 @@
-//! Socket owners, each stored once, for the socket table.
+//! Socket owners: who owns a socket, and each owner stored once for the socket table.
 //!
 //! A host with 100,000 connections has a handful of owners: storing a 40-byte owner in
 //! every socket made it a third of each table entry. Sockets keep a 4-byte id instead.
@@ -7,8 +7,22 @@
 //! however many processes come and go.
 use std::num::NonZeroU32;
 
-use super::table::SocketOwner;
-use crate::fast_hash::FastMap;
+use rustc_hash::FxHashMap;
+
+use crate::{
+    event::{Comm, OwnerSource},
+    process::Process,
+};
+
+/// Who owns a socket, as far as portwatch knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketOwner {
+    /// The process, in the life the socket table knew when it learned the owner.
+    pub process: Process,
+    pub comm: Comm,
+    pub cgroup_id: u64,
+    pub source: OwnerSource,
+}
 
 /// An owner in [`Owners`]. Only meaningful with the `Owners` that made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +31,7 @@ pub struct OwnerId(NonZeroU32);
 #[derive(Debug, Default)]
 pub struct Owners {
     list: Vec<SocketOwner>,
-    ids: FastMap<SocketOwner, OwnerId>,
+    ids: FxHashMap<SocketOwner, OwnerId>,
     /// The list's length after the last compaction.
     compacted_len: usize,
 }
@@ -49,7 +63,7 @@ impl Owners {
     /// Keeps only the owners `in_use` refers to, and renumbers those ids.
     pub fn compact<'a>(&mut self, in_use: impl Iterator<Item = &'a mut OwnerId>) {
         let mut list = Vec::new();
-        let mut ids = FastMap::default();
+        let mut ids = FxHashMap::default();
         for id in in_use {
             let owner = self.get(*id);
             *id = *ids.entry(owner).or_insert_with(|| {
@@ -63,7 +77,7 @@ impl Owners {
     }
 
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.list.len()
     }
 }
@@ -79,14 +93,10 @@ fn id_for(len: usize) -> NonZeroU32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        event::{Comm, OwnerSource},
-        sockets::table::ProcessRef,
-    };
 
     fn owner(pid: u32) -> SocketOwner {
         SocketOwner {
-            process: ProcessRef { pid, generation: 0 },
+            process: Process::after_exits(pid, 0),
             comm: Comm::new("x"),
             cgroup_id: 0,
             source: OwnerSource::Connect,

@@ -6,9 +6,9 @@ use anyhow::Context as _;
 
 use super::{
     diag::{DiagSocket, DiagTimer, dump_tcp_sockets},
-    holders::{ProcessId, ProcessInfo, socket_holders_of},
+    holders::{ProcessInfo, socket_holders_of},
 };
-use crate::tcp_state::TcpState;
+use crate::{process::Process, tcp_state::TcpState};
 
 /// Every TCP socket on the host, joined with its holders.
 #[derive(Clone, Debug, Default)]
@@ -137,7 +137,7 @@ pub struct Grouping<'a> {
 /// Groups by holding process. A socket held by several processes counts for each of
 /// them: each could close it, and each is keeping it open.
 pub fn group_by_process<'a>(sockets: impl IntoIterator<Item = &'a SnapshotSocket>) -> Grouping<'a> {
-    let mut by_process: HashMap<&'a ProcessId, ProcessGroup<'a>> = HashMap::new();
+    let mut by_process: HashMap<Process, ProcessGroup<'a>> = HashMap::new();
     let mut no_process = StateGroup::default();
     for socket in sockets {
         if socket.holders.is_empty() {
@@ -145,7 +145,7 @@ pub fn group_by_process<'a>(sockets: impl IntoIterator<Item = &'a SnapshotSocket
         }
         for holder in &socket.holders {
             by_process
-                .entry(&holder.id)
+                .entry(holder.id)
                 .or_insert_with(|| ProcessGroup {
                     process: holder,
                     sockets: StateGroup::default(),
@@ -160,7 +160,7 @@ pub fn group_by_process<'a>(sockets: impl IntoIterator<Item = &'a SnapshotSocket
             (
                 std::cmp::Reverse(group.sockets.count(TcpState::CloseWait)),
                 std::cmp::Reverse(group.sockets.total()),
-                group.process.id.clone(),
+                group.process.id,
             )
         };
         key(a).cmp(&key(b))
@@ -180,10 +180,7 @@ pub(crate) mod tests {
 
     pub(crate) fn process(pid: u32, comm: &str) -> ProcessInfo {
         ProcessInfo {
-            id: ProcessId {
-                pid,
-                start_time: u64::from(pid) * 10,
-            },
+            id: Process::started_at(pid, u64::from(pid) * 10),
             comm: comm.to_owned(),
             workload: None,
         }
@@ -274,7 +271,7 @@ pub(crate) mod tests {
     fn a_reused_pid_is_another_process() {
         let old = process(100, "old");
         let mut new = process(100, "new");
-        new.id.start_time += 1;
+        new.id = Process::started_at(100, new.id.start_time().unwrap() + 1);
         let sockets = [
             socket(TcpState::CloseWait, 80, &[&old]),
             socket(TcpState::Established, 81, &[&new]),

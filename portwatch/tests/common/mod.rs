@@ -15,7 +15,7 @@ use std::{
 use portwatch::{
     bpf::{EventReader, Tracer, TracerOptions},
     event::{Event, Transition, decode},
-    sockets::table::{SocketOwner, SocketTable},
+    sockets::{owners::SocketOwner, table::SocketTable},
     tcp_state::TcpState,
 };
 use portwatch_workload::Launcher;

@@ -1,0 +1,106 @@
+//! Port exhaustion: destinations whose local ports run out at the rate connections to
+//! them are opened, or already have (connect() failing with EADDRNOTAVAIL).
+use std::collections::HashMap;
+
+use super::{Context, Evidence, Finding, FindingKind, Severity, Who};
+use crate::{
+    detect::model::{Destination, Model, UNKNOWN},
+    event::Origin,
+    sockets::time_wait::TIME_WAIT_NS,
+};
+
+pub(super) fn findings(
+    model: &Model,
+    now_ns: u64,
+    window_s: f64,
+    context: &Context<'_>,
+) -> Vec<Finding> {
+    let settings = context.settings;
+    let capacity = settings.capacity();
+    // Ports in use now per destination: live active sockets plus TIME_WAIT.
+    let mut in_use: HashMap<Destination, usize> = HashMap::new();
+    for (_, socket) in model.table.live() {
+        if socket.origin == Some(Origin::Active) && socket.tuple.sport != 0 {
+            let t = socket.tuple;
+            *in_use
+                .entry(Destination {
+                    saddr: t.saddr,
+                    daddr: t.daddr,
+                    dport: t.dport,
+                })
+                .or_default() += 1;
+        }
+    }
+    for tw in model.table.time_wait() {
+        if now_ns.saturating_sub(tw.since_ns) < TIME_WAIT_NS {
+            let t = tw.tuple;
+            *in_use
+                .entry(Destination {
+                    saddr: t.saddr,
+                    daddr: t.daddr,
+                    dport: t.dport,
+                })
+                .or_default() += tw.count as usize;
+        }
+    }
+    let mut findings = Vec::new();
+    for (destination, toward) in &model.destinations {
+        let used = in_use.get(destination).copied().unwrap_or(0);
+        let rate = toward.opened as f64 / window_s;
+        let tw_reuse = settings.reuses_time_wait(destination.daddr);
+        let lifetime_s = toward
+            .lifetimes
+            .quantile(0.5)
+            .map_or(0.0, |ns| ns as f64 / 1e9);
+        let hold_s = lifetime_s + if tw_reuse { 1.0 } else { 60.0 };
+        let sustainable = f64::from(capacity) / hold_s;
+        let eta = if toward.failed_connects > 0 {
+            Some(0.0)
+        } else if rate > sustainable {
+            Some((f64::from(capacity) - used as f64).max(0.0) / rate)
+        } else {
+            None
+        };
+        let crowded = used as f64 >= 0.5 * f64::from(capacity);
+        let Some(severity) = (match eta {
+            Some(eta) if eta <= context.thresholds.exhaustion_critical_s => {
+                Some(Severity::Critical)
+            }
+            Some(_) => Some(Severity::Warning),
+            None if crowded => Some(Severity::Warning),
+            None => None,
+        }) else {
+            continue;
+        };
+        let (top, _) = toward
+            .consumers
+            .iter()
+            .max_by_key(|&(p, count)| (*count, std::cmp::Reverse(p.pid)))
+            .map(|(p, c)| (*p, *c))
+            .unwrap_or((UNKNOWN, 0));
+        let activity = model.processes.get(&top);
+        let who = Who {
+            process: top,
+            comm: activity.map(|a| a.comm).unwrap_or_default(),
+            alive: top == UNKNOWN || model.table.is_alive(&top),
+            workload: (context.workload)(top.pid),
+        };
+        findings.push(who.finding(
+            FindingKind::PortExhaustion,
+            severity,
+            Evidence::Exhaustion {
+                saddr: destination.saddr,
+                daddr: destination.daddr,
+                dport: destination.dport,
+                ports_in_use: used,
+                port_capacity: capacity,
+                rate_per_s: rate,
+                port_hold_s: hold_s,
+                tw_reuse_applies: tw_reuse,
+                failed_connects: toward.failed_connects,
+                exhaustion_eta_s: eta,
+            },
+        ));
+    }
+    findings
+}

@@ -1,0 +1,456 @@
+//! From a window's model to a report: per-process numbers, per-destination port budget,
+//! and findings worst first, each with its evidence. One detector per kind of finding
+//! (`leak`, `churn`, `exhaustion`); the words that sum up a finding and say what to
+//! change are the output's (`output::advice`).
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+};
+
+use serde::{Serialize, Serializer};
+
+use crate::{
+    detect::{
+        model::{Model, UNKNOWN},
+        ports::PortSettings,
+    },
+    event::Comm,
+    process::Process,
+    sockets::time_wait::TIME_WAIT_NS,
+    tcp_state::TcpState,
+};
+
+/// When a behaviour becomes a finding. Every field has a flag in `portwatch report`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Thresholds {
+    /// A socket in CLOSE_WAIT at least this long (ns) is leaked.
+    pub close_wait_age_ns: u64,
+    /// Leaked sockets that make a leak critical.
+    pub close_wait_critical: usize,
+    /// Active connections per second that make churn.
+    pub churn_rate_per_s: f64,
+    /// A connection shorter than this (ns) is short-lived.
+    pub short_lived_ns: u64,
+    /// Exhaustion forecast within this many seconds is critical (else a warning).
+    pub exhaustion_critical_s: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            close_wait_age_ns: 5_000_000_000,
+            close_wait_critical: 100,
+            churn_rate_per_s: 20.0,
+            short_lived_ns: 1_000_000_000,
+            exhaustion_critical_s: 300.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    CloseWaitLeak,
+    ConnectionChurn,
+    PortExhaustion,
+}
+
+mod churn;
+mod exhaustion;
+mod leak;
+
+#[derive(Clone, Debug)]
+pub struct Finding {
+    pub kind: FindingKind,
+    pub severity: Severity,
+    pub process: Process,
+    pub comm: Comm,
+    /// False when the process has exited (its sockets live on as orphans).
+    pub alive: bool,
+    /// Container or systemd unit, where one is known.
+    pub workload: Option<String>,
+    pub evidence: Evidence,
+}
+
+/// A destination's share of a churner's connections.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DestinationRate {
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub rate_per_s: f64,
+}
+
+/// A finding's numbers. Serialized as the finding's JSON fields; the measures are kept
+/// exact here (the summary words them) and rounded to 3 decimals in JSON.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Evidence {
+    Leak {
+        close_wait: usize,
+        #[serde(serialize_with = "rounded")]
+        oldest_age_s: f64,
+        /// False when the oldest age is a lower bound (the socket predates portwatch).
+        oldest_age_exact: bool,
+        #[serde(serialize_with = "rounded")]
+        median_age_s: f64,
+        #[serde(serialize_with = "rounded")]
+        growth_per_min: f64,
+        top_peers: Vec<Peer>,
+        /// Of `close_wait`, those in CLOSE_WAIT at least `leak_age_ns`: the leaked ones.
+        #[serde(skip)]
+        leaked: usize,
+        /// The age that makes a leak ([`Thresholds::close_wait_age_ns`]).
+        #[serde(skip)]
+        leak_age_ns: u64,
+    },
+    Churn {
+        #[serde(serialize_with = "rounded")]
+        rate_per_s: f64,
+        median_lifetime_ms: Option<f64>,
+        p99_lifetime_ms: Option<f64>,
+        #[serde(serialize_with = "rounded")]
+        short_lived_share: f64,
+        #[serde(serialize_with = "rounded")]
+        closes_first_share: f64,
+        #[serde(serialize_with = "rounded")]
+        time_wait_per_s: f64,
+        time_wait_now: usize,
+        destinations: Vec<DestinationRate>,
+        /// What `rate_per_s` counts.
+        #[serde(skip)]
+        measured: ChurnRate,
+        /// The lifetime under which a connection is short-lived
+        /// ([`Thresholds::short_lived_ns`]).
+        #[serde(skip)]
+        short_lived_ns: u64,
+    },
+    Exhaustion {
+        saddr: IpAddr,
+        daddr: IpAddr,
+        dport: u16,
+        ports_in_use: usize,
+        port_capacity: u32,
+        #[serde(serialize_with = "rounded")]
+        rate_per_s: f64,
+        /// How long each port stays taken: lifetime plus TIME_WAIT (60 s, or ~1 s where
+        /// tcp_tw_reuse applies).
+        #[serde(serialize_with = "rounded")]
+        port_hold_s: f64,
+        tw_reuse_applies: bool,
+        failed_connects: u64,
+        /// Seconds until no port is left at this rate; 0 when connects already fail,
+        /// null when the rate is sustainable.
+        #[serde(serialize_with = "rounded_some")]
+        exhaustion_eta_s: Option<f64>,
+    },
+}
+
+/// What a churn finding's rate counts, which decides what the process should change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChurnRate {
+    /// Connections the process opened: a client churning.
+    Connects,
+    /// TIME_WAIT sockets it left by closing first: a server closing its clients'
+    /// connections.
+    TimeWait,
+}
+
+/// The other end of leaked sockets. For accepted sockets the peer's port is an
+/// ephemeral one and tells nothing, so only its address is kept (`dport` null).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Peer {
+    pub daddr: IpAddr,
+    pub dport: Option<u16>,
+    pub sockets: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessReport {
+    /// Shown as its PID; PID 0 is the unknown owner.
+    #[serde(rename = "pid", serialize_with = "pid_of")]
+    pub process: Process,
+    pub comm: Comm,
+    pub alive: bool,
+    pub workload: Option<String>,
+    /// Sockets it holds now, by state (TIME_WAIT: those charged to it).
+    pub states: BTreeMap<&'static str, usize>,
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub opened_active: u64,
+    pub opened_passive: u64,
+    pub closed_active: u64,
+    pub closed_passive: u64,
+    pub opened_per_s: f64,
+    pub closed_per_s: f64,
+    pub lifetime_ms: Lifetimes,
+    pub short_lived_share: Option<f64>,
+    pub closed_first: u64,
+    pub peer_closed_first: u64,
+    pub time_wait_created: u64,
+    pub time_wait_per_s: f64,
+    pub failed_connects: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Lifetimes {
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct EventCounts {
+    pub seen: u64,
+    pub dropped: u64,
+    /// Kernel table entries lost (socket table or owner tables full).
+    pub untracked: u64,
+    /// Events that never existed: runs of portwatch's programs the kernel skipped
+    /// because another eBPF program was running on that CPU. None where the kernel
+    /// does not count them (before Linux 6.7, and in replays).
+    pub skipped: Option<u64>,
+    /// True when events were lost: numbers are lower bounds.
+    pub incomplete: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub window_s: f64,
+    pub events: EventCounts,
+    pub port_range: (u16, u16),
+    pub port_capacity: u32,
+    pub tcp_tw_reuse: u8,
+    pub findings: Vec<Finding>,
+    pub processes: Vec<ProcessReport>,
+}
+
+/// What the report needs from outside the model: the host's settings and how to name
+/// a process's container or unit.
+pub struct Context<'a> {
+    pub settings: &'a PortSettings,
+    pub thresholds: &'a Thresholds,
+    pub dropped: u64,
+    pub untracked: u64,
+    pub skipped: Option<u64>,
+    pub workload: &'a dyn Fn(u32) -> Option<String>,
+}
+
+/// Live sockets a process holds now, grouped for the report.
+#[derive(Default)]
+struct Holdings {
+    states: BTreeMap<&'static str, usize>,
+    /// (age ns, exact?, peer) of each CLOSE_WAIT socket.
+    close_waits: Vec<(u64, bool, (IpAddr, Option<u16>))>,
+    time_wait_now: usize,
+}
+
+pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
+    let window_ns = now_ns.saturating_sub(model.start_ns).max(1);
+    let window_s = window_ns as f64 / 1e9;
+    let holdings = holdings(model, now_ns);
+
+    let mut keys: Vec<Process> = model.processes.keys().copied().collect();
+    keys.extend(holdings.keys().copied());
+    keys.sort();
+    keys.dedup();
+
+    let empty = Holdings::default();
+    let mut processes = Vec::new();
+    let mut findings = Vec::new();
+    for key in keys {
+        let activity = model.processes.get(&key).cloned().unwrap_or_default();
+        let held = holdings.get(&key).unwrap_or(&empty);
+        let alive = key == UNKNOWN || model.table.is_alive(&key);
+        let workload = if alive && key != UNKNOWN {
+            (context.workload)(key.pid)
+        } else {
+            None
+        };
+        let lifetimes = Lifetimes {
+            p50: activity.lifetimes.quantile(0.5).map(ms),
+            p90: activity.lifetimes.quantile(0.9).map(ms),
+            p99: activity.lifetimes.quantile(0.99).map(ms),
+        };
+        let closed = activity.lifetimes.count();
+        let short_share = (closed > 0).then(|| {
+            activity
+                .lifetimes
+                .count_below(context.thresholds.short_lived_ns) as f64
+                / closed as f64
+        });
+        let report = ProcessReport {
+            process: key,
+            comm: activity.comm,
+            alive,
+            workload: workload.clone(),
+            states: held.states.clone(),
+            connections_opened: activity.opened_active + activity.opened_passive,
+            connections_closed: activity.closed_active + activity.closed_passive,
+            opened_active: activity.opened_active,
+            opened_passive: activity.opened_passive,
+            closed_active: activity.closed_active,
+            closed_passive: activity.closed_passive,
+            opened_per_s: (activity.opened_active + activity.opened_passive) as f64 / window_s,
+            closed_per_s: (activity.closed_active + activity.closed_passive) as f64 / window_s,
+            lifetime_ms: lifetimes,
+            short_lived_share: short_share,
+            closed_first: activity.closed_first,
+            peer_closed_first: activity.peer_closed_first,
+            time_wait_created: activity.time_wait_created,
+            time_wait_per_s: activity.time_wait_created as f64 / window_s,
+            failed_connects: activity.failed_connects,
+        };
+        if key != UNKNOWN {
+            let who = Who {
+                process: key,
+                comm: activity.comm,
+                alive,
+                workload,
+            };
+            findings.extend(leak::finding(
+                &who,
+                held,
+                &activity,
+                window_s,
+                context.thresholds,
+            ));
+            findings.extend(churn::finding(
+                &who,
+                &report,
+                held,
+                &activity,
+                window_s,
+                context.thresholds,
+            ));
+        }
+        processes.push(report);
+    }
+    findings.extend(exhaustion::findings(model, now_ns, window_s, context));
+    findings.sort_by(|a, b| {
+        b.severity
+            .cmp(&a.severity)
+            .then(a.process.pid.cmp(&b.process.pid))
+    });
+    processes.sort_by_key(|p| {
+        let close_wait = p.states.get("CLOSE_WAIT").copied().unwrap_or(0);
+        (
+            std::cmp::Reverse(close_wait),
+            std::cmp::Reverse(p.connections_opened),
+            p.process.pid,
+        )
+    });
+
+    Report {
+        window_s,
+        events: EventCounts {
+            seen: model.seen,
+            dropped: context.dropped,
+            untracked: context.untracked,
+            skipped: context.skipped,
+            incomplete: context.dropped > 0 || context.skipped.is_some_and(|n| n > 0),
+        },
+        port_range: context.settings.range,
+        port_capacity: context.settings.capacity(),
+        tcp_tw_reuse: context.settings.tw_reuse,
+        findings,
+        processes,
+    }
+}
+
+fn ms(ns: u64) -> f64 {
+    (ns as f64 / 1e6 * 1000.0).round() / 1000.0
+}
+
+fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
+    let mut holdings: HashMap<Process, Holdings> = HashMap::new();
+    for (_, socket) in model.table.live() {
+        let key = socket.owner.map_or(UNKNOWN, |o| o.process);
+        let held = holdings.entry(key).or_default();
+        *held.states.entry(socket.state.name()).or_default() += 1;
+        if socket.state == TcpState::CloseWait {
+            let age = now_ns.saturating_sub(socket.state_since_ns);
+            let service_port = match socket.origin {
+                Some(crate::event::Origin::Passive) => None,
+                _ => Some(socket.tuple.dport),
+            };
+            let peer = (socket.tuple.daddr, service_port);
+            held.close_waits.push((age, socket.state_since_exact, peer));
+        }
+    }
+    for seed in model.table.unmatched_seeds() {
+        let Some(&(pid, _)) = seed.holders.first() else {
+            continue;
+        };
+        let key = Process::after_exits(pid, 0);
+        let held = holdings.entry(key).or_default();
+        *held.states.entry(seed.state.name()).or_default() += 1;
+        if seed.state == TcpState::CloseWait {
+            let since_snapshot = now_ns.saturating_sub(seed.taken_ns);
+            let age = since_snapshot + seed.in_state_at_least_ns.unwrap_or(0);
+            // A seed's origin is unknown: keep the port, it may name the service.
+            held.close_waits
+                .push((age, false, (seed.tuple.daddr, Some(seed.tuple.dport))));
+        }
+    }
+    for time_wait in model.table.time_wait() {
+        if now_ns.saturating_sub(time_wait.since_ns) >= TIME_WAIT_NS {
+            continue;
+        }
+        let key = time_wait.owner.map_or(UNKNOWN, |o| o.process);
+        let held = holdings.entry(key).or_default();
+        held.time_wait_now += time_wait.count as usize;
+        *held.states.entry(TcpState::TimeWait.name()).or_default() += time_wait.count as usize;
+    }
+    holdings
+}
+
+/// The process a finding is about, as the report names it.
+struct Who {
+    process: Process,
+    comm: Comm,
+    alive: bool,
+    workload: Option<String>,
+}
+
+impl Who {
+    fn finding(&self, kind: FindingKind, severity: Severity, evidence: Evidence) -> Finding {
+        Finding {
+            kind,
+            severity,
+            process: self.process,
+            comm: self.comm,
+            alive: self.alive,
+            workload: self.workload.clone(),
+            evidence,
+        }
+    }
+}
+
+fn round3(value: f64) -> f64 {
+    (value * 1000.0).round() / 1000.0
+}
+
+fn pid_of<S: Serializer>(process: &Process, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u32(process.pid)
+}
+
+fn rounded<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(round3(*value))
+}
+
+fn rounded_some<S: Serializer>(value: &Option<f64>, serializer: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(value) => serializer.serialize_some(&round3(*value)),
+        None => serializer.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
