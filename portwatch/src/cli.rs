@@ -68,7 +68,7 @@ pub enum Command {
 pub enum ReportFormat {
     /// Findings, then a table of processes.
     Text,
-    /// One JSON object (schema in README.md).
+    /// One JSON object (schema in docs/report.md).
     Json,
 }
 
@@ -171,7 +171,7 @@ pub struct RecordArgs {
 
 #[derive(Debug, Args)]
 pub struct StreamArgs {
-    /// Output format: aligned text, or one JSON object per line (schema in README.md).
+    /// Output format: aligned text, or one JSON object per line (schema in docs/stream.md).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
@@ -197,7 +197,7 @@ pub struct StreamArgs {
 
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
-    /// Output format: aligned text, or one JSON object (schema in README.md).
+    /// Output format: aligned text, or one JSON object (schema in docs/snapshot.md).
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 

@@ -3,4 +3,5 @@
 pub mod histogram;
 pub mod model;
 pub mod ports;
+pub mod rate;
 pub mod report;

@@ -3,7 +3,10 @@
 use std::{borrow::Cow, fmt};
 
 use crate::{
-    detect::report::{ChurnRate, Evidence, Peer},
+    detect::{
+        rate::RECENT_S,
+        report::{ChurnRate, Evidence, Peer},
+    },
     output::format::Endpoint,
 };
 
@@ -51,6 +54,8 @@ pub fn summary(evidence: &Evidence) -> String {
         }
         Evidence::Churn {
             rate_per_s,
+            active_s,
+            recent_rate_per_s,
             median_lifetime_ms,
             short_lived_share,
             closes_first_share,
@@ -60,8 +65,11 @@ pub fn summary(evidence: &Evidence) -> String {
             short_lived_ns,
             ..
         } => format!(
-            "{:.1} connections/s, median lifetime {}, {:.0}% shorter than {}; closes first in {:.0}%: {:.1} TIME_WAIT/s, {} held now{}",
+            "{:.1} connections/s while active ({} of the window; {:.1}/s in the last {}), median lifetime {}, {:.0}% shorter than {}; closes first in {:.0}%: {:.1} TIME_WAIT/s, {} held now{}",
             rate_per_s,
+            seconds(*active_s),
+            recent_rate_per_s,
+            seconds(RECENT_S as f64),
             median_lifetime_ms.map_or("-".into(), |ms| seconds(ms / 1000.0)),
             short_lived_share * 100.0,
             seconds(*short_lived_ns as f64 / 1e9),
@@ -84,6 +92,7 @@ pub fn summary(evidence: &Evidence) -> String {
             ports_in_use: used,
             port_capacity: capacity,
             rate_per_s: rate,
+            recent_rate_per_s: recent,
             port_hold_s: hold_s,
             tw_reuse_applies: tw_reuse,
             failed_connects,
@@ -97,7 +106,8 @@ pub fn summary(evidence: &Evidence) -> String {
             } else {
                 let sustainable = f64::from(*capacity) / hold_s;
                 format!(
-                    "{used} of {capacity} local ports toward {endpoint} in use, {rate:.1} new/s, each held {}{}: {}",
+                    "{used} of {capacity} local ports toward {endpoint} in use, {recent:.1} new/s in the last {} ({rate:.1}/s while active), each held {}{}: {}",
+                    seconds(RECENT_S as f64),
                     seconds(*hold_s),
                     if *tw_reuse {
                         " (tcp_tw_reuse reuses TIME_WAIT ports after 1 s)"

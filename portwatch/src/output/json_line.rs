@@ -23,8 +23,8 @@ pub struct ShownOwner {
     pub alive: bool,
 }
 
-/// One `--format json` line. Field names are a stable interface: README.md documents
-/// them; add fields, never rename or remove.
+/// One `--format json` line. Field names are a stable interface: docs/stream.md documents
+/// them (a test holds the two together); add fields, never rename or remove.
 ///
 /// This is the reference for the line: [`write_transition`] writes the same bytes
 /// faster, and the tests below compare the two. A field added here must be added there.
@@ -287,6 +287,18 @@ mod tests {
             }));
         }
         owners
+    }
+
+    #[test]
+    fn each_line_has_exactly_the_fields_docs_stream_md_lists() {
+        use crate::output::doc_schema::{fields, keys};
+        let documented = fields(include_str!("../../../docs/stream.md"), "### Fields");
+        let event = Transition::try_from(&raw_v4()).unwrap();
+        for owner in owners() {
+            let line: serde_json::Value =
+                serde_json::from_str(&fast(&event, owner.as_ref())).unwrap();
+            assert_eq!(keys(&line), documented);
+        }
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! How portwatch shows what it saw.
 pub mod advice;
+#[cfg(test)]
+mod doc_schema;
 pub mod format;
 pub mod json_line;
 pub mod report;

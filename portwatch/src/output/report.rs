@@ -20,7 +20,7 @@ pub fn json(out: &mut impl Write, report: &Report) -> io::Result<()> {
 }
 
 /// The `--format json` document: the report with each finding's words. Field names
-/// are a stable interface, documented in README.md: add fields, never rename or remove.
+/// are a stable interface, documented in docs/report.md: add fields, never rename or remove.
 #[derive(Serialize)]
 struct JsonReport<'a> {
     window_s: f64,
@@ -207,6 +207,13 @@ fn write_processes(out: &mut impl Write, processes: &[ProcessReport]) -> io::Res
                 .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
         )?;
     }
+    if !processes.is_empty() {
+        // Said once, because a window's average is what a reader would otherwise assume.
+        writeln!(
+            out,
+            "(rates per second over the time each process was opening or closing connections, not the whole window)"
+        )?;
+    }
     Ok(())
 }
 
@@ -232,7 +239,10 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::report::tests::{churn_at_100_per_s, seven_leaks};
+    use crate::{
+        detect::report::tests::{churn_at_100_per_s, failed_connects, seven_leaks},
+        output::doc_schema::{fields, keys},
+    };
 
     fn json_of(report: &Report) -> serde_json::Value {
         let mut out = Vec::new();
@@ -264,6 +274,8 @@ mod tests {
             .unwrap();
         for field in [
             "rate_per_s",
+            "active_s",
+            "recent_rate_per_s",
             "median_lifetime_ms",
             "destinations",
             "advice",
@@ -271,6 +283,28 @@ mod tests {
             "comm",
         ] {
             assert!(churn.get(field).is_some(), "{field}");
+        }
+    }
+
+    #[test]
+    fn the_json_has_exactly_the_fields_docs_report_md_lists() {
+        let doc = include_str!("../../../docs/report.md");
+        let every_finding = fields(doc, "### Every finding");
+        for report in [seven_leaks(), churn_at_100_per_s(), failed_connects()] {
+            let json = json_of(&report);
+            assert_eq!(keys(&json), fields(doc, "### Top level"));
+            assert_eq!(keys(&json["events"]), fields(doc, "### `events`"));
+            let findings = json["findings"].as_array().unwrap();
+            assert!(!findings.is_empty());
+            for finding in findings {
+                let kind = finding["kind"].as_str().unwrap();
+                let mut documented = every_finding.clone();
+                documented.extend(fields(doc, &format!("### `{kind}`")));
+                assert_eq!(keys(finding), documented, "{kind}");
+            }
+            for process in json["processes"].as_array().unwrap() {
+                assert_eq!(keys(process), fields(doc, "### `processes[]`"));
+            }
         }
     }
 

@@ -100,7 +100,7 @@ impl std::fmt::Display for StateCounts<'_, '_> {
 }
 
 /// The `--format json` document. Field names are a stable interface, documented in
-/// README.md: add fields, never rename or remove.
+/// docs/snapshot.md (a test holds the two together): add fields, never rename or remove.
 #[derive(Serialize)]
 struct JsonSnapshot<'a> {
     processes: Vec<JsonProcess<'a>>,
@@ -294,6 +294,25 @@ mod tests {
             serde_json::json!({"TIME_WAIT": 1})
         );
         assert_eq!(value["no_process"]["sockets"][0]["inode"], 0);
+    }
+
+    #[test]
+    fn the_json_has_exactly_the_fields_docs_snapshot_md_lists() {
+        use crate::output::doc_schema::{fields, keys};
+        let doc = include_str!("../../../docs/snapshot.md");
+        let value: serde_json::Value =
+            serde_json::from_str(&rendered(Format::Json, &sample(), 0)).unwrap();
+        assert_eq!(keys(&value), fields(doc, "### Top level"));
+        let processes = value["processes"].as_array().unwrap();
+        assert!(!processes.is_empty());
+        let mut sockets = value["no_process"]["sockets"].as_array().unwrap().clone();
+        for process in processes {
+            assert_eq!(keys(process), fields(doc, "### `processes[]`"));
+            sockets.extend(process["sockets"].as_array().unwrap().iter().cloned());
+        }
+        for socket in &sockets {
+            assert_eq!(keys(socket), fields(doc, "### Each socket"));
+        }
     }
 
     #[test]

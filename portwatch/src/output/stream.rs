@@ -15,7 +15,7 @@ use crate::{
 pub enum Format {
     /// Aligned columns for a terminal.
     Text,
-    /// JSON (schema in README.md): one object per line for `stream`, one in all for
+    /// JSON (schema in docs/stream.md and docs/snapshot.md): one object per line for `stream`, one in all for
     /// `snapshot`.
     Json,
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
-    detect::histogram::Histogram,
+    detect::{histogram::Histogram, rate::Occurrences},
     event::{Comm, ConnectFailed, Event, Origin, Transition},
     process::Process,
     sockets::{
@@ -39,12 +39,16 @@ impl Destination {
 pub struct Activity {
     pub comm: Comm,
     pub cgroup_id: u64,
-    /// Connections that reached ESTABLISHED, by who opened them.
-    pub opened_active: u64,
+    /// Connections that reached ESTABLISHED, by who opened them; the active ones with
+    /// when, for the churn rate.
+    pub opened_active: Occurrences,
     pub opened_passive: u64,
     /// Established connections that reached CLOSE, by who opened them.
     pub closed_active: u64,
     pub closed_passive: u64,
+    /// When connections (of either side) opened and closed, for the process's rates.
+    pub opens: Occurrences,
+    pub closes: Occurrences,
     /// Lifetimes (open to close, ns) of connections opened and closed in the window.
     pub lifetimes: Histogram,
     /// Connections this process closed first (it sent the first FIN): its side ends up
@@ -52,7 +56,7 @@ pub struct Activity {
     pub closed_first: u64,
     /// Connections the peer closed first (ESTABLISHED -> CLOSE_WAIT).
     pub peer_closed_first: u64,
-    pub time_wait_created: u64,
+    pub time_wait_created: Occurrences,
     pub close_wait_entered: u64,
     pub close_wait_left: u64,
     /// connect() calls that failed with EADDRNOTAVAIL.
@@ -64,7 +68,8 @@ pub struct Activity {
 /// What happened toward one destination during the window.
 #[derive(Clone, Debug, Default)]
 pub struct DestinationActivity {
-    pub opened: u64,
+    /// Active connections opened toward it, with when: the forecast's rate.
+    pub opened: Occurrences,
     pub failed_connects: u64,
     pub lifetimes: Histogram,
     /// Connections opened (or failed) per process.
@@ -155,16 +160,21 @@ impl Model {
         // Borrowed from the field, not through `self`, so that the other tables can be
         // updated alongside: one lookup per event.
         let activity = activity_of(&mut self.processes, owner.as_ref());
+        let (ts_ns, start_ns) = (event.ts_ns, self.start_ns);
         match (event.old_state, event.new_state) {
             (SynSent, Established) => {
-                activity.opened_active += 1;
+                activity.opened_active.record(ts_ns, start_ns);
+                activity.opens.record(ts_ns, start_ns);
                 let destination = Destination::of(event);
                 *activity.destinations.entry(destination).or_default() += 1;
                 let toward = self.destinations.entry(destination).or_default();
-                toward.opened += 1;
+                toward.opened.record(ts_ns, start_ns);
                 *toward.consumers.entry(process).or_default() += 1;
             }
-            (SynRecv, Established) => activity.opened_passive += 1,
+            (SynRecv, Established) => {
+                activity.opened_passive += 1;
+                activity.opens.record(ts_ns, start_ns);
+            }
             (Established, FinWait1) => activity.closed_first += 1,
             (Established, CloseWait) => {
                 activity.peer_closed_first += 1;
@@ -187,12 +197,13 @@ impl Model {
             return;
         }
         if event.enters_time_wait() {
-            activity.time_wait_created += 1;
+            activity.time_wait_created.record(ts_ns, start_ns);
         }
         let was_established = !matches!(event.old_state, SynSent | SynRecv | Listen | Close);
         if !was_established {
             return;
         }
+        activity.closes.record(ts_ns, start_ns);
         let active = event.origin == Some(Origin::Active);
         if active {
             activity.closed_active += 1;

@@ -166,10 +166,10 @@ fn counts_opens_closes_lifetimes_and_time_wait() {
     }
     let model = script.model(0);
     let activity = &model.processes[&Process::after_exits(7, 0)];
-    assert_eq!(activity.opened_active, 100);
+    assert_eq!(activity.opened_active.count(), 100);
     assert_eq!(activity.closed_active, 100);
     assert_eq!(activity.closed_first, 100);
-    assert_eq!(activity.time_wait_created, 100);
+    assert_eq!(activity.time_wait_created.count(), 100);
     let median = activity.lifetimes.quantile(0.5).unwrap() as f64;
     assert!((median - 2_000_010.0).abs() / 2e6 < 0.07, "{median}");
     assert_eq!(model.destinations.len(), 1);

@@ -4,23 +4,23 @@ use super::{
     ChurnRate, DestinationRate, Evidence, Finding, FindingKind, Holdings, ProcessReport, Severity,
     Thresholds, Who, round3,
 };
-use crate::detect::model::Activity;
+use crate::detect::{model::Activity, rate::Window};
 
 pub(super) fn finding(
     who: &Who,
     report: &ProcessReport,
     held: &Holdings,
     activity: &Activity,
-    window_s: f64,
+    window: &Window,
     thresholds: &Thresholds,
 ) -> Option<Finding> {
-    let active_rate = activity.opened_active as f64 / window_s;
-    let time_wait_rate = activity.time_wait_created as f64 / window_s;
+    let connects = activity.opened_active.rates(window);
+    let time_waits = activity.time_wait_created.rates(window);
     let short = report.short_lived_share.unwrap_or(0.0);
-    let (rate, measured) = if active_rate >= thresholds.churn_rate_per_s {
-        (active_rate, ChurnRate::Connects)
-    } else if time_wait_rate >= thresholds.churn_rate_per_s {
-        (time_wait_rate, ChurnRate::TimeWait)
+    let (rates, measured) = if connects.active_per_s >= thresholds.churn_rate_per_s {
+        (connects, ChurnRate::Connects)
+    } else if time_waits.active_per_s >= thresholds.churn_rate_per_s {
+        (time_waits, ChurnRate::TimeWait)
     } else {
         return None;
     };
@@ -35,7 +35,8 @@ pub(super) fn finding(
         .map(|(d, &count)| DestinationRate {
             daddr: d.daddr,
             dport: d.dport,
-            rate_per_s: round3(count as f64 / window_s),
+            // Over the span the process was connecting: its share of that rate.
+            rate_per_s: round3(count as f64 / connects.active_s.max(f64::MIN_POSITIVE)),
         })
         .collect();
     destinations.sort_by(|a, b| b.rate_per_s.total_cmp(&a.rate_per_s));
@@ -49,12 +50,14 @@ pub(super) fn finding(
         FindingKind::ConnectionChurn,
         severity,
         Evidence::Churn {
-            rate_per_s: rate,
+            rate_per_s: rates.active_per_s,
+            active_s: rates.active_s,
+            recent_rate_per_s: rates.recent_per_s,
             median_lifetime_ms: report.lifetime_ms.p50,
             p99_lifetime_ms: report.lifetime_ms.p99,
             short_lived_share: short,
             closes_first_share,
-            time_wait_per_s: time_wait_rate,
+            time_wait_per_s: time_waits.active_per_s,
             time_wait_now: held.time_wait_now,
             destinations,
             measured,

@@ -4,7 +4,10 @@ use std::collections::HashMap;
 
 use super::{Context, Evidence, Finding, FindingKind, Severity, Who};
 use crate::{
-    detect::model::{Destination, Model, UNKNOWN},
+    detect::{
+        model::{Destination, Model, UNKNOWN},
+        rate::Window,
+    },
     event::Origin,
     sockets::time_wait::TIME_WAIT_NS,
 };
@@ -12,7 +15,7 @@ use crate::{
 pub(super) fn findings(
     model: &Model,
     now_ns: u64,
-    window_s: f64,
+    window: &Window,
     context: &Context<'_>,
 ) -> Vec<Finding> {
     let settings = context.settings;
@@ -46,7 +49,10 @@ pub(super) fn findings(
     let mut findings = Vec::new();
     for (destination, toward) in &model.destinations {
         let used = in_use.get(destination).copied().unwrap_or(0);
-        let rate = toward.opened as f64 / window_s;
+        let rates = toward.opened.rates(window);
+        // Ports run out at the rate connections are made now: a client that churned
+        // earlier and stopped will not exhaust anything, one that just began will.
+        let rate = rates.recent_per_s;
         let tw_reuse = settings.reuses_time_wait(destination.daddr);
         let lifetime_s = toward
             .lifetimes
@@ -94,7 +100,8 @@ pub(super) fn findings(
                 dport: destination.dport,
                 ports_in_use: used,
                 port_capacity: capacity,
-                rate_per_s: rate,
+                rate_per_s: rates.active_per_s,
+                recent_rate_per_s: rate,
                 port_hold_s: hold_s,
                 tw_reuse_applies: tw_reuse,
                 failed_connects: toward.failed_connects,

@@ -13,6 +13,7 @@ use crate::{
     detect::{
         model::{Model, UNKNOWN},
         ports::PortSettings,
+        rate::Window,
     },
     event::Comm,
     process::Process,
@@ -112,8 +113,15 @@ pub enum Evidence {
         leak_age_ns: u64,
     },
     Churn {
+        /// Over the time it was active (`active_s`), not the whole window.
         #[serde(serialize_with = "rounded")]
         rate_per_s: f64,
+        #[serde(serialize_with = "rounded")]
+        active_s: f64,
+        /// Over the last seconds of the window ([`crate::detect::rate::RECENT_S`]): what
+        /// goes on now.
+        #[serde(serialize_with = "rounded")]
+        recent_rate_per_s: f64,
         median_lifetime_ms: Option<f64>,
         p99_lifetime_ms: Option<f64>,
         #[serde(serialize_with = "rounded")]
@@ -138,16 +146,20 @@ pub enum Evidence {
         dport: u16,
         ports_in_use: usize,
         port_capacity: u32,
+        /// Connections opened toward it per second, over the time they were being
+        /// opened; and over the last seconds, which the forecast uses.
         #[serde(serialize_with = "rounded")]
         rate_per_s: f64,
+        #[serde(serialize_with = "rounded")]
+        recent_rate_per_s: f64,
         /// How long each port stays taken: lifetime plus TIME_WAIT (60 s, or ~1 s where
         /// tcp_tw_reuse applies).
         #[serde(serialize_with = "rounded")]
         port_hold_s: f64,
         tw_reuse_applies: bool,
         failed_connects: u64,
-        /// Seconds until no port is left at this rate; 0 when connects already fail,
-        /// null when the rate is sustainable.
+        /// Seconds until no port is left at the recent rate; 0 when connects already
+        /// fail, null when that rate is sustainable.
         #[serde(serialize_with = "rounded_some")]
         exhaustion_eta_s: Option<f64>,
     },
@@ -188,8 +200,13 @@ pub struct ProcessReport {
     pub opened_passive: u64,
     pub closed_active: u64,
     pub closed_passive: u64,
+    /// Rates over the time the process was opening (closing, making TIME_WAIT)
+    /// connections, not the whole window; `active_s` is the opening span.
     pub opened_per_s: f64,
     pub closed_per_s: f64,
+    pub active_s: f64,
+    /// Connections opened per second in the last seconds of the window.
+    pub opened_recent_per_s: f64,
     pub lifetime_ms: Lifetimes,
     pub short_lived_share: Option<f64>,
     pub closed_first: u64,
@@ -254,6 +271,10 @@ struct Holdings {
 pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
     let window_ns = now_ns.saturating_sub(model.start_ns).max(1);
     let window_s = window_ns as f64 / 1e9;
+    let window = Window {
+        start_ns: model.start_ns,
+        end_ns: model.start_ns + window_ns,
+    };
     let holdings = holdings(model, now_ns);
 
     let mut keys: Vec<Process> = model.processes.keys().copied().collect();
@@ -285,26 +306,29 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
                 .count_below(context.thresholds.short_lived_ns) as f64
                 / closed as f64
         });
+        let opens = activity.opens.rates(&window);
         let report = ProcessReport {
             process: key,
             comm: activity.comm,
             alive,
             workload: workload.clone(),
             states: held.states.clone(),
-            connections_opened: activity.opened_active + activity.opened_passive,
+            connections_opened: activity.opened_active.count() + activity.opened_passive,
             connections_closed: activity.closed_active + activity.closed_passive,
-            opened_active: activity.opened_active,
+            opened_active: activity.opened_active.count(),
             opened_passive: activity.opened_passive,
             closed_active: activity.closed_active,
             closed_passive: activity.closed_passive,
-            opened_per_s: (activity.opened_active + activity.opened_passive) as f64 / window_s,
-            closed_per_s: (activity.closed_active + activity.closed_passive) as f64 / window_s,
+            opened_per_s: opens.active_per_s,
+            closed_per_s: activity.closes.rates(&window).active_per_s,
+            active_s: opens.active_s,
+            opened_recent_per_s: opens.recent_per_s,
             lifetime_ms: lifetimes,
             short_lived_share: short_share,
             closed_first: activity.closed_first,
             peer_closed_first: activity.peer_closed_first,
-            time_wait_created: activity.time_wait_created,
-            time_wait_per_s: activity.time_wait_created as f64 / window_s,
+            time_wait_created: activity.time_wait_created.count(),
+            time_wait_per_s: activity.time_wait_created.rates(&window).active_per_s,
             failed_connects: activity.failed_connects,
         };
         if key != UNKNOWN {
@@ -326,13 +350,13 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
                 &report,
                 held,
                 &activity,
-                window_s,
+                &window,
                 context.thresholds,
             ));
         }
         processes.push(report);
     }
-    findings.extend(exhaustion::findings(model, now_ns, window_s, context));
+    findings.extend(exhaustion::findings(model, now_ns, &window, context));
     findings.sort_by(|a, b| {
         b.severity
             .cmp(&a.severity)

@@ -307,3 +307,84 @@ fn a_rate_above_the_sustainable_one_is_forecast() {
     assert!((eta - 23.2).abs() < 0.5, "{eta}");
     assert_eq!(exhausted[0].severity, Severity::Critical);
 }
+
+/// `rate` short connections per second from `from_ns` to `to_ns`, by pid 80.
+fn churner(rate: u64, from_ns: u64, to_ns: u64) -> Script {
+    let client = owner(80, "bursty", OwnerSource::Connect);
+    let mut script = Script::new();
+    let gap = SECOND / rate;
+    let mut at = from_ns + gap / 2;
+    while at < to_ns {
+        script.short_client_connection(client, at, 1_000_000);
+        at += gap;
+    }
+    script
+}
+
+fn churn_rates(report: &Report) -> (f64, f64, f64) {
+    let churn = findings_of(report, FindingKind::ConnectionChurn);
+    assert_eq!(churn.len(), 1, "{:?}", report.findings);
+    let Evidence::Churn {
+        rate_per_s,
+        active_s,
+        recent_rate_per_s,
+        ..
+    } = &churn[0].evidence
+    else {
+        panic!("churn evidence");
+    };
+    (*rate_per_s, *active_s, *recent_rate_per_s)
+}
+
+fn near(actual: f64, expected: f64) -> bool {
+    (actual - expected).abs() <= expected * 0.02
+}
+
+#[test]
+fn a_churner_active_for_part_of_the_window_is_measured_over_its_activity() {
+    // 200/s for 5 s of an 8 s report: the window's average would be 125/s.
+    let report = report_of(&churner(200, SECOND, 6 * SECOND), 8 * SECOND, 0);
+    let (rate, active_s, _) = churn_rates(&report);
+    assert!(near(rate, 200.0), "{rate}");
+    assert!(near(active_s, 5.0), "{active_s}");
+    let process = &report.processes[0];
+    assert!(near(process.opened_per_s, 200.0), "{process:?}");
+    assert!(near(process.time_wait_per_s, 200.0), "{process:?}");
+}
+
+#[test]
+fn a_burst_at_the_end_of_the_window_is_forecast_at_its_own_rate() {
+    // 500/s toward 10.0.0.2:80 for the last 3 s of a 30 s report: 50/s on average over
+    // the window, which the port range would sustain (28232 ports / 61 s = 463/s).
+    let report = report_of(&churner(500, 27 * SECOND, 30 * SECOND), 30 * SECOND, 0);
+    let (rate, active_s, recent) = churn_rates(&report);
+    assert!(near(rate, 500.0) && near(recent, 500.0), "{rate} {recent}");
+    assert!(near(active_s, 3.0), "{active_s}");
+    let exhausted = findings_of(&report, FindingKind::PortExhaustion);
+    assert_eq!(exhausted.len(), 1, "{:?}", report.findings);
+    let Evidence::Exhaustion {
+        rate_per_s,
+        recent_rate_per_s,
+        exhaustion_eta_s,
+        ..
+    } = &exhausted[0].evidence
+    else {
+        panic!()
+    };
+    assert!(near(*rate_per_s, 500.0) && near(*recent_rate_per_s, 500.0));
+    // (28232 - 1500 ports held) at 500/s.
+    let eta = exhaustion_eta_s.unwrap();
+    assert!(near(eta, (28232.0 - 1500.0) / 500.0), "{eta}");
+}
+
+#[test]
+fn a_churner_that_stopped_early_is_no_exhaustion_forecast() {
+    // 600/s for the first 10 s of a 60 s report: churn it was, at 600/s; but nothing is
+    // being opened now, so no destination is running out.
+    let report = report_of(&churner(600, 0, 10 * SECOND), 60 * SECOND, 0);
+    let (rate, _, recent) = churn_rates(&report);
+    assert!(near(rate, 600.0), "{rate}");
+    assert_eq!(recent, 0.0);
+    let exhausted = findings_of(&report, FindingKind::PortExhaustion);
+    assert!(exhausted.is_empty(), "{exhausted:?}");
+}
