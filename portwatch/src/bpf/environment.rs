@@ -232,12 +232,21 @@ fn raise_memlock_limit() {
 /// Finds tracefs, mounting it at /sys/kernel/tracing if no mount exists (many minimal
 /// hosts and containers do not mount it by default).
 fn tracefs() -> Result<PathBuf> {
-    if let Some(found) = TRACEFS_MOUNTS
-        .iter()
-        .map(PathBuf::from)
-        .find(|path| path.join("events").is_dir())
-    {
-        return Ok(found);
+    for path in TRACEFS_MOUNTS.iter().map(PathBuf::from) {
+        match fs::metadata(path.join("events")) {
+            Ok(metadata) if metadata.is_dir() => return Ok(path),
+            // Mounted, but root-only (mode 0700 on recent kernels): without this check a
+            // non-root portwatch with CAP_BPF and CAP_PERFMON would report tracefs as
+            // not mounted, and fail to mount it.
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => bail!(
+                "cannot look into tracefs at {} (permission denied): it is readable by root \
+                 only, and portwatch finds kernel tracepoints through it. Run portwatch as \
+                 root, or grant it CAP_DAC_READ_SEARCH along with CAP_BPF and CAP_PERFMON \
+                 (see docs/privileges.md).",
+                path.display()
+            ),
+            _ => {}
+        }
     }
     let target = PathBuf::from(TRACEFS_MOUNTS[0]);
     let mounted = std::process::Command::new("mount")
