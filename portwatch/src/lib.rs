@@ -9,6 +9,7 @@ pub mod event;
 pub mod fast_hash;
 pub mod filter;
 pub mod output;
+pub mod privileges;
 pub mod record;
 pub mod sockets;
 pub mod tcp_state;
