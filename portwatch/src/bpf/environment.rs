@@ -210,7 +210,8 @@ fn check_capabilities(effective: u64) -> Result<()> {
     bail!(
         "{who} {}: loading eBPF programs needs CAP_BPF and attaching them to kernel \
          tracepoints needs CAP_PERFMON (or CAP_SYS_ADMIN for both). Run it with sudo, or \
-         grant them with `setcap cap_bpf,cap_perfmon,cap_dac_override+ep $(command -v portwatch)`.",
+         grant them with `setcap cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_ptrace+ep \
+         $(command -v portwatch)` (see docs/privileges.md).",
         missing.join(" and ")
     )
 }
