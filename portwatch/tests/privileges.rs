@@ -112,8 +112,8 @@ impl Drop for KillOnDrop {
 #[test]
 fn after_attaching_only_the_capabilities_still_used_remain() {
     require_privileges();
-    // Some existing process for the demo's threads to exist, and for the others a
-    // listener, so that seeding writes to a map before the drop.
+    // A listener older than portwatch: each run writes its owner into the kernel's map
+    // before the drop, as on any real host.
     let _listener = workload(&["leak-server", "--listen", "127.0.0.1:0"]);
     for args in [
         &["stream", "--format", "json"][..],
@@ -121,36 +121,13 @@ fn after_attaching_only_the_capabilities_still_used_remain() {
         &["record", "--duration", "1h", "--out", "/dev/null"],
         &["demo", "--duration", "1h"],
     ] {
-        let (portwatch, stderr) = start_portwatch(args, Stdio::null());
+        let (mut portwatch, stderr) = start_portwatch(args, Stdio::null());
         let pid = portwatch.id();
-        // Every thread: capabilities are per thread.
-        let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .map(|task| task.unwrap().path())
-            .collect();
-        for task in &tasks {
-            let status = std::fs::read_to_string(task.join("status")).unwrap();
-            for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
-                let caps = cap_set(&status, set);
-                for (cap, name) in [
-                    (CAP_BPF, "CAP_BPF"),
-                    (CAP_PERFMON, "CAP_PERFMON"),
-                    (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-                    (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
-                ] {
-                    assert_eq!(
-                        caps & (1 << cap),
-                        0,
-                        "{args:?}: {} still has {name} in {set}",
-                        task.display()
-                    );
-                }
-            }
-            // What the end-of-window /proc look uses stays.
-            let effective = cap_set(&status, "CapEff:");
-            for cap in [CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH] {
-                assert_ne!(effective & (1 << cap), 0, "{args:?}: lost capability {cap}");
-            }
+        // Checked apart, so that a failure kills portwatch before failing the test.
+        if let Err(problem) = std::panic::catch_unwind(|| assert_dropped(args, pid)) {
+            let _ = portwatch.kill();
+            let _ = portwatch.wait();
+            std::panic::resume_unwind(problem);
         }
         // And it still works without them: it stops, reads its counters, detaches.
         // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
@@ -162,5 +139,39 @@ fn after_attaching_only_the_capabilities_still_used_remain() {
             finished.status,
             finished.stderr
         );
+    }
+}
+
+/// No thread of `pid` has any capability only loading needs; each still has those the
+/// end-of-window /proc look uses.
+fn assert_dropped(args: &[&str], pid: u32) {
+    // Every thread: capabilities are per thread.
+    let tasks: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| task.unwrap().path())
+        .collect();
+    for task in &tasks {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        for set in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:"] {
+            let caps = cap_set(&status, set);
+            for (cap, name) in [
+                (CAP_BPF, "CAP_BPF"),
+                (CAP_PERFMON, "CAP_PERFMON"),
+                (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+                (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
+            ] {
+                assert_eq!(
+                    caps & (1 << cap),
+                    0,
+                    "{args:?}: {} still has {name} in {set}",
+                    task.display()
+                );
+            }
+        }
+        // What the end-of-window /proc look uses stays.
+        let effective = cap_set(&status, "CapEff:");
+        for cap in [CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH] {
+            assert_ne!(effective & (1 << cap), 0, "{args:?}: lost capability {cap}");
+        }
     }
 }
