@@ -9,6 +9,7 @@ pub mod detect;
 pub mod event;
 pub mod filter;
 pub mod output;
+pub mod privileges;
 pub mod process;
 pub mod record;
 pub mod sockets;

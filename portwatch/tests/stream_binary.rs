@@ -3,40 +3,25 @@
 mod common;
 
 use std::{
-    collections::BTreeSet,
     io::{Read as _, Write as _},
     net::TcpListener,
     process::{Command, Stdio},
 };
 
-use common::{Finished, PORTWATCH, require_privileges, start_portwatch, wait_for_portwatch};
+use common::{
+    Finished, PORTWATCH,
+    kernel_objects::{assert_is_portwatch, assert_released, held_by},
+    require_privileges, start_portwatch, wait_for_portwatch,
+};
 use serde_json::Value;
 
-/// Ids of every eBPF program loaded in the kernel, from bpftool.
-fn loaded_program_ids() -> BTreeSet<u64> {
-    let output = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
-        .output()
-        .expect("running bpftool (installed by `cargo xtask setup`)");
-    assert!(output.status.success(), "bpftool prog show failed");
-    let programs: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
-    programs.iter().map(|p| p["id"].as_u64().unwrap()).collect()
-}
-
-/// Detach leaves no program behind. Other tools' programs may come and go meanwhile;
-/// none of portwatch's may stay.
-fn assert_detached(before: &BTreeSet<u64>) {
-    let after = loaded_program_ids();
-    assert!(
-        after.is_subset(before),
-        "detach leaves no program behind: {after:?} vs {before:?}"
-    );
-}
+/// How long the kernel may take to free a stopped portwatch's programs (an RCU grace
+/// period: milliseconds).
+const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[test]
 fn stream_json_reports_another_process_connection_and_detaches() {
     require_privileges();
-    let before = loaded_program_ids();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
 
@@ -53,11 +38,10 @@ fn stream_json_reports_another_process_connection_and_detaches() {
         ],
         Stdio::piped(),
     );
-    let during = loaded_program_ids();
-    assert!(
-        during.len() > before.len(),
-        "portwatch's program is loaded while it runs"
-    );
+    // Its own programs and links, by kernel id: other tests and tools on this machine
+    // load and unload programs meanwhile.
+    let held = held_by(portwatch.id());
+    assert_is_portwatch(&held);
 
     // Another process connects and closes: bash's /dev/tcp. It waits for a line from
     // us before closing, so that we accept the connection before its FIN arrives
@@ -166,14 +150,16 @@ fn stream_json_reports_another_process_connection_and_detaches() {
         summary.contains(&format!("{} shown", events.len())) && summary.contains("0 dropped"),
         "summary line: {rest}"
     );
-    assert_detached(&before);
+    // Detach leaves none of its programs or links behind.
+    assert_released(&held, RELEASE_TIMEOUT);
 }
 
 #[test]
 fn sigterm_stops_cleanly_with_a_summary() {
     require_privileges();
-    let before = loaded_program_ids();
     let (portwatch, stderr) = start_portwatch(&["stream"], Stdio::null());
+    let held = held_by(portwatch.id());
+    assert_is_portwatch(&held);
     // SAFETY: kill has no memory-safety preconditions; the pid is our live child.
     let killed = unsafe { libc::kill(portwatch.id() as i32, libc::SIGTERM) };
     assert_eq!(killed, 0);
@@ -184,7 +170,8 @@ fn sigterm_stops_cleanly_with_a_summary() {
         rest.contains("events seen") && rest.contains("dropped"),
         "{rest}"
     );
-    assert_detached(&before);
+    // Detach leaves none of its programs or links behind.
+    assert_released(&held, RELEASE_TIMEOUT);
 }
 
 /// Unprivileged user: a clear paragraph naming the missing capabilities, exit code 1.

@@ -210,7 +210,8 @@ fn check_capabilities(effective: u64) -> Result<()> {
     bail!(
         "{who} {}: loading eBPF programs needs CAP_BPF and attaching them to kernel \
          tracepoints needs CAP_PERFMON (or CAP_SYS_ADMIN for both). Run it with sudo, or \
-         grant them with `setcap cap_bpf,cap_perfmon,cap_dac_override+ep $(command -v portwatch)`.",
+         grant them with `setcap cap_bpf,cap_perfmon,cap_dac_read_search,cap_sys_ptrace+ep \
+         $(command -v portwatch)` (see docs/privileges.md).",
         missing.join(" and ")
     )
 }
@@ -232,12 +233,21 @@ fn raise_memlock_limit() {
 /// Finds tracefs, mounting it at /sys/kernel/tracing if no mount exists (many minimal
 /// hosts and containers do not mount it by default).
 fn tracefs() -> Result<PathBuf> {
-    if let Some(found) = TRACEFS_MOUNTS
-        .iter()
-        .map(PathBuf::from)
-        .find(|path| path.join("events").is_dir())
-    {
-        return Ok(found);
+    for path in TRACEFS_MOUNTS.iter().map(PathBuf::from) {
+        match fs::metadata(path.join("events")) {
+            Ok(metadata) if metadata.is_dir() => return Ok(path),
+            // Mounted, but root-only (mode 0700 on recent kernels): without this check a
+            // non-root portwatch with CAP_BPF and CAP_PERFMON would report tracefs as
+            // not mounted, and fail to mount it.
+            Err(err) if err.kind() == io::ErrorKind::PermissionDenied => bail!(
+                "cannot look into tracefs at {} (permission denied): it is readable by root \
+                 only, and portwatch finds kernel tracepoints through it. Run portwatch as \
+                 root, or grant it CAP_DAC_READ_SEARCH along with CAP_BPF and CAP_PERFMON \
+                 (see docs/privileges.md).",
+                path.display()
+            ),
+            _ => {}
+        }
     }
     let target = PathBuf::from(TRACEFS_MOUNTS[0]);
     let mounted = std::process::Command::new("mount")

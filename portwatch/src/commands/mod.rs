@@ -31,13 +31,18 @@ pub fn warn_about_missing_features(features: &Features) {
     }
 }
 
-/// The user's ways to stop a run: Ctrl-C, SIGTERM, or a duration running out.
+/// The user's ways to stop a run: Ctrl-C, SIGTERM, SIGHUP, or a duration running out.
+///
+/// SIGHUP stops the run like Ctrl-C rather than killing the process (its default): a
+/// terminal or SSH session that goes away must still leave the report or recording
+/// written where its output was redirected, and the eBPF programs detached in order.
 ///
 /// Install it before telling the user portwatch is running: until the handlers are in
 /// place, a signal would kill the process before it can detach and report.
 pub struct StopSignal {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
     deadline: Option<tokio::time::Instant>,
 }
 
@@ -47,6 +52,7 @@ impl StopSignal {
         Ok(StopSignal {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
             deadline: duration.map(|duration| tokio::time::Instant::now() + duration),
         })
     }
@@ -62,6 +68,7 @@ impl StopSignal {
         tokio::select! {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
+            _ = self.hangup.recv() => {}
             () = deadline => {}
         }
     }

@@ -29,7 +29,8 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
     if snapshot.unreadable_processes > 0 {
         eprintln!(
             "portwatch: could not read the file descriptors of {} processes; the sockets \
-             they hold are listed under \"no process\". Run as root to see every process.",
+             they hold are listed under \"no process\". Run as root with CAP_SYS_PTRACE and \
+             CAP_DAC_READ_SEARCH to see every process.",
             snapshot.unreadable_processes
         );
     }

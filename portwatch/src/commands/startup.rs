@@ -29,6 +29,10 @@ pub fn seeds(tracer: &mut Tracer) -> Vec<Seed> {
             return Vec::new();
         }
     };
+    warn_unreadable(
+        &snapshot,
+        "sockets open before portwatch started have unknown owners",
+    );
     seed_listeners(tracer, &snapshot);
     to_seeds(&snapshot, taken_ns)
 }
@@ -99,6 +103,7 @@ pub fn holders_now() -> std::collections::HashMap<Tuple, (u32, crate::event::Com
             return Default::default();
         }
     };
+    warn_unreadable(&snapshot, "owners the kernel could not learn stay unknown");
     snapshot
         .sockets
         .iter()
@@ -117,6 +122,19 @@ pub fn holders_now() -> std::collections::HashMap<Tuple, (u32, crate::event::Com
             ))
         })
         .collect()
+}
+
+/// Says how many processes' descriptors could not be read, and what that costs: their
+/// sockets are in the snapshot without a holder.
+fn warn_unreadable(snapshot: &Snapshot, cost: &str) {
+    if snapshot.unreadable_processes > 0 {
+        eprintln!(
+            "portwatch: warning: could not read the file descriptors of {} processes in /proc; \
+             {cost} where they hold them. Run as root with CAP_SYS_PTRACE and \
+             CAP_DAC_READ_SEARCH to read every process.",
+            snapshot.unreadable_processes
+        );
+    }
 }
 
 /// The container or systemd unit a live process runs in, for the report.

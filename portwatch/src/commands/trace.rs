@@ -44,7 +44,13 @@ pub async fn trace(
     super::warn_about_missing_features(tracer.features());
     let start_ns = monotonic_ns();
     // After attaching, so no socket falls between the snapshot and the first event.
-    sink.start(start_ns, super::startup::seeds(&mut tracer));
+    let seeds = super::startup::seeds(&mut tracer);
+    // Attached, and the listeners' owners written: what only loading needed can go,
+    // before the sink starts any thread (capabilities are per thread).
+    if let Err(err) = crate::privileges::drop_after_attach(&tracer) {
+        eprintln!("portwatch: warning: could not drop the capabilities only loading needs: {err}");
+    }
+    sink.start(start_ns, seeds);
     match duration {
         Some(duration) => eprintln!(
             "portwatch: {what} for {}; Ctrl-C to stop early",

@@ -89,11 +89,26 @@ fn held_sockets(
     wanted: &impl Fn(u64) -> bool,
 ) -> ProcResult<Option<(ProcessInfo, Vec<u64>)>> {
     let mut inodes = Vec::new();
+    let mut read = 0usize;
     for fd in process.fd()? {
+        read += 1;
         if let FDTarget::Socket(inode) = fd?.target
             && wanted(inode)
         {
             inodes.push(inode);
+        }
+    }
+    // procfs skips the descriptors whose link it cannot read. The kernel refuses all of
+    // a process's links when ptrace access is denied (another user's process, or one
+    // with capabilities portwatch lacks, e.g. root without CAP_SYS_PTRACE), though the
+    // directory itself may be listable: a process that shows no descriptor while it
+    // has some is unreadable, not one without sockets.
+    // (procfs's own fd_count counts `.` and `..` on kernels before 6.2: std's listing
+    // skips them. Kernel threads have no descriptors.)
+    if read == 0 {
+        let path = std::path::PathBuf::from(format!("/proc/{}/fd", process.pid));
+        if std::fs::read_dir(&path).is_ok_and(|mut fds| fds.next().is_some()) {
+            return Err(ProcError::PermissionDenied(Some(path)));
         }
     }
     if inodes.is_empty() {

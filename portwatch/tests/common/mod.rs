@@ -2,6 +2,8 @@
 //! running kernel, so they need root (CI runs them as root).
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod kernel_objects;
+
 use std::{
     collections::HashMap,
     io::{BufRead as _, BufReader},
