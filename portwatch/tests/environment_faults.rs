@@ -342,7 +342,7 @@ fn proc_partly_unreadable_is_counted_and_warned_about() {
     assert!(unreadable >= 1, "{json}");
     assert!(
         stderr.contains(&format!(
-            "could not read the file descriptors of {unreadable} processes"
+            "could not read the file descriptors of {unreadable} process"
         )) && stderr.contains("CAP_SYS_PTRACE"),
         "{stderr}"
     );

@@ -6,6 +6,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     cli::SnapshotArgs,
+    commands::startup,
     output,
     sockets::snapshot::{self, group_by_process},
 };
@@ -26,14 +27,10 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
         snapshot.unreadable_processes,
     )
     .and_then(|()| out.flush());
-    if snapshot.unreadable_processes > 0 {
-        eprintln!(
-            "portwatch: could not read the file descriptors of {} processes; the sockets \
-             they hold are listed under \"no process\". Run as root with CAP_SYS_PTRACE and \
-             CAP_DAC_READ_SEARCH to see every process.",
-            snapshot.unreadable_processes
-        );
-    }
+    startup::warn_unreadable(
+        &snapshot,
+        "the sockets they hold are listed under \"no process\"",
+    );
     match written {
         // The reader went away (`portwatch snapshot | head`): nothing left to do.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),

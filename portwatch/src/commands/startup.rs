@@ -31,7 +31,7 @@ pub fn seeds(tracer: &mut Tracer) -> Vec<Seed> {
     };
     warn_unreadable(
         &snapshot,
-        "sockets open before portwatch started have unknown owners",
+        "sockets they held before portwatch started have unknown owners",
     );
     seed_listeners(tracer, &snapshot);
     to_seeds(&snapshot, taken_ns)
@@ -103,7 +103,10 @@ pub fn holders_now() -> std::collections::HashMap<Tuple, (u32, crate::event::Com
             return Default::default();
         }
     };
-    warn_unreadable(&snapshot, "owners the kernel could not learn stay unknown");
+    warn_unreadable(
+        &snapshot,
+        "where they hold sockets, owners the kernel could not learn stay unknown",
+    );
     snapshot
         .sockets
         .iter()
@@ -125,15 +128,16 @@ pub fn holders_now() -> std::collections::HashMap<Tuple, (u32, crate::event::Com
 }
 
 /// Says how many processes' descriptors could not be read, and what that costs: their
-/// sockets are in the snapshot without a holder.
-fn warn_unreadable(snapshot: &Snapshot, cost: &str) {
-    if snapshot.unreadable_processes > 0 {
-        eprintln!(
-            "portwatch: warning: could not read the file descriptors of {} processes in /proc; \
-             {cost} where they hold them. Run as root with CAP_SYS_PTRACE and \
-             CAP_DAC_READ_SEARCH to read every process.",
-            snapshot.unreadable_processes
-        );
+/// sockets are in the snapshot without a holder. Shared by tracing and `snapshot`.
+pub fn warn_unreadable(snapshot: &Snapshot, cost: &str) {
+    match snapshot.unreadable_processes {
+        0 => {}
+        count => eprintln!(
+            "portwatch: warning: could not read the file descriptors of {count} {} in /proc; \
+             {cost}. Run as root with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read every \
+             process.",
+            if count == 1 { "process" } else { "processes" },
+        ),
     }
 }
 
