@@ -29,20 +29,34 @@ const LEAKS: &str = "25";
 /// sustains, so the demo is cheap.
 const CHURN_RATE: &str = "200";
 
-/// The demo's processes, started once tracing has begun.
+/// The demo's processes: the servers before tracing begins (so a demo that cannot
+/// start its processes says so at once, not after its window), the clients once it
+/// has, so their every connection is seen.
 struct DemoSink {
     inner: ModelSink,
     actors: Vec<WorkloadProcess>,
-    spawn_error: Option<anyhow::Error>,
 }
 
 impl Sink for DemoSink {
-    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) {
-        self.inner.start(start_ns, seeds);
-        match spawn_actors() {
-            Ok(actors) => self.actors = actors,
-            Err(err) => self.spawn_error = Some(err),
-        }
+    fn prepare(&mut self) -> Result<()> {
+        let spawn_servers = || -> Result<Vec<WorkloadProcess>> {
+            let actors = launcher()?;
+            let leaker = actors.spawn(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"])?;
+            let echo = actors.spawn(&["echo-server", "--listen", "127.0.0.1:0"])?;
+            Ok(vec![leaker, echo])
+        };
+        self.actors = spawn_servers().context("starting the demo's processes")?;
+        Ok(())
+    }
+
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
+        self.inner.start(start_ns, seeds)?;
+        let [leaker, echo] = &self.actors[..] else {
+            unreachable!("prepare started the two servers");
+        };
+        let clients = spawn_clients(leaker, echo).context("starting the demo's processes")?;
+        self.actors.extend(clients);
+        Ok(())
     }
 
     fn record(&mut self, bytes: &[u8]) {
@@ -50,14 +64,16 @@ impl Sink for DemoSink {
     }
 }
 
-fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
+fn launcher() -> Result<Launcher> {
     // This binary's hidden `actor` command: the demo needs no other program.
     let exe = std::env::current_exe().context("finding portwatch's own executable")?;
-    let actors = Launcher::new(exe, ["actor"]);
-    let leaker = actors.spawn(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"])?;
+    Ok(Launcher::new(exe, ["actor"]))
+}
+
+fn spawn_clients(leaker: &WorkloadProcess, echo: &WorkloadProcess) -> Result<Vec<WorkloadProcess>> {
+    let actors = launcher()?;
     let leaker_addr = format!("127.0.0.1:{}", leaker.port);
     let feeder = actors.spawn(&["leak-client", "--connect", &leaker_addr, "--count", LEAKS])?;
-    let echo = actors.spawn(&["echo-server", "--listen", "127.0.0.1:0"])?;
     let echo_addr = format!("127.0.0.1:{}", echo.port);
     let churner = actors.spawn(&[
         "churn-client",
@@ -79,7 +95,7 @@ fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
          echo-server (pid {})",
         leaker.pid, feeder.pid, churner.pid, healthy.pid, echo.pid
     );
-    Ok(vec![leaker, feeder, echo, churner, healthy])
+    Ok(vec![feeder, churner, healthy])
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -87,7 +103,6 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let mut sink = DemoSink {
         inner: ModelSink::new(Model::new(0)),
         actors: Vec::new(),
-        spawn_error: None,
     };
     let traced = trace::trace(
         &args.kernel,
@@ -96,9 +111,6 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         &mut sink,
     )
     .await?;
-    if let Some(err) = sink.spawn_error {
-        return Err(err.context("starting the demo's processes"));
-    }
     let model = &mut sink.inner.model;
     if model.table.unresolved() > 0 {
         model

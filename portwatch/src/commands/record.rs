@@ -75,13 +75,22 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) {
+    /// Creates the file now, so a path that cannot be written is said before tracing,
+    /// not after the window. The header (the window's start, the sockets open then)
+    /// replaces it once tracing has begun.
+    fn prepare(&mut self) -> Result<()> {
+        std::fs::File::create(&self.path)
+            .map(drop)
+            .with_context(|| format!("creating the recording {}", self.path.display()))
+    }
+
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
         self.header.start_ns = start_ns;
         self.header.seeds = seeds.iter().map(RecordedSeed::from).collect();
-        match Writer::create(&self.path, &self.header) {
-            Ok(writer) => self.writer = Some(writer),
-            Err(err) => self.error = Some(err),
-        }
+        let writer = Writer::create(&self.path, &self.header)
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.writer = Some(writer);
+        Ok(())
     }
 
     fn record(&mut self, bytes: &[u8]) {
@@ -93,6 +102,11 @@ impl Sink for FileSink {
                 Err(err) => self.error = Some(err.into()),
             }
         }
+    }
+
+    /// Stops tracing once a write failed (disk full, say): `finish` says why.
+    fn batch_done(&mut self) -> bool {
+        self.error.is_none()
     }
 }
 

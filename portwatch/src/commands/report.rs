@@ -42,12 +42,13 @@ impl ModelSink {
 }
 
 impl Sink for ModelSink {
-    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) {
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
         self.model.start_ns = start_ns;
         self.model.last_ns = start_ns;
         for seed in seeds {
             self.model.seed(seed);
         }
+        Ok(())
     }
 
     fn record(&mut self, bytes: &[u8]) {
@@ -89,11 +90,18 @@ struct LiveSink {
 }
 
 impl Sink for LiveSink {
-    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) {
-        if let Some(file) = &mut self.file {
-            file.start(start_ns, seeds.clone());
+    fn prepare(&mut self) -> Result<()> {
+        match &mut self.file {
+            Some(file) => file.prepare(),
+            None => Ok(()),
         }
-        self.model.start(start_ns, seeds);
+    }
+
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
+        if let Some(file) = &mut self.file {
+            file.start(start_ns, seeds.clone())?;
+        }
+        self.model.start(start_ns, seeds)
     }
 
     fn record(&mut self, bytes: &[u8]) {
@@ -101,6 +109,11 @@ impl Sink for LiveSink {
             file.record(bytes);
         }
         self.model.record(bytes);
+    }
+
+    /// A recording that cannot be written stops the run: its error is `finish`'s.
+    fn batch_done(&mut self) -> bool {
+        self.file.as_mut().is_none_or(FileSink::batch_done)
     }
 }
 
@@ -150,7 +163,7 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
         .iter()
         .map(Seed::try_from)
         .collect::<Result<Vec<_>>>()?;
-    sink.start(recording.header.start_ns, seeds);
+    sink.start(recording.header.start_ns, seeds)?;
     for bytes in &recording.records {
         sink.record(bytes);
     }

@@ -85,12 +85,13 @@ struct Sink<W: Write> {
 }
 
 impl<W: Write> trace::Sink for Sink<W> {
-    fn start(&mut self, _start_ns: u64, seeds: Vec<Seed>) {
+    fn start(&mut self, _start_ns: u64, seeds: Vec<Seed>) -> anyhow::Result<()> {
         for seed in seeds {
             self.table.seed(seed);
         }
         self.write(|printer| printer.header());
         self.flush();
+        Ok(())
     }
 
     fn record(&mut self, bytes: &[u8]) {

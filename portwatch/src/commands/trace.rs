@@ -20,9 +20,14 @@ pub struct Traced {
 
 /// Where a traced window goes.
 pub trait Sink {
+    /// Before anything is loaded: create output files, start child processes. What can
+    /// fail fails here, before a window is spent tracing for nothing.
+    fn prepare(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Tracing began at `start_ns` (CLOCK_MONOTONIC) with these sockets already open;
-    /// called once, before any record.
-    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>);
+    /// called once, before any record. An error ends tracing at once.
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()>;
     /// One kernel record, in order.
     fn record(&mut self, bytes: &[u8]);
     /// A batch of records ended (the ring was drained): where output is flushed.
@@ -40,6 +45,7 @@ pub async fn trace(
     sink: &mut impl Sink,
 ) -> Result<Traced> {
     let mut stop = super::StopSignal::install(duration).context("installing signal handlers")?;
+    sink.prepare()?;
     let (mut tracer, mut reader) = Tracer::start(&kernel.options())?;
     super::warn_about_missing_features(tracer.features());
     let start_ns = monotonic_ns();
@@ -50,7 +56,7 @@ pub async fn trace(
     if let Err(err) = crate::privileges::drop_after_attach(&tracer) {
         eprintln!("portwatch: warning: could not drop the capabilities only loading needs: {err}");
     }
-    sink.start(start_ns, seeds);
+    sink.start(start_ns, seeds)?;
     match duration {
         Some(duration) => eprintln!(
             "portwatch: {what} for {}; Ctrl-C to stop early",
