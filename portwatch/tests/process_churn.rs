@@ -421,3 +421,125 @@ fn a_socket_accepted_on_another_thread_belongs_to_the_process() {
         processes[0]
     );
 }
+
+/// The `N dropped` of a stream's summary line.
+fn stream_dropped(stderr: &str) -> u64 {
+    let summary = stderr
+        .lines()
+        .find(|line| line.contains("events seen"))
+        .unwrap_or_else(|| panic!("no summary in: {stderr}"));
+    let before = summary
+        .split(" dropped")
+        .next()
+        .and_then(|text| text.rsplit(' ').next());
+    before
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no dropped count in: {summary}"))
+}
+
+/// Overload: a one-page ring buffer (4 KiB, ~28 records) against a client churning
+/// flat out. Drops are counted and shown by every output (report JSON and text, the
+/// stream's summary, the recording and its replay), the report says it is incomplete,
+/// and portwatch recovers by itself: a leak made after the burst is found exactly.
+/// (kernel_transitions.rs checks the kernel counts every lost record; this checks what
+/// the user sees.)
+#[test]
+fn a_burst_through_a_one_page_ring_is_counted_everywhere_and_portwatch_recovers() {
+    require_privileges();
+    const LEAKS: u64 = 3;
+    let echo = workload(&["echo-server", "--listen", "127.0.0.1:0", "--workers", "4"]);
+    let echo_addr = format!("127.0.0.1:{}", echo.port);
+    let recording = TempFile::new("burst");
+    let (report, report_stderr) = start_portwatch(
+        &[
+            "report",
+            "--ring-buffer-size",
+            "4K",
+            "--format",
+            "json",
+            "--duration",
+            "2m",
+            "--close-wait-age",
+            "1s",
+            "--record",
+            recording.path(),
+        ],
+        Stdio::piped(),
+    );
+    let (stream, stream_stderr) = start_portwatch(
+        &["stream", "--ring-buffer-size", "4K", "--format", "json"],
+        Stdio::null(),
+    );
+    let mut churner = workload(&[
+        "churn-client",
+        "--connect",
+        &echo_addr,
+        "--rate",
+        "0",
+        "--threads",
+        "2",
+        "--duration",
+        "2s",
+    ]);
+    expect_line(&mut churner, "done");
+
+    // After the burst: a leak, accepted before each peer closes.
+    let mut leaker = workload(&[
+        "leak-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--leak",
+        "3",
+        "--greet",
+    ]);
+    let target = format!("127.0.0.1:{}", leaker.port);
+    let mut client = workload(&[
+        "leak-client",
+        "--connect",
+        &target,
+        "--count",
+        "3",
+        "--await-greeting",
+    ]);
+    expect_line(&mut client, "done");
+    expect_line(&mut leaker, "done");
+    wait_for_close_wait_age(leaker.port, 3, Duration::from_millis(1500));
+
+    let streamed = stop_and_finish(stream, stream_stderr);
+    assert!(
+        stream_dropped(&streamed.stderr) > 0,
+        "the stream says it dropped: {}",
+        streamed.stderr
+    );
+    let reported = stop_and_finish(report, report_stderr);
+    let check = |report: &Value, what: &str| -> u64 {
+        let events = &report["events"];
+        let dropped = events["dropped"].as_u64().unwrap();
+        assert!(dropped > 0, "{what}: {events:#}");
+        assert_eq!(events["incomplete"], true, "{what}: {events:#}");
+        let leaks: Vec<_> = leak_findings(report)
+            .into_iter()
+            .filter(|f| f["pid"] == leaker.pid)
+            .collect();
+        assert_eq!(
+            leaks.len(),
+            1,
+            "{what}: the leak after the burst: {report:#}"
+        );
+        assert_eq!(leaks[0]["close_wait"], LEAKS, "{what}: {:#}", leaks[0]);
+        assert_eq!(leaks[0]["alive"], true, "{what}: {:#}", leaks[0]);
+        // Not checked here: the echo-server's row may show sockets in CLOSE_WAIT or
+        // LAST_ACK that are long gone, whose last transitions were among the dropped
+        // records (seen in 1 run of 10). The table is not reconciled with the kernel
+        // after drops yet.
+        dropped
+    };
+    let live = check(&json(&reported.stdout), "live report");
+    let replayed = replay(&recording, &["--format", "json", "--close-wait-age", "1s"]);
+    assert_eq!(check(&json(&replayed), "replay"), live, "the same drops");
+    let text = replay(&recording, &["--close-wait-age", "1s"]);
+    assert!(
+        text.contains(&format!("{live} dropped")) && text.contains("INCOMPLETE"),
+        "the text report says so: {text}"
+    );
+}
