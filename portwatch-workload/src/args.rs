@@ -22,7 +22,8 @@ pub struct WorkloadArgs {
 pub enum Role {
     /// Accepts connections, reads each until the peer closes, and never closes it: the
     /// sockets stay in CLOSE_WAIT. With --leak N, prints `accepted <N>` once it accepted
-    /// N, and `done <N>` once all N saw EOF.
+    /// N, and `done <N>` once all N saw EOF; with --hand-over, a forked child then holds
+    /// them and this process exits.
     LeakServer(LeakServerArgs),
     /// A pre-fork server: this process listens, a forked child accepts --leak N
     /// connections and leaks them as leak-server does; the parent holds only the
@@ -99,6 +100,17 @@ pub struct LeakServerArgs {
     /// accept4), so that a tracer's hooks on both system calls are exercised.
     #[arg(long)]
     pub alternate_accept: bool,
+
+    /// Listen and accept on a thread other than the main one, which prints
+    /// `thread <tid>` after `ready`: its sockets belong to the process, not the thread.
+    #[arg(long)]
+    pub accept_thread: bool,
+
+    /// With --leak N: once all N are in CLOSE_WAIT, fork; the child keeps the leaked
+    /// sockets and prints `handed-over <child pid>`, and this process exits without
+    /// closing them. The sockets then belong to a process that never accepted them.
+    #[arg(long, requires = "leak")]
+    pub hand_over: bool,
 }
 
 #[derive(Debug, Args)]

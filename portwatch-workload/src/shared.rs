@@ -155,6 +155,29 @@ pub fn exit_on_stdin_eof() -> Result<(), RoleError> {
     })
 }
 
+/// Whether a thread watches stdin (see [`exit_on_stdin_eof`]).
+pub fn watching_stdin() -> bool {
+    WATCHING_STDIN.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// [`exit_on_stdin_eof`] for a forked child: it reads descriptor 0 itself, because the
+/// parent's watcher held std's stdin lock when the process forked, and the child's copy
+/// of that lock stays held forever. `go` lines are not heard.
+pub fn exit_on_raw_stdin_eof() -> Result<(), RoleError> {
+    spawn("stdin-eof", || {
+        let mut buffer = [0u8; 256];
+        loop {
+            // SAFETY: read writes at most `buffer.len()` bytes into `buffer`.
+            let read = unsafe { libc::read(0, buffer.as_mut_ptr().cast(), buffer.len()) };
+            let interrupted =
+                read < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted;
+            if read == 0 || (read < 0 && !interrupted) {
+                std::process::exit(0);
+            }
+        }
+    })
+}
+
 /// Set when the parent wrote `go` on stdin.
 static GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 /// Set once a thread reads stdin: without it, `go` would never be heard.

@@ -13,13 +13,36 @@ use crate::{
 };
 
 pub fn run(args: &LeakServerArgs) -> Result<(), RoleError> {
-    let acceptor = Acceptor::listen(args.listen)?.alternate_syscalls(args.alternate_accept);
-    shared::say_ready(acceptor.local_addr().port())?;
     let limit = Limit {
         leak: args.leak,
         keep_listening: args.keep_listening,
+        hand_over: args.hand_over,
     };
-    leak(acceptor, limit, args.greet)
+    let (listen, alternate, greet) = (args.listen, args.alternate_accept, args.greet);
+    let serve = move |on_thread: bool| {
+        let acceptor = Acceptor::listen(listen)?.alternate_syscalls(alternate);
+        shared::say_ready(acceptor.local_addr().port())?;
+        if on_thread {
+            // After `ready`: a parent waiting for `ready` skips the lines before it.
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() };
+            shared::say(&format!("thread {tid}"))?;
+        }
+        leak(acceptor, limit, greet)
+    };
+    if !args.accept_thread {
+        return serve(false);
+    }
+    // listen(), accept() and the listener's close() all run on this other thread; the
+    // main thread only waits for it.
+    let server = std::thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || serve(true))
+        .map_err(RoleError::Thread)?;
+    // `leak` only returns with an error; a panic there is a bug worth seeing.
+    server
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// How many connections to leak, and what then becomes of the listener.
@@ -28,6 +51,8 @@ pub struct Limit {
     pub leak: Option<u64>,
     /// Hold the listening socket once `leak` are accepted, rather than closing it.
     pub keep_listening: bool,
+    /// Once all are at EOF, hand them to a forked child and exit (see [`hand_over`]).
+    pub hand_over: bool,
 }
 
 /// Accepts connections up to `limit` and leaks them; with `greet`, writes each one byte
@@ -68,7 +93,33 @@ pub fn leak(mut acceptor: Acceptor, limit: Limit, greet: bool) -> Result<(), Rol
         leaked.push(stream);
     }
     shared::say(&format!("done {}", leaked.len()))?;
+    if limit.hand_over {
+        hand_over()?;
+    }
     shared::hold_forever()
+}
+
+/// Forks: the child returns, to hold every descriptor this process held (the leaked
+/// sockets, and the listener if kept); this process exits without closing any, so the
+/// kernel only drops its references and the sockets stay as they are, in the child.
+fn hand_over() -> Result<(), RoleError> {
+    // SAFETY: fork has no memory preconditions. The child goes on with this thread only.
+    // The others are the stdin watcher, blocked reading stdin with std's stdin lock held
+    // (the child never takes that lock: see `shared::exit_on_raw_stdin_eof`), and
+    // readers that have returned their socket and are ending; glibc's fork keeps malloc
+    // usable in the child.
+    match unsafe { libc::fork() } {
+        -1 => Err(RoleError::Fork(io::Error::last_os_error())),
+        0 => {
+            // The stdin watcher did not survive the fork: without one of its own, the
+            // child would outlive whoever started it.
+            if shared::watching_stdin() {
+                shared::exit_on_raw_stdin_eof()?;
+            }
+            shared::say(&format!("handed-over {}", std::process::id()))
+        }
+        _ => std::process::exit(0),
+    }
 }
 
 /// Reads and discards until the peer closes (or resets) the connection.

@@ -33,6 +33,7 @@ pub fn run(args: &PreforkServerArgs) -> Result<(), RoleError> {
             let limit = leak_server::Limit {
                 leak: Some(args.leak),
                 keep_listening: true,
+                hand_over: false,
             };
             leak_server::leak(acceptor, limit, false)
         }

@@ -263,6 +263,9 @@ pub struct Context<'a> {
 #[derive(Default)]
 struct Holdings {
     states: BTreeMap<&'static str, usize>,
+    /// The comm of the owner of its sockets, for a process that did nothing the window
+    /// saw (one that inherited them, or was named by /proc) and so has no activity.
+    comm: Option<Comm>,
     /// (age ns, exact?, peer) of each CLOSE_WAIT socket.
     close_waits: Vec<(u64, bool, (IpAddr, Option<u16>))>,
     time_wait_now: usize,
@@ -286,8 +289,13 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
     let mut processes = Vec::new();
     let mut findings = Vec::new();
     for key in keys {
-        let activity = model.processes.get(&key).cloned().unwrap_or_default();
+        let mut activity = model.processes.get(&key).cloned().unwrap_or_default();
         let held = holdings.get(&key).unwrap_or(&empty);
+        if activity.comm.is_empty()
+            && let Some(comm) = held.comm
+        {
+            activity.comm = comm;
+        }
         let alive = key == UNKNOWN || model.table.is_alive(&key);
         let workload = if alive && key != UNKNOWN {
             (context.workload)(key.pid)
@@ -397,6 +405,7 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
     for (_, socket) in model.table.live() {
         let key = socket.owner.map_or(UNKNOWN, |o| o.process);
         let held = holdings.entry(key).or_default();
+        held.comm = held.comm.or(socket.owner.map(|o| o.comm));
         *held.states.entry(socket.state.name()).or_default() += 1;
         if socket.state == TcpState::CloseWait {
             let age = now_ns.saturating_sub(socket.state_since_ns);

@@ -270,26 +270,36 @@ impl SocketTable {
         }
     }
 
-    /// Live sockets whose owner is unknown or only provisional (a listener's).
+    /// Live sockets whose owner is unknown, only provisional (a listener's), or has
+    /// exited (see [`SocketTable::settled`]).
     pub fn unresolved(&self) -> usize {
         self.live
             .values()
-            .filter(|s| {
-                s.owner
-                    .is_none_or(|id| !self.owners.get(id).source.is_certain())
-            })
+            .filter(|s| !self.settled(s.owner.map(|id| self.owners.get(id)).as_ref()))
             .count()
+    }
+
+    /// Whether an owner needs no look at /proc: learned for certain, and still running.
+    ///
+    /// An owner that exited while its socket lives on may have left it to a process
+    /// that inherited the descriptor (a leaker that forks and exits, a daemon that
+    /// double-forks): the kernel saw that process neither accept nor connect, so only
+    /// /proc can name it. Where no process holds the socket (an orphan finishing its
+    /// close), the exited owner stays.
+    fn settled(&self, owner: Option<&SocketOwner>) -> bool {
+        owner.is_some_and(|o| o.source.is_certain() && self.exits.is_alive(&o.process))
     }
 
     /// Names the holders found in /proc for live sockets whose owner the kernel could
     /// not learn for certain (accept(fd, NULL, NULL), a socket passed with
-    /// SCM_RIGHTS, ...). `holders` maps a 4-tuple to the PID and comm holding it.
-    /// Returns how many sockets got an owner.
+    /// SCM_RIGHTS, ...) or has exited (inherited by a child). `holders` maps a
+    /// 4-tuple to the PID and comm holding it. Returns how many sockets got an owner.
     pub fn resolve(&mut self, holders: &HashMap<Tuple, (u32, Comm)>) -> usize {
         let mut resolved = 0;
-        for socket in self.live.values_mut() {
+        let mut live = std::mem::take(&mut self.live);
+        for socket in live.values_mut() {
             let owner = socket.owner.map(|id| self.owners.get(id));
-            if owner.is_some_and(|o| o.source.is_certain()) {
+            if self.settled(owner.as_ref()) {
                 continue;
             }
             let Some(&(pid, comm)) = holders.get(&socket.tuple) else {
@@ -304,6 +314,7 @@ impl SocketTable {
             socket.owner = Some(self.owners.intern(found));
             resolved += 1;
         }
+        self.live = live;
         self.compact_owners();
         resolved
     }

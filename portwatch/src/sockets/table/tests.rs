@@ -333,3 +333,45 @@ fn procfs_resolves_a_provisional_owner_but_never_a_certain_one() {
     assert_eq!(table.get(9).unwrap().owner.unwrap().process.pid, CLIENT);
     assert_eq!(table.unresolved(), 0);
 }
+
+#[test]
+fn procfs_names_the_holder_of_a_socket_whose_certain_owner_exited() {
+    // A leaker accepts, forks and exits: its child holds the socket now. Another
+    // socket of the leaker is an orphan no process holds: it stays the leaker's.
+    let mut table = SocketTable::new();
+    let leaker = owner(SERVER, "leaker", OwnerSource::Accept);
+    for sock in [8, 9] {
+        table.apply(&event(
+            sock,
+            0,
+            TcpState::Established,
+            TcpState::CloseWait,
+            leaker,
+        ));
+    }
+    assert_eq!(
+        table.unresolved(),
+        0,
+        "a certain, running owner needs no /proc"
+    );
+    table.apply(&Event::Exited(Exited {
+        ts_ns: 1,
+        pid: SERVER,
+        comm: Comm::new("leaker"),
+    }));
+    assert_eq!(table.unresolved(), 2);
+    let holders = HashMap::from([(
+        table.get(8).unwrap().tuple,
+        (SERVER + 1, Comm::new("leaker")),
+    )]);
+    assert_eq!(table.resolve(&holders), 1);
+    let child = table.get(8).unwrap().owner.unwrap();
+    assert_eq!(
+        (child.process.pid, child.source),
+        (SERVER + 1, OwnerSource::Procfs)
+    );
+    assert!(table.is_alive(&child.process));
+    let orphan = table.get(9).unwrap().owner.unwrap();
+    assert_eq!(orphan.process.pid, SERVER);
+    assert!(!table.is_alive(&orphan.process));
+}
