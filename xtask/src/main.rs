@@ -4,6 +4,7 @@
 //! machine needs nothing but cargo.
 mod bench;
 mod kernels;
+mod layers;
 mod setup;
 
 use std::{
@@ -118,6 +119,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { no_kernels } => {
             setup::all(&workspace)?;
             cargo(&workspace, &["fmt", "--all", "--check"])?;
+            layers::check(&workspace)?;
             cargo(
                 &workspace,
                 &["clippy", "--all-targets", "--", "-D", "warnings"],
