@@ -130,9 +130,10 @@ fn count(counter: Counter) {
 /// copying a byte array out of it compiles to.
 macro_rules! field {
     ($args:ident . $($field:tt)+) => {
-        // SAFETY: `$args` points at the tracepoint record whose layout the args struct
-        // mirrors (checked by userspace against tracefs before load); the field is
-        // naturally aligned and inside the record.
+        // SAFETY: `$args` points at the tracepoint record that its struct in
+        // `portwatch_common::tracepoint` describes (userspace checks the struct's
+        // `FIELDS` against tracefs before loading); the field is naturally aligned and
+        // inside the record.
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$args).$($field)+)) }
     };
 }

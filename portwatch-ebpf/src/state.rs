@@ -21,33 +21,10 @@ use aya_ebpf::{
 };
 use portwatch_common::{
     AF_INET6, Counter, EventKind, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN, IPPROTO_TCP, Origin, Owner,
-    OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state,
+    OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state, tracepoint::InetSockSetState,
 };
 
 use crate::{EVENTS, LISTENERS, PEERS, SOCKETS, count, current_owner, field};
-
-/// The record of `sock:inet_sock_set_state`, as its format file in tracefs describes it
-/// (include/trace/events/sock.h): stable since Linux 4.16, which added `protocol`.
-/// Userspace checks these offsets against the running kernel's format file before
-/// loading this program. Addresses are integers so each is read with aligned loads.
-#[repr(C)]
-struct InetSockSetStateArgs {
-    /// The common fields; not readable from BPF.
-    _common: u64,
-    skaddr: u64,
-    oldstate: i32,
-    newstate: i32,
-    sport: u16,
-    dport: u16,
-    family: u16,
-    protocol: u16,
-    saddr: u32,
-    daddr: u32,
-    saddr_v6: [u64; 2],
-    daddr_v6: [u64; 2],
-}
-
-const _: () = assert!(core::mem::size_of::<InetSockSetStateArgs>() == 72);
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -56,7 +33,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn on_state_change(ctx: &TracePointContext) {
-    let args = ctx.as_ptr().cast::<InetSockSetStateArgs>().cast_const();
+    // The record's layout is checked by userspace against tracefs before loading.
+    let args = ctx.as_ptr().cast::<InetSockSetState>().cast_const();
     if field!(args.protocol) != IPPROTO_TCP {
         return;
     }
