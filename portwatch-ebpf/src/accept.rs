@@ -43,7 +43,7 @@ pub fn accept_enter(ctx: TracePointContext) -> u32 {
             .insert(bpf_get_current_pid_tgid(), buffer, 0)
             .is_err()
     {
-        count(Counter::OwnerTableFull);
+        count(&ctx, Counter::OwnerTableFull);
     }
     0
 }
@@ -93,7 +93,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         unsafe { (*entry).owner = owner };
     }
     let Some(mut record) = EVENTS.reserve::<OwnerEvent>(0) else {
-        count(Counter::RingBufFull);
+        count(ctx, Counter::RingBufFull);
         return;
     };
     record.write(OwnerEvent {

@@ -20,7 +20,7 @@ pub fn connect_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(mut record) = EVENTS.reserve::<ConnectFailedEvent>(0) else {
-        count(Counter::RingBufFull);
+        count(&ctx, Counter::RingBufFull);
         return 0;
     };
     let pid_tgid = bpf_get_current_pid_tgid();

@@ -62,9 +62,9 @@ fn on_state_change(ctx: &TracePointContext) {
     let by_syscall = made_by_syscall(old_state, new_state);
     let actor = by_syscall && (pid_tgid >> 32) != 0;
 
-    let tracked = track(sock, old_state, new_state, sport, now, actor);
+    let tracked = track(ctx, sock, old_state, new_state, sport, now, actor);
     if new_state == tcp_state::LISTEN {
-        remember_listener(sport, &tracked.owner);
+        remember_listener(ctx, sport, &tracked.owner);
     } else if old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE {
         let _ = LISTENERS.remove(u32::from(sport));
     }
@@ -76,7 +76,7 @@ fn on_state_change(ctx: &TracePointContext) {
     };
     if learns_peer(old_state, new_state, dport, &tracked.owner) {
         if PEERS.insert(peer, sock, 0).is_err() {
-            count(Counter::OwnerTableFull);
+            count(ctx, Counter::OwnerTableFull);
         }
     } else if new_state == tcp_state::CLOSE
         && tracked.owner.origin == Origin::Passive as u8
@@ -88,7 +88,7 @@ fn on_state_change(ctx: &TracePointContext) {
     }
 
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
-        count(Counter::RingBufFull);
+        count(ctx, Counter::RingBufFull);
         return;
     };
     let event = entry.as_mut_ptr();
@@ -142,7 +142,15 @@ struct Tracked {
 /// Updates the socket's entry in `SOCKETS` for a transition at `now` and returns what
 /// the event should carry.
 #[inline(always)]
-fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: bool) -> Tracked {
+fn track(
+    ctx: &TracePointContext,
+    sock: u64,
+    old_state: u8,
+    new_state: u8,
+    sport: u16,
+    now: u64,
+    actor: bool,
+) -> Tracked {
     // A socket that is opening cannot have an entry (its last one went at CLOSE), so
     // the lookup is skipped: two of the ten a loopback connection costs. Should a
     // stale entry remain (its CLOSE never seen), the insert below replaces it, rather
@@ -210,7 +218,7 @@ fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: b
             owner,
         };
         if SOCKETS.insert(sock, entry, 0).is_err() {
-            count(Counter::SocketTableFull);
+            count(ctx, Counter::SocketTableFull);
         }
     }
     Tracked {
@@ -280,9 +288,9 @@ fn inherited_from_listener(port: u16) -> Owner {
 }
 
 #[inline(always)]
-fn remember_listener(port: u16, owner: &Owner) {
+fn remember_listener(ctx: &TracePointContext, port: u16, owner: &Owner) {
     if owner.tgid != 0 && LISTENERS.insert(u32::from(port), *owner, 0).is_err() {
-        count(Counter::OwnerTableFull);
+        count(ctx, Counter::OwnerTableFull);
     }
 }
 
