@@ -15,27 +15,10 @@ use aya_ebpf::{
 };
 use portwatch_common::{
     AF_INET, AF_INET6, Counter, EventKind, Origin, OwnerEvent, OwnerSource, PeerKey,
+    tracepoint::{SysEnterAccept, SysExit},
 };
 
 use crate::{ACCEPTS, EVENTS, PEERS, SOCKETS, count, current_owner, field};
-
-/// `syscalls:sys_enter_accept` and `sys_enter_accept4` (same leading fields).
-#[repr(C)]
-struct AcceptEnterArgs {
-    _common: u64,
-    _syscall_nr: u64,
-    _fd: u64,
-    upeer_sockaddr: u64,
-    _upeer_addrlen: u64,
-}
-
-/// `syscalls:sys_exit_accept` and `sys_exit_accept4`.
-#[repr(C)]
-struct SyscallExitArgs {
-    _common: u64,
-    _syscall_nr: u64,
-    ret: i64,
-}
 
 /// `struct sockaddr_in6`, which also covers `sockaddr_in`'s first 8 bytes.
 #[repr(C)]
@@ -53,14 +36,14 @@ struct SockaddrIn6 {
 /// Attached to both sys_enter_accept and sys_enter_accept4.
 #[tracepoint]
 pub fn accept_enter(ctx: TracePointContext) -> u32 {
-    let args = ctx.as_ptr().cast::<AcceptEnterArgs>().cast_const();
+    let args = ctx.as_ptr().cast::<SysEnterAccept>().cast_const();
     let buffer = field!(args.upeer_sockaddr);
     if buffer != 0
         && ACCEPTS
             .insert(bpf_get_current_pid_tgid(), buffer, 0)
             .is_err()
     {
-        count(Counter::OwnerTableFull);
+        count(&ctx, Counter::OwnerTableFull);
     }
     0
 }
@@ -79,7 +62,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         return;
     };
     let _ = ACCEPTS.remove(pid_tgid);
-    let args = ctx.as_ptr().cast::<SyscallExitArgs>().cast_const();
+    let args = ctx.as_ptr().cast::<SysExit>().cast_const();
     if field!(args.ret) < 0 {
         return;
     }
@@ -110,7 +93,7 @@ fn on_accept_exit(ctx: &TracePointContext) {
         unsafe { (*entry).owner = owner };
     }
     let Some(mut record) = EVENTS.reserve::<OwnerEvent>(0) else {
-        count(Counter::RingBufFull);
+        count(ctx, Counter::RingBufFull);
         return;
     };
     record.write(OwnerEvent {

@@ -7,26 +7,20 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use portwatch_common::{ConnectFailedEvent, Counter, EADDRNOTAVAIL, EventKind};
+use portwatch_common::{
+    ConnectFailedEvent, Counter, EADDRNOTAVAIL, EventKind, tracepoint::SysExit,
+};
 
 use crate::{EVENTS, count, field};
 
-/// `syscalls:sys_exit_connect`.
-#[repr(C)]
-struct SyscallExitArgs {
-    _common: u64,
-    _syscall_nr: u64,
-    ret: i64,
-}
-
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn connect_exit(ctx: TracePointContext) -> u32 {
-    let args = ctx.as_ptr().cast::<SyscallExitArgs>().cast_const();
+    let args = ctx.as_ptr().cast::<SysExit>().cast_const();
     if field!(args.ret) != -i64::from(EADDRNOTAVAIL) {
         return 0;
     }
     let Some(mut record) = EVENTS.reserve::<ConnectFailedEvent>(0) else {
-        count(Counter::RingBufFull);
+        count(&ctx, Counter::RingBufFull);
         return 0;
     };
     let pid_tgid = bpf_get_current_pid_tgid();

@@ -9,7 +9,7 @@ use portwatch_common::{Counter, EventKind, ExitEvent};
 use crate::{EVENTS, count};
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
-pub fn process_exit(_ctx: TracePointContext) -> u32 {
+pub fn process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     // Only the thread group leader's exit ends the process as a PID's owner.
@@ -17,7 +17,7 @@ pub fn process_exit(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     let Some(mut record) = EVENTS.reserve::<ExitEvent>(0) else {
-        count(Counter::RingBufFull);
+        count(&ctx, Counter::RingBufFull);
         return 0;
     };
     let event = record.as_mut_ptr();

@@ -14,6 +14,7 @@ mod exit;
 mod state;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_get_current_comm,
@@ -21,6 +22,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
+use aya_log_ebpf::{debug, warn};
 use portwatch_common::{
     COMM_LEN, COUNTER_SLOTS, Counter, Owner, PeerKey, READER_ASLEEP, SocketEntry,
 };
@@ -116,12 +118,39 @@ fn current_comm(comm: &mut [u8; COMM_LEN]) {
     }
 }
 
+/// Counts a loss, and says so in the eBPF log (`--ebpf-log`). Only called where
+/// something was lost, so the log calls add nothing to the path every event takes; and
+/// with the log off (the default) the loader sets `AYA_LOG_LEVEL` to 0 in the frozen
+/// .rodata, so the verifier sees each log branch as dead and removes it.
+///
+/// A full ring buffer drops every event while it stays full, so it is logged at debug
+/// only: at warn the log would add work exactly when the host is busiest.
 #[inline(always)]
-fn count(counter: Counter) {
+fn count<C: EbpfContext>(ctx: &C, counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, so no other CPU writes it; preemption is disabled
         // while a tracepoint program runs.
         unsafe { *slot += 1 };
+    }
+    match counter {
+        Counter::RingBufFull => {
+            debug!(
+                ctx,
+                "ring buffer full: an event was dropped (see --ring-buffer-size)"
+            );
+        }
+        Counter::SocketTableFull => {
+            warn!(
+                ctx,
+                "socket table full: a socket goes untracked (see --max-sockets)"
+            );
+        }
+        Counter::OwnerTableFull => {
+            warn!(
+                ctx,
+                "listener, accept or peer table full: an owner may be missed"
+            );
+        }
     }
 }
 
@@ -130,9 +159,10 @@ fn count(counter: Counter) {
 /// copying a byte array out of it compiles to.
 macro_rules! field {
     ($args:ident . $($field:tt)+) => {
-        // SAFETY: `$args` points at the tracepoint record whose layout the args struct
-        // mirrors (checked by userspace against tracefs before load); the field is
-        // naturally aligned and inside the record.
+        // SAFETY: `$args` points at the tracepoint record that its struct in
+        // `portwatch_common::tracepoint` describes (userspace checks the struct's
+        // `FIELDS` against tracefs before loading); the field is naturally aligned and
+        // inside the record.
         unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$args).$($field)+)) }
     };
 }

@@ -21,33 +21,10 @@ use aya_ebpf::{
 };
 use portwatch_common::{
     AF_INET6, Counter, EventKind, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN, IPPROTO_TCP, Origin, Owner,
-    OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state,
+    OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state, tracepoint::InetSockSetState,
 };
 
 use crate::{EVENTS, LISTENERS, PEERS, SOCKETS, count, current_owner, field};
-
-/// The record of `sock:inet_sock_set_state`, as its format file in tracefs describes it
-/// (include/trace/events/sock.h): stable since Linux 4.16, which added `protocol`.
-/// Userspace checks these offsets against the running kernel's format file before
-/// loading this program. Addresses are integers so each is read with aligned loads.
-#[repr(C)]
-struct InetSockSetStateArgs {
-    /// The common fields; not readable from BPF.
-    _common: u64,
-    skaddr: u64,
-    oldstate: i32,
-    newstate: i32,
-    sport: u16,
-    dport: u16,
-    family: u16,
-    protocol: u16,
-    saddr: u32,
-    daddr: u32,
-    saddr_v6: [u64; 2],
-    daddr_v6: [u64; 2],
-}
-
-const _: () = assert!(core::mem::size_of::<InetSockSetStateArgs>() == 72);
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -56,7 +33,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 }
 
 fn on_state_change(ctx: &TracePointContext) {
-    let args = ctx.as_ptr().cast::<InetSockSetStateArgs>().cast_const();
+    // The record's layout is checked by userspace against tracefs before loading.
+    let args = ctx.as_ptr().cast::<InetSockSetState>().cast_const();
     if field!(args.protocol) != IPPROTO_TCP {
         return;
     }
@@ -84,9 +62,9 @@ fn on_state_change(ctx: &TracePointContext) {
     let by_syscall = made_by_syscall(old_state, new_state);
     let actor = by_syscall && (pid_tgid >> 32) != 0;
 
-    let tracked = track(sock, old_state, new_state, sport, now, actor);
+    let tracked = track(ctx, sock, old_state, new_state, sport, now, actor);
     if new_state == tcp_state::LISTEN {
-        remember_listener(sport, &tracked.owner);
+        remember_listener(ctx, sport, &tracked.owner);
     } else if old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE {
         let _ = LISTENERS.remove(u32::from(sport));
     }
@@ -98,7 +76,7 @@ fn on_state_change(ctx: &TracePointContext) {
     };
     if learns_peer(old_state, new_state, dport, &tracked.owner) {
         if PEERS.insert(peer, sock, 0).is_err() {
-            count(Counter::OwnerTableFull);
+            count(ctx, Counter::OwnerTableFull);
         }
     } else if new_state == tcp_state::CLOSE
         && tracked.owner.origin == Origin::Passive as u8
@@ -110,7 +88,7 @@ fn on_state_change(ctx: &TracePointContext) {
     }
 
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
-        count(Counter::RingBufFull);
+        count(ctx, Counter::RingBufFull);
         return;
     };
     let event = entry.as_mut_ptr();
@@ -164,7 +142,15 @@ struct Tracked {
 /// Updates the socket's entry in `SOCKETS` for a transition at `now` and returns what
 /// the event should carry.
 #[inline(always)]
-fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: bool) -> Tracked {
+fn track(
+    ctx: &TracePointContext,
+    sock: u64,
+    old_state: u8,
+    new_state: u8,
+    sport: u16,
+    now: u64,
+    actor: bool,
+) -> Tracked {
     // A socket that is opening cannot have an entry (its last one went at CLOSE), so
     // the lookup is skipped: two of the ten a loopback connection costs. Should a
     // stale entry remain (its CLOSE never seen), the insert below replaces it, rather
@@ -232,7 +218,7 @@ fn track(sock: u64, old_state: u8, new_state: u8, sport: u16, now: u64, actor: b
             owner,
         };
         if SOCKETS.insert(sock, entry, 0).is_err() {
-            count(Counter::SocketTableFull);
+            count(ctx, Counter::SocketTableFull);
         }
     }
     Tracked {
@@ -302,9 +288,9 @@ fn inherited_from_listener(port: u16) -> Owner {
 }
 
 #[inline(always)]
-fn remember_listener(port: u16, owner: &Owner) {
+fn remember_listener(ctx: &TracePointContext, port: u16, owner: &Owner) {
     if owner.tgid != 0 && LISTENERS.insert(u32::from(port), *owner, 0).is_err() {
-        count(Counter::OwnerTableFull);
+        count(ctx, Counter::OwnerTableFull);
     }
 }
 

@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use portwatch_workload::{self as workload, parse_duration};
 
 use crate::{
-    bpf::TracerOptions,
+    bpf::{EbpfLogLevel, TracerOptions},
     detect::report::{Severity, Thresholds},
     output::stream::Format,
     tcp_state::TcpState,
@@ -219,6 +219,11 @@ pub struct KernelArgs {
     /// and shown without their time in state.
     #[arg(long, value_name = "N", default_value_t = 65536)]
     pub max_sockets: u32,
+
+    /// Show the eBPF programs' own diagnostics (a full table, a dropped event) on stderr,
+    /// from this level up. Off by default, when they cost nothing.
+    #[arg(long, value_enum, value_name = "LEVEL", default_value_t = EbpfLogLevel::Off)]
+    pub ebpf_log: EbpfLogLevel,
 }
 
 impl KernelArgs {
@@ -226,6 +231,7 @@ impl KernelArgs {
         TracerOptions {
             ring_buffer_bytes: self.ring_buffer_size,
             max_sockets: self.max_sockets,
+            ebpf_log: self.ebpf_log,
         }
     }
 }

@@ -11,13 +11,14 @@
 //! Records are native-endian like the kernel's; a file is for the architecture that
 //! wrote it (checked by the header's `endian`).
 use std::{
-    fs::File,
-    io::{self, BufReader, BufWriter, Read, Write},
+    fs::{self, File},
+    io::{self, BufWriter, Read, Write},
     net::IpAddr,
     path::Path,
 };
 
 use anyhow::{Context as _, Result, bail};
+use bytes::{Buf as _, Bytes};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -185,24 +186,32 @@ impl Writer {
 #[derive(Debug)]
 pub struct Recording {
     pub header: Header,
-    pub records: Vec<Vec<u8>>,
+    /// Each a slice of the one buffer the file was read into: no copy per record.
+    pub records: Vec<Bytes>,
     pub trailer: Trailer,
 }
 
 pub fn read(path: &Path) -> Result<Recording> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    read_from(BufReader::new(file)).with_context(|| format!("reading recording {}", path.display()))
+    let file = fs::read(path).with_context(|| format!("opening {}", path.display()))?;
+    parse(Bytes::from(file)).with_context(|| format!("reading recording {}", path.display()))
 }
 
 pub fn read_from(mut input: impl Read) -> Result<Recording> {
-    let mut magic = [0u8; 8];
-    input
-        .read_exact(&mut magic)
-        .context("the file is too short to be a recording")?;
-    if &magic[..5] != b"PWREC" {
+    let mut file = Vec::new();
+    input.read_to_end(&mut file)?;
+    parse(Bytes::from(file))
+}
+
+/// Splits a whole recording into its frames.
+fn parse(mut input: Bytes) -> Result<Recording> {
+    if input.len() < MAGIC.len() {
+        bail!("the file is too short to be a recording");
+    }
+    let magic = input.split_to(MAGIC.len());
+    if magic[..5] != *b"PWREC" {
         bail!("not a portwatch recording (made with `portwatch record`)");
     }
-    if &magic != MAGIC {
+    if magic != MAGIC[..] {
         bail!(
             "recording format version {} is not supported (this portwatch reads version 1)",
             magic[7]
@@ -211,23 +220,19 @@ pub fn read_from(mut input: impl Read) -> Result<Recording> {
     let mut header: Option<Header> = None;
     let mut records = Vec::new();
     loop {
-        let mut tag = [0u8; 1];
-        match input.read_exact(&mut tag) {
-            Ok(()) => {}
-            Err(err) if err.kind() == io::ErrorKind::UnexpectedEof => {
-                bail!("the recording ends without its trailer: was `portwatch record` interrupted?")
-            }
-            Err(err) => return Err(err.into()),
+        if !input.has_remaining() {
+            bail!("the recording ends without its trailer: was `portwatch record` interrupted?")
         }
-        let mut len = [0u8; 4];
-        input.read_exact(&mut len).context("truncated frame")?;
-        let len = u32::from_le_bytes(len);
+        let tag = input.get_u8();
+        let len = input.try_get_u32_le().context("truncated frame")?;
         if len > MAX_FRAME {
             bail!("corrupt recording: a frame claims {len} bytes");
         }
-        let mut payload = vec![0u8; len as usize];
-        input.read_exact(&mut payload).context("truncated frame")?;
-        match (tag[0], &header) {
+        if input.remaining() < len as usize {
+            bail!("truncated frame");
+        }
+        let payload = input.split_to(len as usize);
+        match (tag, &header) {
             (TAG_HEADER, None) => {
                 let parsed: Header = serde_json::from_slice(&payload).context("bad header")?;
                 if parsed.endian != native_endian() {
@@ -326,5 +331,16 @@ mod tests {
         huge.push(TAG_HEADER);
         huge.extend(u32::MAX.to_le_bytes());
         assert!(format!("{:#}", read_from(&huge[..]).unwrap_err()).contains("corrupt"));
+        let mut cut = MAGIC.to_vec();
+        let header = serde_json::to_vec(&header()).unwrap();
+        cut.push(TAG_HEADER);
+        cut.extend(u32::try_from(header.len()).unwrap().to_le_bytes());
+        cut.extend(header);
+        cut.push(TAG_RECORD);
+        cut.extend(10u32.to_le_bytes());
+        cut.extend([1, 2, 3]);
+        assert!(format!("{:#}", read_from(&cut[..]).unwrap_err()).contains("truncated frame"));
+        cut.truncate(cut.len() - 5);
+        assert!(format!("{:#}", read_from(&cut[..]).unwrap_err()).contains("truncated frame"));
     }
 }

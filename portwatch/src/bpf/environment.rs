@@ -6,6 +6,7 @@ use std::{fs, io, path::PathBuf};
 
 use anyhow::{Result, bail};
 use aya::{programs::ProgramType, sys::BpfHelper};
+use portwatch_common::tracepoint::{Field, InetSockSetState, SysEnterAccept, SysExit};
 
 /// Capability numbers from include/uapi/linux/capability.h.
 const CAP_SYS_ADMIN: u32 = 21;
@@ -14,25 +15,12 @@ const CAP_BPF: u32 = 39;
 
 const TRACEFS_MOUNTS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// The tracepoint portwatch attaches to, and the fields of its record the eBPF program
-/// reads at fixed offsets (`InetSockSetStateArgs` in portwatch-ebpf): name, offset, size.
+/// The tracepoint portwatch attaches to. The fields of its record that the eBPF program
+/// reads, and where, come from `InetSockSetState::FIELDS`.
 pub const STATE_TRACEPOINT: (&str, &str) = ("sock", "inet_sock_set_state");
-const STATE_TRACEPOINT_FIELDS: [(&str, usize, usize); 11] = [
-    ("skaddr", 8, 8),
-    ("oldstate", 16, 4),
-    ("newstate", 20, 4),
-    ("sport", 24, 2),
-    ("dport", 26, 2),
-    ("family", 28, 2),
-    ("protocol", 30, 2),
-    ("saddr", 32, 4),
-    ("daddr", 36, 4),
-    ("saddr_v6", 40, 16),
-    ("daddr_v6", 56, 16),
-];
 
-/// The accept tracepoints and the fields the accept hook reads: syscall entry
-/// `upeer_sockaddr`, syscall exit `ret`. They exist with CONFIG_FTRACE_SYSCALLS.
+/// The accept tracepoints; the accept hook reads `SysEnterAccept::FIELDS` on entry and
+/// `SysExit::FIELDS` on exit. They exist with CONFIG_FTRACE_SYSCALLS.
 pub const ACCEPT_ENTER_TRACEPOINTS: [(&str, &str); 2] = [
     ("syscalls", "sys_enter_accept4"),
     ("syscalls", "sys_enter_accept"),
@@ -41,8 +29,6 @@ pub const ACCEPT_EXIT_TRACEPOINTS: [(&str, &str); 2] = [
     ("syscalls", "sys_exit_accept4"),
     ("syscalls", "sys_exit_accept"),
 ];
-const ACCEPT_ENTER_FIELDS: [(&str, usize, usize); 1] = [("upeer_sockaddr", 24, 8)];
-const SYSCALL_EXIT_FIELDS: [(&str, usize, usize); 1] = [("ret", 16, 8)];
 pub const EXIT_TRACEPOINT: (&str, &str) = ("sched", "sched_process_exit");
 pub const CONNECT_EXIT_TRACEPOINT: (&str, &str) = ("syscalls", "sys_exit_connect");
 
@@ -77,7 +63,7 @@ pub fn prepare() -> Result<(PathBuf, Features)> {
     let connect_hook = check_optional(
         &tracefs,
         CONNECT_EXIT_TRACEPOINT,
-        &SYSCALL_EXIT_FIELDS,
+        &SysExit::FIELDS,
         SYSCALL_TRACEPOINTS,
     );
     Ok((
@@ -97,17 +83,12 @@ fn check_accept_hook(tracefs: &std::path::Path) -> Result<(), String> {
         check_optional(
             tracefs,
             tracepoint,
-            &ACCEPT_ENTER_FIELDS,
+            &SysEnterAccept::FIELDS,
             SYSCALL_TRACEPOINTS,
         )?;
     }
     for tracepoint in ACCEPT_EXIT_TRACEPOINTS {
-        check_optional(
-            tracefs,
-            tracepoint,
-            &SYSCALL_EXIT_FIELDS,
-            SYSCALL_TRACEPOINTS,
-        )?;
+        check_optional(tracefs, tracepoint, &SysExit::FIELDS, SYSCALL_TRACEPOINTS)?;
     }
     check_helper(
         BpfHelper::BPF_FUNC_probe_read_user,
@@ -125,7 +106,7 @@ const SYSCALL_TRACEPOINTS: &str =
 fn check_optional(
     tracefs: &std::path::Path,
     (category, name): (&str, &str),
-    fields: &[(&str, usize, usize)],
+    fields: &[Field],
     requirement: &str,
 ) -> Result<(), String> {
     let path = tracefs
@@ -302,14 +283,21 @@ fn check_state_tracepoint(tracefs: &std::path::Path) -> Result<()> {
     })
 }
 
-/// Compares the state tracepoint's format file with the offsets the eBPF program was
+/// Compares the state tracepoint's format file with the record the eBPF program was
 /// built for.
 fn check_format(format: &str) -> Result<(), String> {
-    check_fields(format, &STATE_TRACEPOINT_FIELDS)
+    check_fields(format, &InetSockSetState::FIELDS)
 }
 
-fn check_fields(format: &str, fields: &[(&str, usize, usize)]) -> Result<(), String> {
-    for &(field, offset, size) in fields {
+/// Checks each field is where the record's struct in `portwatch_common::tracepoint`
+/// has it, with the same size.
+fn check_fields(format: &str, fields: &[Field]) -> Result<(), String> {
+    for &Field {
+        name: field,
+        offset,
+        size,
+    } in fields
+    {
         let Some((found_offset, found_size)) = field_layout(format, field) else {
             return Err(format!("no field `{field}`"));
         };
@@ -379,6 +367,73 @@ print fmt: \"family=%s\"";
         assert!(check_format(&moved).unwrap_err().contains("`sport`"));
         let missing = FORMAT.replace("protocol", "proto");
         assert_eq!(check_format(&missing), Err("no field `protocol`".into()));
+    }
+
+    /// `syscalls:sys_enter_accept4` and `sys_exit_accept` on Linux 6.18.
+    const ACCEPT4_ENTER_FORMAT: &str = "name: sys_enter_accept4
+ID: 2234
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:struct sockaddr * upeer_sockaddr;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:int * upeer_addrlen;\toffset:32;\tsize:8;\tsigned:0;
+\tfield:int flags;\toffset:40;\tsize:8;\tsigned:0;
+";
+    const EXIT_ACCEPT_FORMAT: &str = "name: sys_exit_accept
+ID: 2231
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;
+";
+
+    #[test]
+    fn syscall_formats_pass() {
+        assert_eq!(
+            check_fields(ACCEPT4_ENTER_FORMAT, &SysEnterAccept::FIELDS),
+            Ok(())
+        );
+        assert_eq!(check_fields(EXIT_ACCEPT_FORMAT, &SysExit::FIELDS), Ok(()));
+        let moved = EXIT_ACCEPT_FORMAT.replace("ret;\toffset:16", "ret;\toffset:12");
+        assert_eq!(
+            check_fields(&moved, &SysExit::FIELDS),
+            Err("field `ret` is at offset 12 size 8, expected offset 16 size 8".into())
+        );
+    }
+
+    /// The tables come from the structs in portwatch-common; this pins them to the
+    /// layout every supported kernel has, so a change to a struct shows here too.
+    #[test]
+    fn tables_follow_the_structs() {
+        let state: Vec<_> = InetSockSetState::FIELDS
+            .iter()
+            .map(|field| (field.name, field.offset, field.size))
+            .collect();
+        assert_eq!(
+            state,
+            [
+                ("skaddr", 8, 8),
+                ("oldstate", 16, 4),
+                ("newstate", 20, 4),
+                ("sport", 24, 2),
+                ("dport", 26, 2),
+                ("family", 28, 2),
+                ("protocol", 30, 2),
+                ("saddr", 32, 4),
+                ("daddr", 36, 4),
+                ("saddr_v6", 40, 16),
+                ("daddr_v6", 56, 16),
+            ]
+        );
     }
 
     #[test]

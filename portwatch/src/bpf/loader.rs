@@ -14,6 +14,7 @@ use aya::{
 use portwatch_common::{COUNTER_SLOTS, Counter, Owner, names};
 
 use super::{
+    ebpf_log::{self, EbpfLogLevel},
     environment::{self, Features},
     reader::EventReader,
 };
@@ -29,6 +30,8 @@ pub struct TracerOptions {
     pub ring_buffer_bytes: u32,
     /// Capacity of the kernel's live-socket table.
     pub max_sockets: u32,
+    /// The eBPF programs' diagnostics on stderr, from this level up; off by default.
+    pub ebpf_log: EbpfLogLevel,
 }
 
 impl Default for TracerOptions {
@@ -36,6 +39,7 @@ impl Default for TracerOptions {
         TracerOptions {
             ring_buffer_bytes: 8 << 20,
             max_sockets: 65536,
+            ebpf_log: EbpfLogLevel::Off,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct Tracer {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     features: Features,
+    /// Reads the eBPF log while `--ebpf-log` is on; stops when dropped.
+    _log_task: Option<ebpf_log::LogTask>,
 }
 
 impl Tracer {
@@ -80,13 +86,19 @@ impl Tracer {
         let (tracefs, features) = environment::prepare()?;
 
         let wakeup_bytes = wakeup_bytes(options.ring_buffer_bytes);
-        let mut ebpf = EbpfLoader::new()
+        let log_level = options.ebpf_log.kernel_value();
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
             .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
             .map_max_entries(names::SOCKETS, options.max_sockets)
-            .map_max_entries(names::PEERS, options.max_sockets)
+            .map_max_entries(names::PEERS, options.max_sockets);
+        ebpf_log::configure(&mut loader, options.ebpf_log, &log_level);
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .map_err(|err| load_error(err.into()))?;
+        // Before attaching, so the log shows from the first event.
+        let log_task = ebpf_log::start(&mut ebpf, options.ebpf_log)?;
 
         // Attach the optional hooks first: the state program's events carry what they
         // learn, so it should not run without them.
@@ -134,6 +146,7 @@ impl Tracer {
                 ebpf,
                 counters,
                 features,
+                _log_task: log_task,
             },
             reader,
         ))

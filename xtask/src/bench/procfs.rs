@@ -1,46 +1,49 @@
 //! What the benchmark reads about a process from /proc: CPU time, memory, the eBPF maps
 //! and programs it holds, and its network namespace's TCP counters.
+//!
+//! The `procfs` crate (the one portwatch uses) parses what it knows: a process's stat
+//! and status, its fd table, /proc/stat. It does not parse the key-value fdinfo of eBPF
+//! maps and programs, nor /proc/<pid>/net/netstat: those few lines are read here.
 use std::{collections::BTreeMap, fs, path::Path};
 
 use anyhow::{Context as _, Result};
+use procfs::{
+    CurrentSI as _, KernelStats,
+    process::{FDTarget, Process},
+};
 
-/// User plus system CPU seconds of the whole process so far (`/proc/<pid>/stat` fields
-/// 14 and 15, in clock ticks). Still readable while the process is a zombie, which is
-/// how the benchmark reads a stopped agent's total.
+/// User plus system CPU seconds of the whole process so far (`/proc/<pid>/stat`
+/// utime and stime). Still readable while the process is a zombie, which is how the
+/// benchmark reads a stopped agent's total.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // The command name (field 2) may hold spaces and parentheses: fields are counted
-    // from the last ')'.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .with_context(|| format!("{path} has no command name"))?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state): utime is field 14, stime field 15.
-    let ticks = |index: usize| -> Result<u64> {
-        fields
-            .get(index)
-            .and_then(|field| field.parse().ok())
-            .with_context(|| format!("{path}: field {} is not a number", index + 3))
-    };
-    let total = ticks(11)? + ticks(12)?;
-    Ok(total as f64 / clock_ticks_per_second())
+    let stat = process(pid)?
+        .stat()
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    Ok((stat.utime + stat.stime) as f64 / clock_ticks_per_second())
+}
+
+fn process(pid: u32) -> Result<Process> {
+    let pid = i32::try_from(pid).with_context(|| format!("{pid} is not a PID"))?;
+    Process::new(pid).with_context(|| format!("opening /proc/{pid}"))
 }
 
 fn clock_ticks_per_second() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
+    match procfs::ticks_per_second() {
+        0 => 100.0,
+        ticks => ticks as f64,
+    }
 }
 
-/// A `Vm*:` line of `/proc/<pid>/status` in KiB, e.g. `VmRSS` or `VmHWM` (peak RSS).
+/// A memory line of `/proc/<pid>/status` in KiB: `VmRSS`, `VmHWM` (peak RSS) or
+/// `RssAnon`.
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let value = line.strip_prefix(key)?.strip_prefix(':')?;
-        value.trim().trim_end_matches("kB").trim().parse().ok()
-    })
+    let status = process(pid).ok()?.status().ok()?;
+    match key {
+        "VmRSS" => status.vmrss,
+        "VmHWM" => status.vmhwm,
+        "RssAnon" => status.rssanon,
+        _ => None,
+    }
 }
 
 /// One eBPF map a process holds a descriptor of, from `/proc/<pid>/fdinfo`.
@@ -72,19 +75,22 @@ pub struct ProgramRuns {
 pub fn bpf_objects(pid: u32) -> (Vec<MapMemory>, Vec<ProgramRuns>) {
     let mut maps = BTreeMap::new();
     let mut programs = BTreeMap::new();
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+    let Ok(fds) = process(pid).and_then(|process| Ok(process.fd()?)) else {
         return (Vec::new(), Vec::new());
     };
-    for entry in entries.flatten() {
-        let Ok(text) = fs::read_to_string(entry.path()) else {
+    for fd in fds.flatten() {
+        // eBPF objects are anonymous inodes: `anon_inode:bpf-map`, `anon_inode:bpf-prog`
+        // (links, `bpf_link`, name a program too, without its statistics).
+        let FDTarget::AnonInode(kind) = &fd.target else {
             continue;
         };
-        let field = |key: &str| -> Option<u64> {
-            text.lines().find_map(|line| {
-                let value = line.strip_prefix(key)?.strip_prefix(':')?;
-                value.trim().parse().ok()
-            })
+        if kind != "bpf-map" && kind != "bpf-prog" {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.fd)) else {
+            continue;
         };
+        let field = |key: &str| fdinfo_field(&text, key);
         if let (Some(id), Some(map_type)) = (field("map_id"), field("map_type")) {
             maps.insert(
                 id,
@@ -96,7 +102,6 @@ pub fn bpf_objects(pid: u32) -> (Vec<MapMemory>, Vec<ProgramRuns>) {
                 },
             );
         } else if let (Some(id), Some(run_cnt)) = (field("prog_id"), field("run_cnt")) {
-            // A link's fdinfo names its program too, without the statistics.
             programs.insert(
                 id,
                 ProgramRuns {
@@ -112,6 +117,14 @@ pub fn bpf_objects(pid: u32) -> (Vec<MapMemory>, Vec<ProgramRuns>) {
         maps.into_values().collect(),
         programs.into_values().collect(),
     )
+}
+
+/// A `key:\tvalue` line of an fdinfo file, as a number.
+fn fdinfo_field(fdinfo: &str, key: &str) -> Option<u64> {
+    fdinfo.lines().find_map(|line| {
+        let value = line.strip_prefix(key)?.strip_prefix(':')?;
+        value.trim().parse().ok()
+    })
 }
 
 /// A counter of `/proc/<pid>/net/netstat` (the process's network namespace), e.g.
@@ -140,18 +153,46 @@ pub fn sysctl(path: &str) -> Option<String> {
 /// CPU seconds the whole machine spent busy since boot (`/proc/stat`: all but idle
 /// and iowait), to see how much other processes took during a run.
 pub fn host_busy_seconds() -> f64 {
-    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|line| line.starts_with("cpu ")) else {
+    let Ok(stat) = KernelStats::current() else {
         return 0.0;
     };
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
-    let busy: u64 = ticks.iter().take(8).sum::<u64>()
-        - ticks.get(3).copied().unwrap_or(0)
-        - ticks.get(4).copied().unwrap_or(0);
-    busy as f64 / clock_ticks_per_second()
+    busy_ticks(&stat.total) as f64 / clock_ticks_per_second()
+}
+
+/// user nice system irq softirq steal (guest time is inside user).
+fn busy_ticks(cpu: &procfs::CpuTime) -> u64 {
+    cpu.user
+        + cpu.nice
+        + cpu.system
+        + cpu.irq.unwrap_or(0)
+        + cpu.softirq.unwrap_or(0)
+        + cpu.steal.unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fdinfo_fields() {
+        let map = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1055\nmap_type:\t27\n\
+                   key_size:\t0\nvalue_size:\t0\nmax_entries:\t8388608\nmap_flags:\t0x0\n\
+                   map_extra:\t0x0\nmemlock:\t8392704\nmap_id:\t297\nfrozen:\t0\n";
+        assert_eq!(fdinfo_field(map, "map_id"), Some(297));
+        assert_eq!(fdinfo_field(map, "memlock"), Some(8392704));
+        assert_eq!(fdinfo_field(map, "map_extra"), None);
+        assert_eq!(fdinfo_field(map, "prog_id"), None);
+    }
+
+    /// This process, read through procfs: a sanity check that the fields are wired.
+    #[test]
+    fn own_process() {
+        let me = std::process::id();
+        assert!(cpu_seconds(me).unwrap() >= 0.0);
+        assert!(status_kib(me, "VmRSS").unwrap() > 0);
+        assert!(status_kib(me, "VmHWM").is_some());
+        assert!(status_kib(me, "RssAnon").is_some());
+        assert_eq!(status_kib(me, "VmNope"), None);
+        assert!(host_busy_seconds() > 0.0);
+    }
 }
