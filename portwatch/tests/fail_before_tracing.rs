@@ -80,9 +80,9 @@ fn a_recording_path_that_cannot_be_written_fails_before_tracing() {
 fn a_demo_whose_processes_cannot_start_fails_before_its_window() {
     require_privileges();
     // A new network namespace's loopback is down: the demo's clients cannot reach its
-    // servers, as on a broken host. (Its servers start before portwatch attaches; its
-    // clients right after, so that every connection they make is seen: a client that
-    // cannot start ends the run there.)
+    // servers, as on a broken host. (The demo's processes start the moment portwatch
+    // has attached, so that every connection they make is seen: one that cannot start
+    // ends the run there.)
     let output = run_expecting_early_failure(
         Command::new("unshare").args(["--net", PORTWATCH, "demo", "--duration", "5m"]),
         Duration::from_secs(60),

@@ -29,33 +29,19 @@ const LEAKS: &str = "25";
 /// sustains, so the demo is cheap.
 const CHURN_RATE: &str = "200";
 
-/// The demo's processes: the servers before tracing begins (so a demo that cannot
-/// start its processes says so at once, not after its window), the clients once it
-/// has, so their every connection is seen.
+/// The demo's processes, started the moment tracing has begun: so every connection they
+/// make is seen, and after portwatch dropped the capabilities only loading needed (they
+/// are per thread, and starting a process starts threads that read its output). One
+/// that cannot start ends the run there, not after the window.
 struct DemoSink {
     inner: ModelSink,
     actors: Vec<WorkloadProcess>,
 }
 
 impl Sink for DemoSink {
-    fn prepare(&mut self) -> Result<()> {
-        let spawn_servers = || -> Result<Vec<WorkloadProcess>> {
-            let actors = launcher()?;
-            let leaker = actors.spawn(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"])?;
-            let echo = actors.spawn(&["echo-server", "--listen", "127.0.0.1:0"])?;
-            Ok(vec![leaker, echo])
-        };
-        self.actors = spawn_servers().context("starting the demo's processes")?;
-        Ok(())
-    }
-
     fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
         self.inner.start(start_ns, seeds)?;
-        let [leaker, echo] = &self.actors[..] else {
-            unreachable!("prepare started the two servers");
-        };
-        let clients = spawn_clients(leaker, echo).context("starting the demo's processes")?;
-        self.actors.extend(clients);
+        self.actors = spawn_actors().context("starting the demo's processes")?;
         Ok(())
     }
 
@@ -64,14 +50,12 @@ impl Sink for DemoSink {
     }
 }
 
-fn launcher() -> Result<Launcher> {
+fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
     // This binary's hidden `actor` command: the demo needs no other program.
     let exe = std::env::current_exe().context("finding portwatch's own executable")?;
-    Ok(Launcher::new(exe, ["actor"]))
-}
-
-fn spawn_clients(leaker: &WorkloadProcess, echo: &WorkloadProcess) -> Result<Vec<WorkloadProcess>> {
-    let actors = launcher()?;
+    let actors = Launcher::new(exe, ["actor"]);
+    let leaker = actors.spawn(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"])?;
+    let echo = actors.spawn(&["echo-server", "--listen", "127.0.0.1:0"])?;
     let leaker_addr = format!("127.0.0.1:{}", leaker.port);
     let feeder = actors.spawn(&["leak-client", "--connect", &leaker_addr, "--count", LEAKS])?;
     let echo_addr = format!("127.0.0.1:{}", echo.port);
@@ -95,7 +79,7 @@ fn spawn_clients(leaker: &WorkloadProcess, echo: &WorkloadProcess) -> Result<Vec
          echo-server (pid {})",
         leaker.pid, feeder.pid, churner.pid, healthy.pid, echo.pid
     );
-    Ok(vec![feeder, churner, healthy])
+    Ok(vec![leaker, feeder, echo, churner, healthy])
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
