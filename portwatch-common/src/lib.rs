@@ -11,6 +11,11 @@ use core::mem::size_of;
 /// `TASK_COMM_LEN` in the kernel.
 pub const COMM_LEN: usize = 16;
 
+/// The version of the ring-buffer records' layout as a whole: recordings carry it, so a
+/// replay never misreads records of another layout as this one's. Bump it whenever any
+/// record type below changes size or meaning; the sizes are asserted beside each type.
+pub const RECORD_LAYOUT_VERSION: u32 = 1;
+
 /// What a ring-buffer record holds. The first `u32` of every record is its kind, so
 /// userspace can tell records apart before it reads the rest. Numbers are part of the
 /// wire format: never reuse one.

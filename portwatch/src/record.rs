@@ -3,14 +3,18 @@
 //!
 //! Layout (version 1): the 8-byte magic `PWREC\0\0\x01`, then frames of
 //! `[tag: u8][length: u32 little-endian][payload]`:
-//! - tag 1, header (JSON, first): start time, port settings, startup snapshot seeds;
+//! - tag 1, header (JSON, first): start time, port settings, startup snapshot seeds, and
+//!   the records' layout version (`portwatch_common::RECORD_LAYOUT_VERSION`);
 //! - tag 2, one ring-buffer record, byte for byte as the kernel wrote it (decoded by
 //!   `event::decode`, so a replay runs the same code as a live run);
-//! - tag 3, trailer (JSON, last): end time and loss counters.
+//! - tag 3, trailer (JSON, last): end time, loss counters, and what /proc said at the end
+//!   (holders of sockets, each process's workload), so a replay never asks the replaying
+//!   machine's /proc about the recording machine's processes.
 //!
 //! Records are native-endian like the kernel's; a file is for the architecture that
 //! wrote it (checked by the header's `endian`).
 use std::{
+    collections::BTreeMap,
     fs::{self, File},
     io::{self, BufWriter, Read, Write},
     net::IpAddr,
@@ -19,6 +23,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use bytes::{Buf as _, Bytes};
+use portwatch_common::RECORD_LAYOUT_VERSION;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -41,6 +46,11 @@ pub struct Header {
     pub settings: PortSettings,
     pub seeds: Vec<RecordedSeed>,
     pub endian: String,
+    /// The records' layout version; absent in recordings made before it was written
+    /// (their records are decoded as this version's, and any that do not fit are counted
+    /// as undecodable).
+    #[serde(default)]
+    pub layout: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +66,10 @@ pub struct Trailer {
     /// the kernel could not learn.
     #[serde(default)]
     pub holders: Vec<RecordedHolder>,
+    /// The container or unit of each process the records name that was alive at the
+    /// end, as the report shows it.
+    #[serde(default)]
+    pub workloads: BTreeMap<u32, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,6 +255,19 @@ fn parse(mut input: Bytes) -> Result<Recording> {
                         parsed.endian
                     );
                 }
+                match parsed.layout {
+                    Some(layout) if layout > RECORD_LAYOUT_VERSION => bail!(
+                        "its records have layout version {layout}, newer than this portwatch \
+                         reads ({RECORD_LAYOUT_VERSION}): replay it with the portwatch that \
+                         recorded it, or a newer one"
+                    ),
+                    Some(layout) if layout < RECORD_LAYOUT_VERSION => bail!(
+                        "its records have layout version {layout}, older than this portwatch \
+                         reads ({RECORD_LAYOUT_VERSION}): replay it with the portwatch that \
+                         recorded it"
+                    ),
+                    _ => {}
+                }
                 header = Some(parsed);
             }
             (TAG_RECORD, Some(_)) => records.push(payload),
@@ -277,6 +304,7 @@ mod tests {
                 taken_ns: 3,
             }],
             endian: native_endian(),
+            layout: Some(RECORD_LAYOUT_VERSION),
         }
     }
 
@@ -300,6 +328,7 @@ mod tests {
                 pid: 7,
                 comm: "worker".into(),
             }],
+            workloads: [(7, "nginx.service".to_owned())].into(),
         };
         writer.finish(&trailer).unwrap();
         let recording = read(&path).unwrap();
@@ -314,6 +343,42 @@ mod tests {
         let seed = Seed::try_from(&recording.header.seeds[0]).unwrap();
         assert_eq!(seed.state, TcpState::CloseWait);
         assert_eq!(seed.holders, [(12, Comm::new("nginx"))]);
+    }
+
+    fn file_with_header(header: &Header) -> Vec<u8> {
+        let mut file = MAGIC.to_vec();
+        let header = serde_json::to_vec(header).unwrap();
+        file.push(TAG_HEADER);
+        file.extend(u32::try_from(header.len()).unwrap().to_le_bytes());
+        file.extend(header);
+        file
+    }
+
+    #[test]
+    fn records_of_another_layout_are_refused_by_name() {
+        for (layout, says) in [
+            (RECORD_LAYOUT_VERSION + 1, "newer than this portwatch reads"),
+            (RECORD_LAYOUT_VERSION - 1, "older than this portwatch reads"),
+        ] {
+            let file = file_with_header(&Header {
+                layout: Some(layout),
+                ..header()
+            });
+            let err = format!("{:#}", read_from(&file[..]).unwrap_err());
+            assert!(err.contains(&format!("layout version {layout}")), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_header_from_before_layout_versions_is_read() {
+        let mut json: serde_json::Value = serde_json::to_value(header()).unwrap();
+        json.as_object_mut().unwrap().remove("layout");
+        let header: Header = serde_json::from_value(json).unwrap();
+        assert_eq!(header.layout, None);
+        let trailer: Trailer =
+            serde_json::from_str(r#"{"end_ns":1,"dropped":0,"untracked":0}"#).unwrap();
+        assert!(trailer.workloads.is_empty() && trailer.holders.is_empty());
     }
 
     #[test]

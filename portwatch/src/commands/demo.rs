@@ -106,6 +106,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         settings: &settings,
         thresholds: &Thresholds::default(),
         dropped: traced.counters.ring_buffer_full,
+        undecodable: sink.inner.undecodable,
         untracked: traced.counters.untracked(),
         skipped: traced.counters.skipped,
         workload: &workload,

@@ -5,6 +5,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use rustc_hash::FxHashSet;
 
 use crate::{
     cli::RecordArgs,
@@ -13,7 +14,7 @@ use crate::{
         trace::{self, Sink, Traced},
     },
     detect::ports::PortSettings,
-    event::Comm,
+    event::{Comm, Event, decode},
     record::{self, Header, RecordedHolder, RecordedSeed, Trailer, Writer},
     sockets::{table::Seed, tuple::Tuple},
 };
@@ -25,6 +26,8 @@ pub struct FileSink {
     path: PathBuf,
     error: Option<anyhow::Error>,
     pub records: u64,
+    /// Every process the records name, whose workload the trailer keeps.
+    pids: FxHashSet<u32>,
 }
 
 impl FileSink {
@@ -36,15 +39,18 @@ impl FileSink {
                 settings,
                 seeds: Vec::new(),
                 endian: record::native_endian(),
+                layout: Some(portwatch_common::RECORD_LAYOUT_VERSION),
             },
             path: path.to_owned(),
             error: None,
             records: 0,
+            pids: FxHashSet::default(),
         }
     }
 
-    /// Writes the trailer: the end of the window, its losses, and `holders`: who held
-    /// each connected socket at the end (`startup::holders_now`).
+    /// Writes the trailer: the end of the window, its losses, `holders` (who held each
+    /// connected socket at the end, `startup::holders_now`) and the workload of each
+    /// process the records name, as /proc says now: what a live report would ask it.
     pub fn finish(self, traced: &Traced, holders: &HashMap<Tuple, (u32, Comm)>) -> Result<()> {
         let context = || format!("writing {}", self.path.display());
         if let Some(err) = self.error {
@@ -62,6 +68,11 @@ impl FileSink {
                 comm: comm.to_string(),
             })
             .collect();
+        let workloads = self
+            .pids
+            .iter()
+            .filter_map(|&pid| Some((pid, startup::workload(pid)?)))
+            .collect();
         writer
             .finish(&Trailer {
                 end_ns: traced.end_ns,
@@ -69,6 +80,7 @@ impl FileSink {
                 untracked: traced.counters.untracked(),
                 skipped: traced.counters.skipped,
                 holders,
+                workloads,
             })
             .with_context(context)
     }
@@ -94,6 +106,13 @@ impl Sink for FileSink {
     }
 
     fn record(&mut self, bytes: &[u8]) {
+        let pid = match decode(bytes) {
+            Ok(Event::Transition(t)) => t.owner.map(|owner| owner.pid),
+            Ok(Event::Accepted(accepted)) => Some(accepted.owner.pid),
+            Ok(Event::ConnectFailed(failed)) => Some(failed.task.pid),
+            Ok(Event::Exited(_)) | Err(_) => None,
+        };
+        self.pids.extend(pid.filter(|&pid| pid != 0));
         if let Some(writer) = &mut self.writer
             && self.error.is_none()
         {

@@ -2,7 +2,7 @@
 //! churners and exhausted destinations.
 use std::io::{self, Write as _};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use crate::{
     cli::{ReportArgs, ReportFormat},
@@ -15,7 +15,7 @@ use crate::{
         ports::PortSettings,
         report::{self, Context, Report},
     },
-    event::decode,
+    event::{DecodeError, decode},
     output, record,
     sockets::table::Seed,
 };
@@ -30,6 +30,8 @@ pub enum Outcome {
 pub struct ModelSink {
     pub model: Model,
     pub undecodable: u64,
+    /// Why the first undecodable record was.
+    pub first_error: Option<DecodeError>,
 }
 
 impl ModelSink {
@@ -37,6 +39,7 @@ impl ModelSink {
         ModelSink {
             model,
             undecodable: 0,
+            first_error: None,
         }
     }
 }
@@ -54,7 +57,10 @@ impl Sink for ModelSink {
     fn record(&mut self, bytes: &[u8]) {
         match decode(bytes) {
             Ok(event) => self.model.apply(&event),
-            Err(_) => self.undecodable += 1,
+            Err(err) => {
+                self.undecodable += 1;
+                self.first_error.get_or_insert(err);
+            }
         }
     }
 }
@@ -139,24 +145,24 @@ async fn live(args: &ReportArgs) -> Result<Report> {
     if let Some(file) = live.file {
         file.finish(&traced, &holders)?;
     }
-    let untracked = traced.counters.untracked();
-    Ok(build(
-        &sink.model,
-        traced.end_ns,
-        &settings,
-        args,
-        traced.counters.ring_buffer_full,
-        untracked,
-        traced.counters.skipped,
-    ))
+    let workload = |pid: u32| crate::commands::startup::workload(pid);
+    let context = Context {
+        settings: &settings,
+        thresholds: &args.thresholds(),
+        dropped: traced.counters.ring_buffer_full,
+        undecodable: sink.undecodable,
+        untracked: traced.counters.untracked(),
+        skipped: traced.counters.skipped,
+        workload: &workload,
+    };
+    Ok(report::build(&sink.model, traced.end_ns, &context))
 }
 
+/// A recording's report: the same code as a live run's, over the recorded records, with
+/// what /proc said taken from the recording (never from this machine's /proc).
 fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
     let recording = record::read(path)?;
-    let mut sink = ModelSink {
-        model: Model::new(recording.header.start_ns),
-        undecodable: 0,
-    };
+    let mut sink = ModelSink::new(Model::new(recording.header.start_ns));
     let seeds = recording
         .header
         .seeds
@@ -167,36 +173,29 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
     for bytes in &recording.records {
         sink.record(bytes);
     }
+    let total = recording.records.len() as u64;
+    if total > 0 && sink.undecodable == total {
+        let err = sink
+            .first_error
+            .map(|err| err.to_string())
+            .unwrap_or_default();
+        bail!(
+            "none of the {total} records in {} could be decoded ({err}): it was made by a \
+             portwatch whose records this one does not read; replay it with that portwatch",
+            path.display()
+        );
+    }
     let trailer = &recording.trailer;
     sink.model.table.resolve(&trailer.holders());
-    Ok(build(
-        &sink.model,
-        trailer.end_ns,
-        &recording.header.settings,
-        args,
-        trailer.dropped,
-        trailer.untracked,
-        trailer.skipped,
-    ))
-}
-
-fn build(
-    model: &Model,
-    end_ns: u64,
-    settings: &PortSettings,
-    args: &ReportArgs,
-    dropped: u64,
-    untracked: u64,
-    skipped: Option<u64>,
-) -> Report {
-    let workload = |pid: u32| crate::commands::startup::workload(pid);
+    let workload = |pid: u32| trailer.workloads.get(&pid).cloned();
     let context = Context {
-        settings,
+        settings: &recording.header.settings,
         thresholds: &args.thresholds(),
-        dropped,
-        untracked,
-        skipped,
+        dropped: trailer.dropped,
+        undecodable: sink.undecodable,
+        untracked: trailer.untracked,
+        skipped: trailer.skipped,
         workload: &workload,
     };
-    report::build(model, end_ns, &context)
+    Ok(report::build(&sink.model, trailer.end_ns, &context))
 }

@@ -78,10 +78,13 @@ impl<'a> JsonFinding<'a> {
 }
 
 pub fn text(out: &mut impl Write, report: &Report) -> io::Result<()> {
-    let skipped = match report.events.skipped {
+    let mut skipped = match report.events.skipped {
         Some(skipped) if skipped > 0 => format!(", {skipped} skipped by the kernel"),
         _ => String::new(),
     };
+    if report.events.undecodable > 0 {
+        skipped += &format!(", {} undecodable", report.events.undecodable);
+    }
     writeln!(
         out,
         "portwatch report: {:.1} s window, {} events, {} dropped{skipped}{}",

@@ -225,8 +225,12 @@ pub struct Lifetimes {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct EventCounts {
+    /// Records read, decodable or not.
     pub seen: u64,
     pub dropped: u64,
+    /// Records read that could not be decoded (a recording's corrupt bytes, a kernel
+    /// sending what this portwatch does not know): their events are missing.
+    pub undecodable: u64,
     /// Kernel table entries lost (socket table or owner tables full).
     pub untracked: u64,
     /// Events that never existed: runs of portwatch's programs the kernel skipped
@@ -254,6 +258,7 @@ pub struct Context<'a> {
     pub settings: &'a PortSettings,
     pub thresholds: &'a Thresholds,
     pub dropped: u64,
+    pub undecodable: u64,
     pub untracked: u64,
     pub skipped: Option<u64>,
     pub workload: &'a dyn Fn(u32) -> Option<String>,
@@ -382,11 +387,14 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
     Report {
         window_s,
         events: EventCounts {
-            seen: model.seen,
+            seen: model.seen + context.undecodable,
             dropped: context.dropped,
+            undecodable: context.undecodable,
             untracked: context.untracked,
             skipped: context.skipped,
-            incomplete: context.dropped > 0 || context.skipped.is_some_and(|n| n > 0),
+            incomplete: context.dropped > 0
+                || context.undecodable > 0
+                || context.skipped.is_some_and(|n| n > 0),
         },
         port_range: context.settings.range,
         port_capacity: context.settings.capacity(),

@@ -15,6 +15,7 @@ pub(crate) fn report_of(script: &Script, end_ns: u64, dropped: u64) -> Report {
         settings: &settings,
         thresholds: &Thresholds::default(),
         dropped,
+        undecodable: 0,
         untracked: 0,
         skipped: None,
         workload: &no_workload,
