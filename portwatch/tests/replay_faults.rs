@@ -140,12 +140,12 @@ fn a_replay_names_the_recording_machines_workloads_and_never_lies_about_damage()
     let finished = wait_for_portwatch(portwatch, stderr);
     assert_eq!(finished.status.code(), Some(0), "{}", finished.stderr);
     let leaker_pid = leaker.pid;
+    let unit_name = unit.name.clone();
     // The leaker and its unit are gone before the replay: whatever the replay says of
     // them, it read in the recording.
     drop(leaker);
     drop(feeder);
     drop(unit);
-    let unit_name = format!("portwatch-replay-{}.service", std::process::id());
 
     let output = replay(&recording);
     assert!(
