@@ -120,7 +120,7 @@ impl Sink for LiveSink {
 async fn live(args: &ReportArgs) -> Result<Report> {
     let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
     let mut live = LiveSink {
-        model: ModelSink::new(Model::new(0)),
+        model: ModelSink::new(Model::with_limits(0, args.limits())),
         file: args
             .record
             .as_deref()
@@ -154,7 +154,7 @@ async fn live(args: &ReportArgs) -> Result<Report> {
 fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
     let recording = record::read(path)?;
     let mut sink = ModelSink {
-        model: Model::new(recording.header.start_ns),
+        model: Model::with_limits(recording.header.start_ns, args.limits()),
         undecodable: 0,
     };
     let seeds = recording
