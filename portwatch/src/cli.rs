@@ -6,7 +6,10 @@ use portwatch_workload::{self as workload, parse_duration};
 
 use crate::{
     bpf::{EbpfLogLevel, TracerOptions},
-    detect::report::{Severity, Thresholds},
+    detect::{
+        model::Limits,
+        report::{Severity, Thresholds},
+    },
     output::stream::Format,
     tcp_state::TcpState,
 };
@@ -100,9 +103,20 @@ pub struct ReportArgs {
 
     #[command(flatten)]
     pub kernel: KernelArgs,
+
+    #[command(flatten)]
+    pub limits: ModelLimitArgs,
 }
 
 impl ReportArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_sockets: self.kernel.max_sockets as usize,
+            max_processes: self.limits.max_processes as usize,
+            max_destinations: self.limits.max_destinations as usize,
+        }
+    }
+
     pub fn thresholds(&self) -> Thresholds {
         let d = &self.detection;
         Thresholds {
@@ -140,6 +154,24 @@ pub struct DetectionArgs {
     /// Port exhaustion forecast sooner than this is critical, later a warning.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub exhaustion_critical: Duration,
+}
+
+/// How much a report keeps in memory, so a long window stays bounded. Beyond a limit
+/// the longest idle entries with nothing live go first; evictions are counted in the
+/// report.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Limits")]
+pub struct ModelLimitArgs {
+    /// How many processes' activity a report keeps. Beyond it, exited processes that
+    /// hold no socket are forgotten first, processes holding CLOSE_WAIT sockets last.
+    #[arg(long, value_name = "N", default_value_t = 16384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_processes: u32,
+
+    /// How many destinations (local address, remote address, port) a report keeps.
+    /// Beyond it, those no port is taken toward are forgotten first, the longest idle
+    /// first.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_destinations: u32,
 }
 
 #[derive(Debug, Args)]
@@ -215,9 +247,11 @@ pub struct KernelArgs {
     #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_ring_buffer_size)]
     pub ring_buffer_size: u32,
 
-    /// How many live sockets the kernel-side table can hold. Sockets beyond it are counted
-    /// and shown without their time in state.
-    #[arg(long, value_name = "N", default_value_t = 65536)]
+    /// How many live sockets the kernel-side table can hold, and portwatch's own table
+    /// (and its TIME_WAIT groups). Beyond it the kernel counts sockets as untracked
+    /// (shown without their time in state), and portwatch evicts: stale and closing
+    /// sockets first, CLOSE_WAIT sockets last.
+    #[arg(long, value_name = "N", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_sockets: u32,
 
     /// Show the eBPF programs' own diagnostics (a full table, a dropped event) on stderr,
@@ -380,6 +414,38 @@ mod tests {
         assert_eq!(args.states, [TcpState::CloseWait]);
         assert_eq!(args.duration, Some(Duration::from_secs(5)));
         assert_eq!(args.kernel.ring_buffer_size, 8 << 20);
+    }
+
+    #[test]
+    fn limits_parse_with_defaults_and_refuse_zero() {
+        let report = |args: &[&str]| {
+            let cli = Cli::try_parse_from(["portwatch", "report"].iter().chain(args))?;
+            match cli.command {
+                Command::Report(args) => Ok::<_, clap::Error>(args.limits()),
+                other => panic!("parsed as {other:?}"),
+            }
+        };
+        assert_eq!(report(&[]).unwrap(), Limits::default());
+        let limits = report(&[
+            "--max-sockets",
+            "256",
+            "--max-processes",
+            "8",
+            "--max-destinations",
+            "4",
+        ])
+        .unwrap();
+        assert_eq!(
+            limits,
+            Limits {
+                max_sockets: 256,
+                max_processes: 8,
+                max_destinations: 4
+            }
+        );
+        for flag in ["--max-sockets", "--max-processes", "--max-destinations"] {
+            assert!(report(&[flag, "0"]).is_err(), "{flag} 0");
+        }
     }
 
     #[test]

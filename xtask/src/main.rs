@@ -56,6 +56,14 @@ enum Task {
         #[arg(long, value_name = "SECONDS", default_value_t = 300)]
         timeout: u64,
     },
+    /// Set up, then run the bounded-memory soak test (portwatch/tests/soak.rs, root)
+    /// for longer than CI does: churn past every limit while portwatch's RSS and the
+    /// kernel's socket table are sampled, and must stay flat. Not run by CI.
+    Soak {
+        /// How long portwatch traces.
+        #[arg(long, value_name = "M", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+    },
     /// Inside a test-kernels VM only: the in-guest test and its traffic processes.
     #[command(hide = true, subcommand)]
     Guest(kernels::guest::Role),
@@ -157,6 +165,29 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Task::Bench(args) => bench::run(&workspace, *args),
+        Task::Soak { minutes } => {
+            setup::all(&workspace)?;
+            // Release, as production runs it; the test reads its length from the
+            // environment.
+            let status = Command::new(cargo_bin())
+                .current_dir(&workspace)
+                .args([
+                    "test",
+                    "--release",
+                    "--package",
+                    "portwatch",
+                    "--test",
+                    "soak",
+                ])
+                .args(["--", "--test-threads=1", "--nocapture"])
+                .env("PORTWATCH_SOAK_SECS", (minutes * 60).to_string())
+                .status()
+                .context("running the soak test")?;
+            if !status.success() {
+                bail!("the soak test failed (see above)");
+            }
+            Ok(())
+        }
     }
 }
 

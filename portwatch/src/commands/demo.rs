@@ -15,7 +15,7 @@ use crate::{
         trace::{self, Sink},
     },
     detect::{
-        model::Model,
+        model::{Limits, Model},
         ports::PortSettings,
         report::{self, Context, Thresholds},
     },
@@ -85,7 +85,13 @@ fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
 pub async fn run(args: DemoArgs) -> Result<()> {
     let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
     let mut sink = DemoSink {
-        inner: ModelSink::new(Model::new(0)),
+        inner: ModelSink::new(Model::with_limits(
+            0,
+            Limits {
+                max_sockets: args.kernel.max_sockets as usize,
+                ..Limits::default()
+            },
+        )),
         actors: Vec::new(),
     };
     let traced = trace::trace(

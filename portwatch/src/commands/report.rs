@@ -126,7 +126,7 @@ impl Sink for LiveSink {
 async fn live(args: &ReportArgs) -> Result<Report> {
     let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
     let mut live = LiveSink {
-        model: ModelSink::new(Model::new(0)),
+        model: ModelSink::new(Model::with_limits(0, args.limits())),
         file: args
             .record
             .as_deref()
@@ -162,7 +162,7 @@ async fn live(args: &ReportArgs) -> Result<Report> {
 /// what /proc said taken from the recording (never from this machine's /proc).
 fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
     let recording = record::read(path)?;
-    let mut sink = ModelSink::new(Model::new(recording.header.start_ns));
+    let mut sink = ModelSink::new(Model::with_limits(recording.header.start_ns, args.limits()));
     let seeds = recording
         .header
         .seeds

@@ -23,7 +23,7 @@ pub async fn run(args: StreamArgs) -> Result<()> {
     let mut sink = Sink {
         printer: StreamPrinter::new(out, args.format, WallClock::now()),
         filter,
-        table: SocketTable::new(),
+        table: SocketTable::with_limit(args.kernel.max_sockets as usize),
         seen: 0,
         shown: 0,
         undecodable: 0,
@@ -57,6 +57,19 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         summary += &format!(
             ", {} sockets untracked (socket table full)",
             counters.socket_table_full
+        );
+    }
+    let evicted = sink.table.evictions();
+    if evicted.sockets > 0 {
+        summary += &format!(
+            ", {} sockets evicted from portwatch's table (--max-sockets)",
+            evicted.sockets
+        );
+    }
+    if evicted.time_wait > 0 {
+        summary += &format!(
+            ", {} TIME_WAIT sockets forgotten early (--max-sockets)",
+            evicted.time_wait
         );
     }
     if sink.undecodable > 0 {

@@ -85,14 +85,23 @@ pub fn text(out: &mut impl Write, report: &Report) -> io::Result<()> {
     if report.events.undecodable > 0 {
         skipped += &format!(", {} undecodable", report.events.undecodable);
     }
+    let evicted = &report.events.evicted;
+    let evicted = if evicted.total() > 0 {
+        format!(
+            ", evicted at the limits: {} sockets, {} TIME_WAIT, {} processes, {} destinations",
+            evicted.sockets, evicted.time_wait, evicted.processes, evicted.destinations
+        )
+    } else {
+        String::new()
+    };
     writeln!(
         out,
-        "portwatch report: {:.1} s window, {} events, {} dropped{skipped}{}",
+        "portwatch report: {:.1} s window, {} events, {} dropped{skipped}{evicted}{}",
         report.window_s,
         report.events.seen,
         report.events.dropped,
         if report.events.incomplete {
-            " (INCOMPLETE: events were lost, numbers are lower bounds)"
+            " (INCOMPLETE: events were lost or evicted, numbers are lower bounds)"
         } else {
             ""
         }
@@ -297,6 +306,10 @@ mod tests {
             let json = json_of(&report);
             assert_eq!(keys(&json), fields(doc, "### Top level"));
             assert_eq!(keys(&json["events"]), fields(doc, "### `events`"));
+            assert_eq!(
+                keys(&json["events"]["evicted"]),
+                fields(doc, "### `events.evicted`")
+            );
             let findings = json["findings"].as_array().unwrap();
             assert!(!findings.is_empty());
             for finding in findings {

@@ -50,18 +50,40 @@ pub(super) struct StoredTimeWait {
 const _: () = assert!(size_of::<StoredTimeWait>() == 56);
 
 /// The groups, oldest first.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct TimeWaits {
     /// In the order they entered TIME_WAIT, which is also the order they expire.
     groups: VecDeque<StoredTimeWait>,
     /// The current second's groups: key -> absolute position in `groups`.
     second: u64,
     index: FxHashMap<TimeWaitKey, u64>,
-    /// Groups expired so far, to turn absolute positions into indices.
+    /// Groups expired (or evicted) so far, to turn absolute positions into indices.
     expired: u64,
+    /// At most this many groups are kept. They expire after 60 s, so only a host
+    /// closing toward thousands of destinations a second reaches it.
+    max_groups: usize,
+    /// TIME_WAIT sockets forgotten before their 60 s because `max_groups` was reached.
+    evicted: u64,
+}
+
+impl Default for TimeWaits {
+    fn default() -> Self {
+        TimeWaits::new(usize::MAX)
+    }
 }
 
 impl TimeWaits {
+    pub fn new(max_groups: usize) -> Self {
+        TimeWaits {
+            groups: VecDeque::new(),
+            second: 0,
+            index: FxHashMap::default(),
+            expired: 0,
+            max_groups: max_groups.max(1),
+            evicted: 0,
+        }
+    }
+
     /// Counts a socket that entered TIME_WAIT at `ts_ns`, owned by `owner` (an id in
     /// the table's owners) of `process`.
     pub fn add(
@@ -105,6 +127,28 @@ impl TimeWaits {
             count: 1,
             since_ns: ts_ns,
         });
+        if self.groups.len() > self.max_groups {
+            self.evict();
+        }
+    }
+
+    /// Over the limit: forgets the oldest groups, the first to expire anyway, down to
+    /// 1/16 below the limit so the next eviction is that many groups away.
+    #[cold]
+    fn evict(&mut self) {
+        let target = self.max_groups - self.max_groups / 16;
+        while self.groups.len() > target {
+            let Some(oldest) = self.groups.pop_front() else {
+                break;
+            };
+            self.expired += 1;
+            self.evicted += u64::from(oldest.count);
+        }
+    }
+
+    /// TIME_WAIT sockets forgotten early because the limit was reached.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Forgets TIME_WAIT sockets older than 60 s at `now_ns`.

@@ -10,7 +10,7 @@ use crate::{
     process::Process,
     sockets::{
         owners::SocketOwner,
-        table::{Seed, SocketTable},
+        table::{Seed, SocketTable, TableEvictions},
     },
     tcp_state::TcpState,
 };
@@ -63,6 +63,8 @@ pub struct Activity {
     pub failed_connects: u64,
     /// Active connections opened, per destination.
     pub destinations: FxHashMap<Destination, u64>,
+    /// Its latest event, for eviction: the longest idle goes first.
+    pub last_ns: u64,
 }
 
 /// What happened toward one destination during the window.
@@ -74,6 +76,58 @@ pub struct DestinationActivity {
     pub lifetimes: Histogram,
     /// Connections opened (or failed) per process.
     pub consumers: FxHashMap<Process, u64>,
+    /// Its latest event, for eviction.
+    pub last_ns: u64,
+}
+
+/// How much a model keeps: each has a flag in `portwatch report`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Live sockets in the socket table, and TIME_WAIT groups (`--max-sockets`).
+    pub max_sockets: usize,
+    /// Processes with activity (`--max-processes`).
+    pub max_processes: usize,
+    /// Destinations with activity (`--max-destinations`).
+    pub max_destinations: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_sockets: crate::sockets::table::DEFAULT_MAX_SOCKETS,
+            max_processes: 16384,
+            max_destinations: 65536,
+        }
+    }
+}
+
+/// What a model forgot because a limit was reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evictions {
+    /// Live sockets (`sockets`) and TIME_WAIT sockets, from the socket table; and of
+    /// the live ones, those that were not stale.
+    pub table: TableEvictions,
+    /// Processes whose activity was forgotten.
+    pub processes: u64,
+    /// Destinations whose activity was forgotten.
+    pub destinations: u64,
+}
+
+impl Evictions {
+    /// Whether anything a report counts was forgotten: then its numbers are lower
+    /// bounds. Stale sockets (their CLOSE record was lost) are not.
+    pub fn mattered(&self) -> bool {
+        self.table.live_sockets > 0
+            || self.table.time_wait > 0
+            || self.processes > 0
+            || self.destinations > 0
+    }
+}
+
+/// What a process holds now, for eviction.
+#[derive(Clone, Copy, Debug, Default)]
+struct Holding {
+    close_wait: bool,
 }
 
 /// A connect() that got as far as SYN_SENT and fell back to CLOSE without a local port.
@@ -96,6 +150,9 @@ pub struct Model {
     pub last_ns: u64,
     /// Records seen, of every kind.
     pub seen: u64,
+    limits: Limits,
+    evicted_processes: u64,
+    evicted_destinations: u64,
 }
 
 /// Processes whose owner portwatch does not know are counted under PID 0.
@@ -103,14 +160,37 @@ pub const UNKNOWN: Process = Process::after_exits(0, 0);
 
 impl Model {
     pub fn new(start_ns: u64) -> Self {
+        Model::with_limits(start_ns, Limits::default())
+    }
+
+    /// A model that keeps at most what `limits` says. A report of an hour, or a host
+    /// that starts a process per request, would otherwise keep every process and
+    /// destination it ever saw.
+    pub fn with_limits(start_ns: u64, limits: Limits) -> Self {
+        let limits = Limits {
+            max_sockets: limits.max_sockets.max(1),
+            max_processes: limits.max_processes.max(1),
+            max_destinations: limits.max_destinations.max(1),
+        };
         Model {
-            table: SocketTable::new(),
+            table: SocketTable::with_limit(limits.max_sockets),
             processes: FxHashMap::default(),
             destinations: FxHashMap::default(),
             portless: FxHashMap::default(),
             start_ns,
             last_ns: start_ns,
             seen: 0,
+            limits,
+            evicted_processes: 0,
+            evicted_destinations: 0,
+        }
+    }
+
+    pub fn evictions(&self) -> Evictions {
+        Evictions {
+            table: self.table.evictions(),
+            processes: self.evicted_processes,
+            destinations: self.evicted_destinations,
         }
     }
 
@@ -133,6 +213,119 @@ impl Model {
             Event::Exited(_) => self.prune_exits(),
             Event::Accepted(_) => {}
         }
+        // One comparison per event; the work is in batches (see `evict_processes`).
+        if self.processes.len() > self.limits.max_processes {
+            self.evict_processes();
+        }
+        if self.destinations.len() > self.limits.max_destinations {
+            self.evict_destinations();
+        }
+        if self.portless.len() > self.limits.max_processes {
+            // Each waits for an EADDRNOTAVAIL record right behind it; so many waiting
+            // means those records were lost. They hold no counts, only a destination.
+            self.portless.clear();
+        }
+    }
+
+    /// Over the limit: forgets processes down to 1/16 below it, so that one pass over
+    /// the tables pays for that many new processes. First those that exited and hold
+    /// nothing, then those that hold nothing, then those that hold sockets or
+    /// TIME_WAIT, and those holding CLOSE_WAIT sockets last; the longest idle first.
+    #[cold]
+    fn evict_processes(&mut self) {
+        let max = self.limits.max_processes;
+        let excess = self.processes.len().saturating_sub(max - max / 16);
+        if excess == 0 {
+            return;
+        }
+        let holding = self.holding();
+        let mut ranked: Vec<(u8, u64, Process)> = self
+            .processes
+            .iter()
+            .map(|(&process, activity)| {
+                let class = match holding.get(&process) {
+                    Some(&Holding {
+                        close_wait: true, ..
+                    }) => 3,
+                    Some(_) => 2,
+                    None if process == UNKNOWN || self.table.is_alive(&process) => 1,
+                    None => 0,
+                };
+                (class, activity.last_ns, process)
+            })
+            .collect();
+        ranked.select_nth_unstable(excess - 1);
+        let evicted: FxHashSet<Process> = ranked[..excess].iter().map(|r| r.2).collect();
+        self.processes
+            .retain(|process, _| !evicted.contains(process));
+        for destination in self.destinations.values_mut() {
+            destination
+                .consumers
+                .retain(|process, _| !evicted.contains(process));
+        }
+        self.evicted_processes += excess as u64;
+    }
+
+    /// Over the limit: forgets destinations down to 1/16 below it, those no port is
+    /// taken toward (no live connection, no TIME_WAIT) first, the longest idle first.
+    #[cold]
+    fn evict_destinations(&mut self) {
+        let max = self.limits.max_destinations;
+        let excess = self.destinations.len().saturating_sub(max - max / 16);
+        if excess == 0 {
+            return;
+        }
+        let mut in_use = FxHashSet::default();
+        for (_, socket) in self.table.live() {
+            if socket.origin == Some(Origin::Active) {
+                in_use.insert(Destination {
+                    saddr: socket.tuple.saddr,
+                    daddr: socket.tuple.daddr,
+                    dport: socket.tuple.dport,
+                });
+            }
+        }
+        for group in self.table.time_wait() {
+            in_use.insert(Destination {
+                saddr: group.tuple.saddr,
+                daddr: group.tuple.daddr,
+                dport: group.tuple.dport,
+            });
+        }
+        let mut ranked: Vec<(bool, u64, Destination)> = self
+            .destinations
+            .iter()
+            .map(|(&destination, activity)| {
+                (in_use.contains(&destination), activity.last_ns, destination)
+            })
+            .collect();
+        ranked.select_nth_unstable(excess - 1);
+        let evicted: FxHashSet<Destination> = ranked[..excess].iter().map(|r| r.2).collect();
+        self.destinations
+            .retain(|destination, _| !evicted.contains(destination));
+        // A process's destinations are a subset of the model's: keep them so.
+        for activity in self.processes.values_mut() {
+            activity
+                .destinations
+                .retain(|destination, _| !evicted.contains(destination));
+        }
+        self.evicted_destinations += excess as u64;
+    }
+
+    /// The processes holding live sockets or TIME_WAIT now, and whether any of those
+    /// sockets is in CLOSE_WAIT.
+    fn holding(&self) -> FxHashMap<Process, Holding> {
+        let mut holding: FxHashMap<Process, Holding> = FxHashMap::default();
+        for (_, socket) in self.table.live() {
+            let process = socket.owner.map_or(UNKNOWN, |o| o.process);
+            holding.entry(process).or_default().close_wait |= socket.state == TcpState::CloseWait;
+        }
+        for group in self.table.time_wait() {
+            holding
+                .entry(group.owner.map_or(UNKNOWN, |o| o.process))
+                .or_default();
+        }
+        holding
     }
 
     /// Lets the table forget exits of PIDs that neither it nor this model refers to.
@@ -161,6 +354,7 @@ impl Model {
         // updated alongside: one lookup per event.
         let activity = activity_of(&mut self.processes, owner.as_ref());
         let (ts_ns, start_ns) = (event.ts_ns, self.start_ns);
+        activity.last_ns = activity.last_ns.max(ts_ns);
         match (event.old_state, event.new_state) {
             (SynSent, Established) => {
                 activity.opened_active.record(ts_ns, start_ns);
@@ -168,6 +362,7 @@ impl Model {
                 let destination = Destination::of(event);
                 *activity.destinations.entry(destination).or_default() += 1;
                 let toward = self.destinations.entry(destination).or_default();
+                toward.last_ns = ts_ns;
                 toward.opened.record(ts_ns, start_ns);
                 *toward.consumers.entry(process).or_default() += 1;
             }
@@ -214,11 +409,9 @@ impl Model {
             let lifetime = event.ts_ns.saturating_sub(opened);
             activity.lifetimes.record(lifetime);
             if active {
-                self.destinations
-                    .entry(Destination::of(event))
-                    .or_default()
-                    .lifetimes
-                    .record(lifetime);
+                let toward = self.destinations.entry(Destination::of(event)).or_default();
+                toward.last_ns = ts_ns;
+                toward.lifetimes.record(lifetime);
             }
         }
     }
@@ -228,12 +421,14 @@ impl Model {
         let owner = portless.and_then(|p| p.owner);
         let process = owner.map_or(UNKNOWN, |owner| owner.process);
         let activity = self.activity(owner.as_ref());
+        activity.last_ns = activity.last_ns.max(failed.ts_ns);
         activity.failed_connects += 1;
         if activity.comm.is_empty() {
             activity.comm = failed.task.comm;
         }
         if let Some(portless) = portless {
             let toward = self.destinations.entry(portless.destination).or_default();
+            toward.last_ns = failed.ts_ns;
             toward.failed_connects += 1;
             *toward.consumers.entry(process).or_default() += 1;
         }

@@ -64,12 +64,23 @@ impl Script {
     /// A client connection that opens at `at`, lives `life` ns and is closed first
     /// by the client (which ends up in TIME_WAIT).
     pub(crate) fn short_client_connection(&mut self, client: Option<Owner>, at: u64, life: u64) {
+        self.short_client_connection_to(client, at, life, 80);
+    }
+
+    /// The same, toward port `dport`.
+    pub(crate) fn short_client_connection_to(
+        &mut self,
+        client: Option<Owner>,
+        at: u64,
+        life: u64,
+        dport: u16,
+    ) {
         use TcpState::*;
         let sock = self.next_sock;
         self.next_sock += 1;
         let port = 40000 + (sock % 20000) as u16;
         let o = Origin::Active;
-        self.transition(sock, at, Close, SynSent, client, o, (0, 80), Some(at));
+        self.transition(sock, at, Close, SynSent, client, o, (0, dport), Some(at));
         self.transition(
             sock,
             at + 10,
@@ -77,7 +88,7 @@ impl Script {
             Established,
             client,
             o,
-            (port, 80),
+            (port, dport),
             Some(at),
         );
         self.transition(
@@ -87,7 +98,7 @@ impl Script {
             FinWait1,
             client,
             o,
-            (port, 80),
+            (port, dport),
             Some(at),
         );
         self.transition(
@@ -97,7 +108,7 @@ impl Script {
             FinWait2,
             client,
             o,
-            (port, 80),
+            (port, dport),
             Some(at),
         );
         self.transition(
@@ -107,7 +118,7 @@ impl Script {
             Close,
             client,
             o,
-            (port, 80),
+            (port, dport),
             Some(at),
         );
     }
@@ -149,7 +160,11 @@ impl Script {
     }
 
     pub(crate) fn model(&self, start_ns: u64) -> Model {
-        let mut model = Model::new(start_ns);
+        self.model_with(start_ns, Limits::default())
+    }
+
+    pub(crate) fn model_with(&self, start_ns: u64, limits: Limits) -> Model {
+        let mut model = Model::with_limits(start_ns, limits);
         for event in &self.events {
             model.apply(event);
         }
@@ -223,4 +238,111 @@ fn connect_failures_get_the_destination_of_the_portless_close() {
         model.processes[&Process::after_exits(9, 0)].failed_connects,
         1
     );
+}
+
+const S: u64 = 1_000_000_000;
+
+fn exit(pid: u32, ts_ns: u64) -> Event {
+    Event::Exited(crate::event::Exited {
+        ts_ns,
+        pid,
+        comm: Comm::new("x"),
+    })
+}
+
+#[test]
+fn past_its_limits_the_model_forgets_exited_idle_processes_and_keeps_the_leaker() {
+    let leaker = owner(1, "leaker", OwnerSource::Accept);
+    let holder = owner(2, "holder", OwnerSource::Connect);
+    let mut script = Script::new();
+    for i in 0..3 {
+        script.leaked_server_connection(leaker, i * S, 2 * S);
+    }
+    let o = Origin::Active;
+    script.transition(
+        900,
+        3 * S,
+        TcpState::Close,
+        TcpState::SynSent,
+        holder,
+        o,
+        (0, 443),
+        Some(3 * S),
+    );
+    script.transition(
+        900,
+        3 * S + 1,
+        TcpState::SynSent,
+        TcpState::Established,
+        holder,
+        o,
+        (50000, 443),
+        Some(3 * S),
+    );
+    // 40 short-lived processes over 20 minutes, each one connection to its own port,
+    // then exit: far more processes and destinations than the limits.
+    for i in 0..40u32 {
+        let at = 10 * S + u64::from(i) * 30 * S;
+        script.short_client_connection_to(
+            owner(100 + i, "curl", OwnerSource::Connect),
+            at,
+            1_000,
+            1000 + i as u16,
+        );
+        script.events.push(exit(100 + i, at + S));
+    }
+    let limits = Limits {
+        max_sockets: 64,
+        max_processes: 8,
+        max_destinations: 4,
+    };
+    let model = script.model_with(0, limits);
+    assert!(model.processes.len() <= 8, "{}", model.processes.len());
+    assert!(
+        model.destinations.len() <= 4,
+        "{}",
+        model.destinations.len()
+    );
+    // Every process and destination ever seen is either kept or counted.
+    let evicted = model.evictions();
+    assert_eq!(model.processes.len() as u64 + evicted.processes, 42);
+    assert_eq!(model.destinations.len() as u64 + evicted.destinations, 41);
+    assert!(evicted.mattered());
+    // The leaker (CLOSE_WAIT) and the live connection's holder stay; only exited
+    // processes holding nothing went.
+    assert_eq!(
+        model.processes[&Process::after_exits(1, 0)].close_wait_entered,
+        3
+    );
+    assert!(model.processes.contains_key(&Process::after_exits(2, 0)));
+    let last = Process::after_exits(139, 0);
+    assert!(model.processes.contains_key(&last), "the newest stays");
+    // Destinations toward which a port is taken stay: the holder's live one.
+    assert!(model.destinations.keys().any(|d| d.dport == 443));
+    // A process's destinations stay a subset of the model's.
+    for activity in model.processes.values() {
+        assert!(
+            activity
+                .destinations
+                .keys()
+                .all(|d| model.destinations.contains_key(d))
+        );
+    }
+    assert_eq!(evicted.table, TableEvictions::default());
+}
+
+#[test]
+fn within_its_limits_nothing_is_evicted() {
+    let mut script = Script::new();
+    for i in 0..20u32 {
+        script.short_client_connection_to(
+            owner(100 + i, "curl", OwnerSource::Connect),
+            u64::from(i) * S,
+            1_000,
+            80,
+        );
+    }
+    let model = script.model(0);
+    assert_eq!(model.evictions(), Evictions::default());
+    assert!(!model.evictions().mattered());
 }

@@ -237,8 +237,30 @@ pub struct EventCounts {
     /// because another eBPF program was running on that CPU. None where the kernel
     /// does not count them (before Linux 6.7, and in replays).
     pub skipped: Option<u64>,
-    /// True when events were lost: numbers are lower bounds.
+    /// What portwatch forgot because a limit was reached.
+    pub evicted: EvictedCounts,
+    /// True when events were lost, or something a report counts was evicted: numbers
+    /// are lower bounds.
     pub incomplete: bool,
+}
+
+/// What a report's limits made portwatch forget.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct EvictedCounts {
+    /// Live sockets (`--max-sockets`), stale ones included.
+    pub sockets: u64,
+    /// TIME_WAIT sockets forgotten before their 60 s (`--max-sockets`).
+    pub time_wait: u64,
+    /// Processes whose activity was forgotten (`--max-processes`).
+    pub processes: u64,
+    /// Destinations whose activity was forgotten (`--max-destinations`).
+    pub destinations: u64,
+}
+
+impl EvictedCounts {
+    pub fn total(&self) -> u64 {
+        self.sockets + self.time_wait + self.processes + self.destinations
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -384,6 +406,7 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
         )
     });
 
+    let evictions = model.evictions();
     Report {
         window_s,
         events: EventCounts {
@@ -392,9 +415,16 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
             undecodable: context.undecodable,
             untracked: context.untracked,
             skipped: context.skipped,
+            evicted: EvictedCounts {
+                sockets: evictions.table.sockets,
+                time_wait: evictions.table.time_wait,
+                processes: evictions.processes,
+                destinations: evictions.destinations,
+            },
             incomplete: context.dropped > 0
                 || context.undecodable > 0
-                || context.skipped.is_some_and(|n| n > 0),
+                || context.skipped.is_some_and(|n| n > 0)
+                || evictions.mattered(),
         },
         port_range: context.settings.range,
         port_capacity: context.settings.capacity(),

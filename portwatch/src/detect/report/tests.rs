@@ -389,3 +389,59 @@ fn a_churner_that_stopped_early_is_no_exhaustion_forecast() {
     let exhausted = findings_of(&report, FindingKind::PortExhaustion);
     assert!(exhausted.is_empty(), "{exhausted:?}");
 }
+
+#[test]
+fn evictions_are_counted_and_mark_the_window_incomplete() {
+    use crate::detect::model::Limits;
+    let server = owner(1, "leaky", OwnerSource::Accept);
+    let mut script = Script::new();
+    for i in 0..3 {
+        script.leaked_server_connection(server, i * SECOND, 2 * SECOND);
+    }
+    for i in 0..10u32 {
+        let client = owner(100 + i, "curl", OwnerSource::Connect);
+        script.short_client_connection(client, 5 * SECOND + u64::from(i), 1_000);
+    }
+    let limits = Limits {
+        max_sockets: 64,
+        max_processes: 4,
+        max_destinations: 64,
+    };
+    let model = script.model_with(0, limits);
+    let settings = PortSettings::default();
+    let no_workload = |_| None;
+    let context = Context {
+        settings: &settings,
+        thresholds: &Thresholds::default(),
+        dropped: 0,
+        undecodable: 0,
+        untracked: 0,
+        skipped: None,
+        workload: &no_workload,
+    };
+    let report = build(&model, 30 * SECOND, &context);
+    assert!(report.events.incomplete);
+    // 11 processes, at most 4 kept.
+    assert!(
+        report.events.evicted.processes >= 7,
+        "{:?}",
+        report.events.evicted
+    );
+    assert_eq!(report.events.evicted.sockets, 0);
+    // The leak is still reported, whole.
+    let leaks = findings_of(&report, FindingKind::CloseWaitLeak);
+    assert_eq!(leaks.len(), 1);
+    assert!(matches!(
+        leaks[0].evidence,
+        Evidence::Leak { close_wait: 3, .. }
+    ));
+    let mut text = Vec::new();
+    crate::output::report::text(&mut text, &report).unwrap();
+    let first = String::from_utf8(text).unwrap();
+    let first = first.lines().next().unwrap();
+    assert!(
+        first.contains("evicted at the limits: 0 sockets, 0 TIME_WAIT, "),
+        "{first}"
+    );
+    assert!(first.contains("INCOMPLETE"), "{first}");
+}

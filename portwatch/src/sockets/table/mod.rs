@@ -63,9 +63,33 @@ struct Stored {
 
 const _: () = assert!(size_of::<Stored>() == 64);
 
-#[derive(Debug, Default)]
+/// How many live sockets the table holds by default: the same as the kernel's table
+/// (`--max-sockets`).
+pub const DEFAULT_MAX_SOCKETS: usize = 65536;
+
+/// A socket in a passing state (SYN_SENT, FIN_WAIT2, LAST_ACK, ...) for longer than
+/// this has lost its CLOSE record: the kernel gives up on every one of them well within
+/// it (SYN retries ~2 min, FIN_WAIT2 60 s). Evicting it loses nothing.
+pub const STALE_NS: u64 = 5 * 60 * 1_000_000_000;
+
+/// What the table forgot because it was full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableEvictions {
+    /// Live sockets evicted, of every kind.
+    pub sockets: u64,
+    /// Of `sockets`, those that were not stale: ones a report counted.
+    pub live_sockets: u64,
+    /// TIME_WAIT sockets forgotten before their 60 s.
+    pub time_wait: u64,
+}
+
+#[derive(Debug)]
 pub struct SocketTable {
     live: FxHashMap<u64, Stored>,
+    /// `live` holds at most this many sockets (see [`SocketTable::evict`]).
+    max_sockets: usize,
+    evicted_sockets: u64,
+    evicted_live_sockets: u64,
     time_wait: TimeWaits,
     /// The owners `live` and `time_wait` refer to.
     owners: Owners,
@@ -75,9 +99,32 @@ pub struct SocketTable {
     exits: Exits,
 }
 
+impl Default for SocketTable {
+    fn default() -> Self {
+        SocketTable::with_limit(DEFAULT_MAX_SOCKETS)
+    }
+}
+
 impl SocketTable {
     pub fn new() -> Self {
         SocketTable::default()
+    }
+
+    /// A table of at most `max_sockets` live sockets and as many TIME_WAIT groups.
+    /// Without a bound, every socket whose CLOSE record is lost (a full ring buffer, a
+    /// run the kernel skipped) would stay forever.
+    pub fn with_limit(max_sockets: usize) -> Self {
+        let max_sockets = max_sockets.max(1);
+        SocketTable {
+            live: FxHashMap::default(),
+            max_sockets,
+            evicted_sockets: 0,
+            evicted_live_sockets: 0,
+            time_wait: TimeWaits::new(max_sockets),
+            owners: Owners::default(),
+            seeds: HashMap::new(),
+            exits: Exits::default(),
+        }
     }
 
     /// Adds a socket from the startup snapshot. It is matched to the kernel's identity
@@ -156,8 +203,60 @@ impl SocketTable {
                     .add(tuple, closed.origin, event.ts_ns, closed.owner, process);
             }
         }
+        if self.live.len() > self.max_sockets {
+            self.evict(event.ts_ns);
+        }
         self.compact_owners();
         owner
+    }
+
+    /// Over the limit: forgets live sockets down to 1/16 below it, so one scan pays
+    /// for that many new sockets. First those in passing states (opening, closing:
+    /// the ones that lost their CLOSE record are among them), longest in their state
+    /// first; then ESTABLISHED, oldest first; then listeners; CLOSE_WAIT last, newest
+    /// first, so the oldest (the leak's evidence) stays longest.
+    #[cold]
+    fn evict(&mut self, now_ns: u64) {
+        let target = self.max_sockets - self.max_sockets / 16;
+        let excess = self.live.len().saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        let mut ranked: Vec<(u8, u64, u64)> = self
+            .live
+            .iter()
+            .map(|(&sock, s)| {
+                let (class, order) = match s.state {
+                    TcpState::Established => (1, s.state_since_ns),
+                    TcpState::Listen => (2, s.state_since_ns),
+                    TcpState::CloseWait => (3, u64::MAX - s.state_since_ns),
+                    _ => (0, s.state_since_ns),
+                };
+                (class, order, sock)
+            })
+            .collect();
+        ranked.select_nth_unstable(excess - 1);
+        for &(class, since_ns, sock) in &ranked[..excess] {
+            self.live.remove(&sock);
+            self.evicted_sockets += 1;
+            if class != 0 || now_ns.saturating_sub(since_ns) < STALE_NS {
+                self.evicted_live_sockets += 1;
+            }
+        }
+    }
+
+    /// What the table forgot because it was full.
+    pub fn evictions(&self) -> TableEvictions {
+        TableEvictions {
+            sockets: self.evicted_sockets,
+            live_sockets: self.evicted_live_sockets,
+            time_wait: self.time_wait.evicted(),
+        }
+    }
+
+    /// Live sockets held now.
+    pub fn live_len(&self) -> usize {
+        self.live.len()
     }
 
     fn accepted(&mut self, event: &Accepted) {

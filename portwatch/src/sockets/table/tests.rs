@@ -375,3 +375,145 @@ fn procfs_names_the_holder_of_a_socket_whose_certain_owner_exited() {
     assert_eq!(orphan.process.pid, SERVER);
     assert!(!table.is_alive(&orphan.process));
 }
+
+const MINUTE: u64 = 60_000_000_000;
+
+#[test]
+fn a_full_table_evicts_stale_then_established_and_keeps_close_wait() {
+    // 16 sockets at most; an eviction goes 1/16 below, to 15.
+    let mut table = SocketTable::with_limit(16);
+    let server = owner(SERVER, "server", OwnerSource::Accept);
+    // Four sockets whose CLOSE record was lost, left in FIN_WAIT2 at the start.
+    for sock in 100..104 {
+        table.apply(&event(
+            sock,
+            1,
+            TcpState::FinWait1,
+            TcpState::FinWait2,
+            server,
+        ));
+    }
+    // Ten minutes later: six leaked CLOSE_WAIT sockets, then connections that stay.
+    for sock in 1..=6 {
+        let ts = 10 * MINUTE + sock;
+        table.apply(&event(
+            sock,
+            ts,
+            TcpState::Established,
+            TcpState::CloseWait,
+            server,
+        ));
+    }
+    for sock in 200..206 {
+        table.apply(&event(
+            sock,
+            11 * MINUTE + sock,
+            TcpState::SynRecv,
+            TcpState::Established,
+            server,
+        ));
+    }
+    assert_eq!(table.live_len(), 16);
+    assert_eq!(table.evictions(), TableEvictions::default());
+
+    // The 17th: the two oldest stale sockets go, and nothing that mattered.
+    table.apply(&event(
+        206,
+        12 * MINUTE,
+        TcpState::SynRecv,
+        TcpState::Established,
+        server,
+    ));
+    assert_eq!(table.live_len(), 15);
+    assert!(table.get(100).is_none() && table.get(101).is_none());
+    assert!(table.get(102).is_some());
+    let evicted = table.evictions();
+    assert_eq!((evicted.sockets, evicted.live_sockets), (2, 0));
+
+    // Four more: the other two stale ones, then the oldest ESTABLISHED.
+    for sock in 207..211 {
+        table.apply(&event(
+            sock,
+            12 * MINUTE + sock,
+            TcpState::SynRecv,
+            TcpState::Established,
+            server,
+        ));
+    }
+    let evicted = table.evictions();
+    assert_eq!(
+        (evicted.sockets, evicted.live_sockets),
+        (6, 2),
+        "{evicted:?}"
+    );
+    assert!((100..104).all(|sock| table.get(sock).is_none()));
+    assert!(table.get(200).is_none() && table.get(201).is_none());
+    assert!(table.get(202).is_some());
+    // Every CLOSE_WAIT survived, with its owner.
+    for sock in 1..=6 {
+        let socket = table.get(sock).unwrap();
+        assert_eq!(socket.state, TcpState::CloseWait);
+        assert_eq!(socket.owner.unwrap().process.pid, SERVER);
+    }
+    assert!(table.live_len() <= 16);
+}
+
+#[test]
+fn close_wait_goes_last_and_newest_first() {
+    let mut table = SocketTable::with_limit(4);
+    let server = owner(SERVER, "server", OwnerSource::Accept);
+    table.apply(&event(
+        50,
+        5,
+        TcpState::SynRecv,
+        TcpState::Established,
+        server,
+    ));
+    for sock in 1..=4 {
+        table.apply(&event(
+            sock,
+            sock * MINUTE,
+            TcpState::Established,
+            TcpState::CloseWait,
+            server,
+        ));
+    }
+    // Five sockets in a table of four: the ESTABLISHED one went, though it is older.
+    assert!(table.get(50).is_none());
+    table.apply(&event(
+        5,
+        5 * MINUTE,
+        TcpState::Established,
+        TcpState::CloseWait,
+        server,
+    ));
+    // Only CLOSE_WAIT left: the newest goes, the oldest (the leak's age) stays.
+    assert!(table.get(5).is_none());
+    assert!((1..=4).all(|sock| table.get(sock).is_some()));
+    let evicted = table.evictions();
+    assert_eq!((evicted.sockets, evicted.live_sockets), (2, 2));
+}
+
+#[test]
+fn time_wait_groups_are_bounded_oldest_first_and_counted() {
+    let mut table = SocketTable::with_limit(16);
+    // 40 owners closing in one second: 40 groups of 2 sockets each.
+    for i in 0..80u64 {
+        let who = owner(1000 + (i / 2) as u32, "client", OwnerSource::Connect);
+        table.apply(&event(i + 1, i, TcpState::FinWait2, TcpState::Close, who));
+    }
+    let groups: Vec<_> = table.time_wait().collect();
+    assert!(groups.len() <= 16, "{}", groups.len());
+    let kept: u32 = groups.iter().map(|g| g.count).sum();
+    let evicted = table.evictions().time_wait;
+    assert_eq!(kept as u64 + evicted, 80);
+    assert!(evicted > 0);
+    // The newest owners' groups are the ones kept.
+    assert_eq!(groups.last().unwrap().owner.unwrap().process.pid, 1039);
+    assert!(
+        groups
+            .iter()
+            .all(|g| g.owner.unwrap().process.pid >= 1040 - 16)
+    );
+    assert_eq!(table.evictions().sockets, 0);
+}
