@@ -14,8 +14,23 @@ pub struct WorkloadArgs {
     #[arg(long, global = true)]
     pub until_stdin_eof: bool,
 
+    /// Once set up (after `ready`), wait for a `go` line on stdin before doing anything
+    /// (with --until-stdin-eof): a parent can start its processes first and let them
+    /// work later.
+    #[arg(long, global = true, requires = "until_stdin_eof")]
+    pub start_on_go: bool,
+
     #[command(subcommand)]
     pub role: Role,
+}
+
+impl WorkloadArgs {
+    pub fn options(&self) -> crate::Options {
+        crate::Options {
+            until_stdin_eof: self.until_stdin_eof,
+            start_on_go: self.start_on_go,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,13 +29,24 @@ pub use self::{
     process::{Launcher, WorkloadProcess},
 };
 
-/// Runs `role` until its work is done, or forever for servers. With `until_stdin_eof`
-/// it exits when stdin closes, and hears `go` lines there.
-pub fn run(role: &Role, until_stdin_eof: bool) -> anyhow::Result<()> {
+/// How a role runs besides its own options.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Exit when stdin closes, and hear `go` lines there.
+    pub until_stdin_eof: bool,
+    /// Wait for `go` once `ready` is said, before the role's work.
+    pub start_on_go: bool,
+}
+
+/// Runs `role` until its work is done, or forever for servers.
+pub fn run(role: &Role, options: Options) -> anyhow::Result<()> {
     let name = role.name();
     name_process(name);
-    if until_stdin_eof {
+    if options.until_stdin_eof {
         shared::exit_on_stdin_eof().with_context(|| name.to_owned())?;
+    }
+    if options.start_on_go {
+        shared::start_on_go().with_context(|| name.to_owned())?;
     }
     match role {
         Role::LeakServer(args) => roles::leak_server::run(args),

@@ -17,7 +17,7 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match portwatch_workload::run(&cli.workload.role, cli.workload.until_stdin_eof) {
+    match portwatch_workload::run(&cli.workload.role, cli.workload.options()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One paragraph: the role, the error and its causes.

@@ -22,6 +22,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Launcher {
     program: PathBuf,
     leading: Vec<OsString>,
+    /// Run first in each thread that reads a child's output.
+    reader_start: fn(),
 }
 
 impl Launcher {
@@ -30,6 +32,7 @@ impl Launcher {
         Launcher {
             program: program.into(),
             leading: Vec::new(),
+            reader_start: || {},
         }
     }
 
@@ -41,7 +44,15 @@ impl Launcher {
         Launcher {
             program: program.into(),
             leading: leading.into_iter().map(Into::into).collect(),
+            reader_start: || {},
         }
+    }
+
+    /// Runs `hook` first in each thread that reads a child's output: a privileged
+    /// parent drops there what those threads never need (capabilities are per thread).
+    pub fn on_reader_threads(mut self, hook: fn()) -> Launcher {
+        self.reader_start = hook;
+        self
     }
 
     /// The command that runs `role_args` (the role's name, then its options) with
@@ -59,7 +70,7 @@ impl Launcher {
 
     /// Starts `role_args` and waits for its `ready` line.
     pub fn spawn(&self, role_args: &[&str]) -> Result<WorkloadProcess> {
-        WorkloadProcess::spawn(self.command(role_args), role_args)
+        WorkloadProcess::spawn(self.command(role_args), role_args, self.reader_start)
     }
 }
 
@@ -81,7 +92,11 @@ pub struct WorkloadProcess {
 }
 
 impl WorkloadProcess {
-    fn spawn(mut command: Command, role_args: &[&str]) -> Result<WorkloadProcess> {
+    fn spawn(
+        mut command: Command,
+        role_args: &[&str],
+        reader_start: fn(),
+    ) -> Result<WorkloadProcess> {
         let description = role_args.join(" ");
         let mut child = command
             .stdin(Stdio::piped())
@@ -105,6 +120,7 @@ impl WorkloadProcess {
         thread::Builder::new()
             .name("workload-stdout".into())
             .spawn(move || {
+                reader_start();
                 for line in BufReader::new(stdout).lines() {
                     if line_tx.send(line).is_err() {
                         return;
@@ -115,6 +131,7 @@ impl WorkloadProcess {
         let stderr = thread::Builder::new()
             .name("workload-stderr".into())
             .spawn(move || {
+                reader_start();
                 let mut text = String::new();
                 let _ = stderr.read_to_string(&mut text);
                 text

@@ -86,8 +86,24 @@ pub fn say(line: &str) -> Result<(), RoleError> {
 
 /// The line every role prints once set up: `ready <pid> <port>`.
 pub fn say_ready(port: u16) -> Result<(), RoleError> {
-    say(&format!("ready {} {port}", std::process::id()))
+    say(&format!("ready {} {port}", std::process::id()))?;
+    if START_ON_GO.load(std::sync::atomic::Ordering::Acquire) {
+        wait_for_go()?;
+    }
+    Ok(())
 }
+
+/// Makes [`say_ready`] wait for `go` (every role says ready once, when set up and
+/// before its work): `--start-on-go`.
+pub fn start_on_go() -> Result<(), RoleError> {
+    if !watching_stdin() {
+        return Err(RoleError::NoStdinWatcher);
+    }
+    START_ON_GO.store(true, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+static START_ON_GO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// One line on stderr, prefixed with the program's name, as its error would be.
 pub fn warn(message: &str) {

@@ -280,6 +280,11 @@ pub struct ActorArgs {
     #[arg(long, global = true)]
     pub until_stdin_eof: bool,
 
+    /// Once set up, wait for a `go` line on stdin before working (with
+    /// --until-stdin-eof): the demo starts its processes before attaching.
+    #[arg(long, global = true, requires = "until_stdin_eof")]
+    pub start_on_go: bool,
+
     #[command(subcommand)]
     pub role: ActorRole,
 }

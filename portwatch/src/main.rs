@@ -37,7 +37,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Snapshot(args) => commands::snapshot::run(args).map(success),
         // Workloads are plain threads and blocking sockets: no runtime.
         Command::Actor(args) => {
-            portwatch_workload::run(&args.role.into(), args.until_stdin_eof).map(success)
+            let options = portwatch_workload::Options {
+                until_stdin_eof: args.until_stdin_eof,
+                start_on_go: args.start_on_go,
+            };
+            portwatch_workload::run(&args.role.into(), options).map(success)
         }
     }
 }

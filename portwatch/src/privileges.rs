@@ -29,6 +29,15 @@ pub enum Kept {
     Bpf,
 }
 
+/// Drops every capability of the calling thread, for good: for helper threads that only
+/// read pipes (the demo's readers of its processes' output), started before the
+/// capability drop. Best effort: a thread that cannot drop keeps what it had.
+pub fn drop_all_in_this_thread() {
+    for set in [CapSet::Effective, CapSet::Inheritable, CapSet::Permitted] {
+        let _ = caps::clear(None, set);
+    }
+}
+
 /// Drops every capability but [`KEEP`] (those the process has), for good. Call it after
 /// attaching and after writing the listeners' owners into the kernel's map.
 ///

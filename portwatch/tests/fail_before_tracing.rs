@@ -77,12 +77,11 @@ fn a_recording_path_that_cannot_be_written_fails_before_tracing() {
 }
 
 #[test]
-fn a_demo_whose_processes_cannot_start_fails_before_its_window() {
+fn a_demo_whose_processes_cannot_start_fails_before_tracing() {
     require_privileges();
     // A new network namespace's loopback is down: the demo's clients cannot reach its
-    // servers, as on a broken host. (The demo's processes start the moment portwatch
-    // has attached, so that every connection they make is seen: one that cannot start
-    // ends the run there.)
+    // servers, as on a broken host. The demo starts its processes before attaching (its
+    // clients then wait for `go`), so it says so before any window begins.
     let output = run_expecting_early_failure(
         Command::new("unshare").args(["--net", PORTWATCH, "demo", "--duration", "5m"]),
         Duration::from_secs(60),

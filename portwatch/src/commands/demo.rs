@@ -19,7 +19,7 @@ use crate::{
         ports::PortSettings,
         report::{self, Context, Thresholds},
     },
-    output,
+    output, privileges,
     sockets::table::Seed,
 };
 
@@ -29,19 +29,28 @@ const LEAKS: &str = "25";
 /// sustains, so the demo is cheap.
 const CHURN_RATE: &str = "200";
 
-/// The demo's processes, started the moment tracing has begun: so every connection they
-/// make is seen, and after portwatch dropped the capabilities only loading needed (they
-/// are per thread, and starting a process starts threads that read its output). One
-/// that cannot start ends the run there, not after the window.
+/// The demo's processes: started before portwatch attaches, so one that cannot start
+/// says so before any window is spent; the clients wait for `go`, sent the moment
+/// tracing begins, so every connection they make is seen.
 struct DemoSink {
     inner: ModelSink,
     actors: Vec<WorkloadProcess>,
 }
 
+/// Indexes into `DemoSink::actors` of the processes that wait for `go`.
+const CLIENTS: std::ops::Range<usize> = 2..5;
+
 impl Sink for DemoSink {
+    fn prepare(&mut self) -> Result<()> {
+        self.actors = spawn_actors().context("starting the demo's processes")?;
+        Ok(())
+    }
+
     fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
         self.inner.start(start_ns, seeds)?;
-        self.actors = spawn_actors().context("starting the demo's processes")?;
+        for client in &mut self.actors[CLIENTS] {
+            client.tell("go").context("starting the demo's clients")?;
+        }
         Ok(())
     }
 
@@ -51,22 +60,27 @@ impl Sink for DemoSink {
 }
 
 fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
-    // This binary's hidden `actor` command: the demo needs no other program.
+    // This binary's hidden `actor` command: the demo needs no other program. Its
+    // processes start before portwatch drops the capabilities loading needs, and those
+    // are per thread: the threads that read their output drop them all at once.
     let exe = std::env::current_exe().context("finding portwatch's own executable")?;
-    let actors = Launcher::new(exe, ["actor"]);
-    let leaker = actors.spawn(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"])?;
-    let echo = actors.spawn(&["echo-server", "--listen", "127.0.0.1:0"])?;
+    let servers =
+        Launcher::new(&exe, ["actor"]).on_reader_threads(privileges::drop_all_in_this_thread);
+    let clients = Launcher::new(&exe, ["actor", "--start-on-go"])
+        .on_reader_threads(privileges::drop_all_in_this_thread);
+    let leaker = servers.spawn(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"])?;
+    let echo = servers.spawn(&["echo-server", "--listen", "127.0.0.1:0"])?;
     let leaker_addr = format!("127.0.0.1:{}", leaker.port);
-    let feeder = actors.spawn(&["leak-client", "--connect", &leaker_addr, "--count", LEAKS])?;
+    let feeder = clients.spawn(&["leak-client", "--connect", &leaker_addr, "--count", LEAKS])?;
     let echo_addr = format!("127.0.0.1:{}", echo.port);
-    let churner = actors.spawn(&[
+    let churner = clients.spawn(&[
         "churn-client",
         "--connect",
         &echo_addr,
         "--rate",
         CHURN_RATE,
     ])?;
-    let healthy = actors.spawn(&[
+    let healthy = clients.spawn(&[
         "keepalive-client",
         "--connect",
         &echo_addr,
@@ -79,7 +93,7 @@ fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
          echo-server (pid {})",
         leaker.pid, feeder.pid, churner.pid, healthy.pid, echo.pid
     );
-    Ok(vec![leaker, feeder, echo, churner, healthy])
+    Ok(vec![leaker, echo, feeder, churner, healthy])
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {

@@ -27,6 +27,6 @@ pub enum Role {
 pub fn run(role: Role) -> Result<()> {
     match role {
         Role::Test { portwatch } => scenario::run(&portwatch),
-        Role::Workload(args) => portwatch_workload::run(&args.role, args.until_stdin_eof),
+        Role::Workload(args) => portwatch_workload::run(&args.role, args.options()),
     }
 }
