@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     io::BufReader,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -124,11 +124,7 @@ impl Drop for TempFile {
 
 /// `portwatch report --replay FILE <args>`: its stdout.
 fn replay(file: &TempFile, args: &[&str]) -> String {
-    let output = Command::new(PORTWATCH)
-        .args(["report", "--replay", file.path()])
-        .args(args)
-        .output()
-        .unwrap();
+    let output = common::replay(Path::new(file.path()), args);
     assert!(
         output.status.success(),
         "replay failed ({}): {}",

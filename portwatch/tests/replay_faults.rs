@@ -5,12 +5,10 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
 };
 
-use common::{
-    PORTWATCH, expect_line, require_privileges, start_portwatch, wait_for_portwatch, workload,
-};
+use common::{expect_line, require_privileges, start_portwatch, wait_for_portwatch, workload};
 use serde_json::Value;
 
 const MAGIC_LEN: usize = 8;
@@ -76,18 +74,7 @@ fn assemble(magic: &[u8], frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
 }
 
 fn replay(path: &Path) -> Output {
-    Command::new(PORTWATCH)
-        .args([
-            "report",
-            "--format",
-            "json",
-            "--close-wait-age",
-            "1s",
-            "--replay",
-        ])
-        .arg(path)
-        .output()
-        .unwrap()
+    common::replay(path, &["--format", "json", "--close-wait-age", "1s"])
 }
 
 fn write_variant(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

@@ -131,18 +131,7 @@ fn report_names_the_leaker_and_the_churner_and_not_the_healthy_client() {
     assert_eq!(report["events"]["dropped"], 0);
 
     // The same window, replayed from its recording without the kernel.
-    let replay = Command::new(PORTWATCH)
-        .args([
-            "report",
-            "--format",
-            "json",
-            "--close-wait-age",
-            "1s",
-            "--replay",
-        ])
-        .arg(&record)
-        .output()
-        .unwrap();
+    let replay = common::replay(&record, &["--format", "json", "--close-wait-age", "1s"]);
     std::fs::remove_file(&record).unwrap();
     assert!(
         replay.status.success(),

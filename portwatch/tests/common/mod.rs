@@ -249,3 +249,13 @@ pub fn expect_line(process: &mut WorkloadProcess, word: &str) -> Vec<String> {
         .wait_line_timeout(word, WORKLOAD_TIMEOUT)
         .unwrap_or_else(|err| panic!("{err:#}"))
 }
+
+/// `portwatch report --replay <path> <args>`, run to its end.
+pub fn replay(path: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(PORTWATCH)
+        .args(["report", "--replay"])
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap()
+}
