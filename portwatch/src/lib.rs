@@ -8,6 +8,7 @@ pub mod detect;
 pub mod event;
 pub mod fast_hash;
 pub mod filter;
+pub mod fuzz;
 pub mod output;
 pub mod record;
 pub mod sockets;

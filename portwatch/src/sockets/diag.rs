@@ -174,15 +174,17 @@ fn dump_request(family: Family, sequence: u32) -> Vec<u8> {
     bytes
 }
 
+/// Whether a dump goes on after a datagram.
 #[derive(Debug, PartialEq, Eq)]
-enum Batch {
+pub enum Batch {
     More,
     Done,
 }
 
 /// Decodes one datagram of a dump: zero or more sockets, then possibly NLMSG_DONE or
 /// NLMSG_ERROR. Messages for another request (another sequence number) are skipped.
-fn parse_batch(
+/// Public for the fuzz target (`portwatch::fuzz::sock_diag`): the bytes are the kernel's.
+pub fn parse_batch(
     mut bytes: &[u8],
     sequence: u32,
     out: &mut Vec<DiagSocket>,
