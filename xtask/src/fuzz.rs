@@ -42,11 +42,16 @@ pub fn run(workspace: &Path, args: &FuzzArgs) -> Result<()> {
             .join("portwatch/tests/fuzz_regressions")
             .join(target);
         eprintln!("xtask: fuzzing {target} for {} s", args.seconds);
-        let status = Command::new(&cargo_fuzz)
+        let mut command = Command::new(&cargo_fuzz);
+        command
             .current_dir(workspace)
             .args(["fuzz", "run", target])
-            .arg(&corpus)
-            .arg(&kept)
+            .arg(&corpus);
+        // libFuzzer refuses a corpus directory that does not exist (a new target's).
+        if kept.is_dir() {
+            command.arg(&kept);
+        }
+        let status = command
             .arg("--")
             // One core: these machines are shared. -timeout makes a slow input (over
             // 10 s) a failure rather than a stall; -rss_limit_mb bounds allocations.
