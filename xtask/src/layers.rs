@@ -23,6 +23,8 @@ const LAYERS: &[&[&str]] = &[
     &["output", "record"],
     &["cli"],
     &["commands"],
+    // Feeds untrusted bytes through whole commands' parsing, as the fuzz targets do.
+    &["fuzz"],
 ];
 
 /// Module path (`sockets::table`) → the modules it imports.

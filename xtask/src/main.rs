@@ -1,8 +1,10 @@
-//! portwatch's project tasks: `cargo xtask setup | run | test | test-kernels | bench`.
+//! portwatch's project tasks: `cargo xtask setup | run | test | test-kernels | bench |
+//! fuzz`.
 //!
 //! Every task installs what it needs first, idempotently, so a newcomer on a fresh
 //! machine needs nothing but cargo.
 mod bench;
+mod fuzz;
 mod kernels;
 mod layers;
 mod setup;
@@ -71,6 +73,12 @@ enum Task {
     /// connection churn, next to libbpf-tools' tcpstates and tcplife (as root; minutes).
     /// Prints a table and writes it as JSON under target/bench/. See BENCHMARKS.md.
     Bench(Box<bench::BenchArgs>),
+    /// Set up, build the fuzz targets (fuzz/, with cargo-fuzz under target/tools) and
+    /// run each for a bounded time on one core, growing fuzz/corpus/<target>. A crash
+    /// stops the run and leaves its input in fuzz/artifacts/<target>/. Not run by
+    /// `test`: the inputs kept under portwatch/tests/fuzz_regressions/ are, by
+    /// `cargo test`.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// Set to 1 on a machine without root to run only the tests that need no eBPF.
@@ -140,11 +148,22 @@ fn run(cli: Cli) -> Result<()> {
                         "{UNPRIVILEGED}=1 is for developer laptops: CI must run the privileged tests"
                     );
                 }
-                // The workload's tests (portwatch-workload/tests/actors.rs) load no eBPF:
-                // they belong with the unit tests here.
-                cargo(&workspace, &["test", "--lib", "--bins", "--test", "actors"])?;
+                // The workload's tests (portwatch-workload/tests/actors.rs) and the fuzz
+                // regressions load no eBPF: they belong with the unit tests here.
+                cargo(
+                    &workspace,
+                    &[
+                        "test",
+                        "--lib",
+                        "--bins",
+                        "--test",
+                        "actors",
+                        "--test",
+                        "fuzz_regressions",
+                    ],
+                )?;
                 eprintln!(
-                    "xtask: {UNPRIVILEGED}=1: ran the unit tests and the actor tests only; \
+                    "xtask: {UNPRIVILEGED}=1: ran the unit, actor and fuzz-regression tests only; \
                      the privileged tests that load eBPF (portwatch/tests/) did NOT run"
                 );
                 return Ok(());
@@ -187,6 +206,10 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("the soak test failed (see above)");
             }
             Ok(())
+        }
+        Task::Fuzz(args) => {
+            setup::all(&workspace)?;
+            fuzz::run(&workspace, &args)
         }
     }
 }

@@ -6,6 +6,8 @@
 //!   inside the Rust toolchain (no system LLVM of the right version exists). A stamp file
 //!   records which LLVM it was built for, so later runs reuse it.
 //! - Debian packages the tests drive: bpftool (checks that detach leaves nothing behind).
+//! - cargo-deny (`cargo xtask test`) and cargo-fuzz (`cargo xtask fuzz`) under
+//!   `target/tools`, built from crates.io once; a stamp file records the version.
 use std::{
     fs,
     os::unix::fs::symlink,
@@ -18,6 +20,8 @@ use anyhow::{Context as _, Result, bail};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The last cargo-deny release whose rust-version (1.88) these toolchains meet.
 const CARGO_DENY_VERSION: &str = "0.20.2";
+/// cargo-fuzz for `cargo xtask fuzz`; it builds with the stable toolchain.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// Debian packages the test suite needs, with the command each provides: bpftool
 /// (programs left behind), iproute2 and procps (`ip` and `sysctl` in the
 /// port-exhaustion namespace), util-linux (`unshare`, `setpriv`). All but bpftool come with Debian's base system; they are named so a
@@ -40,25 +44,36 @@ pub fn all(workspace: &Path) -> Result<()> {
 /// What `cargo xtask test` needs beyond the build: cargo-deny, under `target/tools`
 /// (built from crates.io once, a few minutes; `run` does not wait for it).
 pub fn test_tools(workspace: &Path) -> Result<PathBuf> {
+    install_crate(workspace, "cargo-deny", CARGO_DENY_VERSION)
+}
+
+/// What `cargo xtask fuzz` needs beyond the build: cargo-fuzz, under `target/tools`
+/// (built from crates.io once, about a minute).
+pub fn fuzz_tools(workspace: &Path) -> Result<PathBuf> {
+    install_crate(workspace, "cargo-fuzz", CARGO_FUZZ_VERSION)
+}
+
+/// `cargo install`s `name` at `version` under `target/tools` unless a stamp says it is
+/// there already; returns the binary.
+fn install_crate(workspace: &Path, name: &str, version: &str) -> Result<PathBuf> {
     let tools = tools_dir(workspace);
-    let deny = tools.join("bin/cargo-deny");
-    let stamp = tools.join("cargo-deny.stamp");
-    if deny.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(CARGO_DENY_VERSION) {
-        return Ok(deny);
+    let binary = tools.join("bin").join(name);
+    let stamp = tools.join(format!("{name}.stamp"));
+    if binary.exists() && fs::read_to_string(&stamp).ok().as_deref() == Some(version) {
+        return Ok(binary);
     }
-    eprintln!("xtask: building cargo-deny {CARGO_DENY_VERSION} (once, a few minutes)");
+    eprintln!("xtask: building {name} {version} (once)");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .args(["install", "cargo-deny", "--version", CARGO_DENY_VERSION])
+        .args(["install", name, "--version", version])
         .args(["--locked", "--force", "--root"])
         .arg(&tools)
         .status()
-        .context("running cargo install cargo-deny")?;
+        .with_context(|| format!("running cargo install {name}"))?;
     if !status.success() {
-        bail!("building cargo-deny failed (see cargo's output above)");
+        bail!("building {name} failed (see cargo's output above)");
     }
-    fs::write(&stamp, CARGO_DENY_VERSION)
-        .with_context(|| format!("writing {}", stamp.display()))?;
-    Ok(deny)
+    fs::write(&stamp, version).with_context(|| format!("writing {}", stamp.display()))?;
+    Ok(binary)
 }
 
 /// Where project-local tools live; portwatch/build.rs looks in the same place.

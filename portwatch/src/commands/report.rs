@@ -16,7 +16,8 @@ use crate::{
         report::{self, Context, Report},
     },
     event::{DecodeError, decode},
-    output, record,
+    output,
+    record::{self, Recording},
     sockets::table::Seed,
 };
 
@@ -158,10 +159,14 @@ async fn live(args: &ReportArgs) -> Result<Report> {
     Ok(report::build(&sink.model, traced.end_ns, &context))
 }
 
-/// A recording's report: the same code as a live run's, over the recorded records, with
-/// what /proc said taken from the recording (never from this machine's /proc).
 fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
     let recording = record::read(path)?;
+    replay_recording(&recording, args).with_context(|| format!("replaying {}", path.display()))
+}
+
+/// A recording's report: the same code as a live run's, over the recorded records, with
+/// what /proc said taken from the recording (never from this machine's /proc).
+pub fn replay_recording(recording: &Recording, args: &ReportArgs) -> Result<Report> {
     let mut sink = ModelSink::new(Model::with_limits(recording.header.start_ns, args.limits()));
     let seeds = recording
         .header
@@ -180,9 +185,8 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
             .map(|err| err.to_string())
             .unwrap_or_default();
         bail!(
-            "none of the {total} records in {} could be decoded ({err}): it was made by a \
-             portwatch whose records this one does not read; replay it with that portwatch",
-            path.display()
+            "none of its {total} records could be decoded ({err}): it was made by a \
+             portwatch whose records this one does not read; replay it with that portwatch"
         );
     }
     let trailer = &recording.trailer;

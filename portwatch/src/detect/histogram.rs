@@ -76,7 +76,10 @@ fn bounds(index: usize) -> (u64, u64) {
     let sub = index % SUB_BUCKETS;
     let shift = magnitude - u64::from(SUB_BITS);
     let low = (SUB_BUCKETS + sub) << shift;
-    (low, low + (1 << shift))
+    // The last bucket ends at 2^64, which a u64 cannot hold: it ends at u64::MAX
+    // instead. Such values come only from corrupt timestamps (a recording's, found by
+    // fuzzing), but must not overflow.
+    (low, low.saturating_add(1 << shift))
 }
 
 #[cfg(test)]
@@ -93,6 +96,14 @@ mod tests {
                 "{value}"
             );
         }
+    }
+
+    #[test]
+    fn the_largest_values_do_not_overflow() {
+        let mut histogram = Histogram::default();
+        histogram.record(u64::MAX);
+        assert!(histogram.quantile(0.5).unwrap() > u64::MAX / 2);
+        assert_eq!(histogram.count_below(u64::MAX - 1), 1);
     }
 
     #[test]

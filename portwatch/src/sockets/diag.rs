@@ -174,15 +174,17 @@ fn dump_request(family: Family, sequence: u32) -> Vec<u8> {
     bytes
 }
 
+/// Whether a dump goes on after a datagram.
 #[derive(Debug, PartialEq, Eq)]
-enum Batch {
+pub enum Batch {
     More,
     Done,
 }
 
 /// Decodes one datagram of a dump: zero or more sockets, then possibly NLMSG_DONE or
 /// NLMSG_ERROR. Messages for another request (another sequence number) are skipped.
-fn parse_batch(
+/// Public for the fuzz target (`portwatch::fuzz::sock_diag`): the bytes are the kernel's.
+pub fn parse_batch(
     mut bytes: &[u8],
     sequence: u32,
     out: &mut Vec<DiagSocket>,
@@ -199,11 +201,11 @@ fn parse_batch(
                     }
                 }
                 NetlinkPayload::Done(done) if done.code < 0 => {
-                    return Err(refused(io::Error::from_raw_os_error(-done.code)));
+                    return Err(refused(os_error(done.code)));
                 }
                 NetlinkPayload::Done(_) => return Ok(Batch::Done),
                 NetlinkPayload::Error(error) if error.code.is_some() => {
-                    return Err(refused(error.to_io()));
+                    return Err(refused(os_error(error.raw_code())));
                 }
                 NetlinkPayload::Overrun(_) => return Err(DiagError::Overrun),
                 // An ACK (an error message with code 0), a no-op, or a reply that is not
@@ -215,6 +217,14 @@ fn parse_batch(
         bytes = bytes.get(len.next_multiple_of(4)..).unwrap_or_default();
     }
     Ok(Batch::More)
+}
+
+/// The errno a netlink error or done code carries (a negative errno). Not `-code`, nor
+/// `ErrorMessage::to_io` (`code.abs()`): both overflow on i32::MIN, which no kernel
+/// sends but a corrupt reply can hold (found by fuzzing); that panics where overflow
+/// is checked.
+fn os_error(code: i32) -> io::Error {
+    io::Error::from_raw_os_error(code.saturating_abs())
 }
 
 /// ENOENT is how sock_diag says no handler is registered for the request: the kernel
