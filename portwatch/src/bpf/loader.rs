@@ -87,16 +87,19 @@ impl Tracer {
 
         let wakeup_bytes = wakeup_bytes(options.ring_buffer_bytes);
         let log_level = options.ebpf_log.kernel_value();
-        let mut loader = EbpfLoader::new();
-        loader
-            .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
-            .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
-            .map_max_entries(names::SOCKETS, options.max_sockets)
-            .map_max_entries(names::PEERS, options.max_sockets);
-        ebpf_log::configure(&mut loader, options.ebpf_log, &log_level);
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|err| load_error(err.into()))?;
+        // The loader holds the kernel's BTF, parsed (about 15 MB): it goes as soon as the
+        // object is loaded, before anything else portwatch allocates adds to the peak.
+        let mut ebpf = {
+            let mut loader = EbpfLoader::new();
+            loader
+                .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+                .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
+                .map_max_entries(names::SOCKETS, options.max_sockets)
+                .map_max_entries(names::PEERS, options.max_sockets);
+            ebpf_log::configure(&mut loader, options.ebpf_log, &log_level);
+            loader.load(EBPF_OBJECT)
+        }
+        .map_err(|err| load_error(err.into()))?;
         // Before attaching, so the log shows from the first event.
         let log_task = ebpf_log::start(&mut ebpf, options.ebpf_log)?;
 
