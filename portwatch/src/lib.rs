@@ -8,6 +8,7 @@ pub mod commands;
 pub mod detect;
 pub mod event;
 pub mod filter;
+pub mod live;
 pub mod output;
 pub mod privileges;
 pub mod process;
