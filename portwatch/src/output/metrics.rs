@@ -656,3 +656,5 @@ pub fn lines_of<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+#[cfg(test)]
+mod tests;
