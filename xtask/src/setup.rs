@@ -29,6 +29,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "unshare"),
 ];
 
+/// Debian packages only the test task needs: `prometheus` (the real Prometheus server
+/// and `promtool` that `portwatch/tests/serve.rs` scrapes with and checks the alert rules
+/// with), `systemd` (`systemd-analyze verify` for deploy/portwatch.service).
+const TEST_DEBIAN_PACKAGES: &[(&str, &str)] =
+    &[("prometheus", "promtool"), ("systemd", "systemd-analyze")];
+
 pub fn all(workspace: &Path) -> Result<()> {
     let sysroot = rust_sysroot()?;
     rust_src(&sysroot)?;
@@ -40,6 +46,7 @@ pub fn all(workspace: &Path) -> Result<()> {
 /// What `cargo xtask test` needs beyond the build: cargo-deny, under `target/tools`
 /// (built from crates.io once, a few minutes; `run` does not wait for it).
 pub fn test_tools(workspace: &Path) -> Result<PathBuf> {
+    debian_packages(TEST_DEBIAN_PACKAGES)?;
     let tools = tools_dir(workspace);
     let deny = tools.join("bin/cargo-deny");
     let stamp = tools.join("cargo-deny.stamp");

@@ -359,9 +359,8 @@ fn destinations(sample: &Sample, limit: usize, out: &mut Families) {
                 .push((labels.clone(), d.ports_in_use as u64));
             out.ports_capacity
                 .push((labels.clone(), u64::from(sample.port_capacity)));
-            if let Some(eta) = d.eta_s {
-                out.eta.push((labels, eta));
-            }
+            // +Inf when the recent rate is sustainable: always present, never firing.
+            out.eta.push((labels, d.eta_s.unwrap_or(f64::INFINITY)));
         } else {
             *other_in_use.get_or_insert(0) += d.ports_in_use as u64;
         }
@@ -524,7 +523,7 @@ impl Families {
         gauges(
             e,
             "portwatch_port_exhaustion_eta",
-            "Time until no local port is left toward a destination at the last 10 s rate; 0 when connects already fail; absent when that rate is sustainable",
+            "Time until no local port is left toward a destination at the last 10 s rate; 0 when connects already fail; +Inf when that rate is sustainable",
             Some(Unit::Seconds),
             &self.eta,
         )?;
