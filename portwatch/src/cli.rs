@@ -47,6 +47,10 @@ pub enum Command {
     /// Save a window of events (with the sockets open at the start) for
     /// `report --replay`, which needs no root.
     Record(RecordArgs),
+    /// Run continuously and serve Prometheus metrics (/metrics) and /healthz: sockets
+    /// by state per workload, CLOSE_WAIT ages, connection churn, ports in use and time
+    /// to exhaustion per destination, open findings.
+    Serve(ServeArgs),
     /// List every TCP socket now, grouped and counted by the process holding it.
     #[command(
         long_about = "List every TCP socket on this host now, grouped by the process that holds it, \
@@ -108,6 +112,73 @@ pub struct ReportArgs {
     pub limits: ModelLimitArgs,
 }
 
+/// `portwatch serve`: see docs/serve.md.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to serve /metrics and /healthz on. Loopback by default: a
+    /// scraper elsewhere needs it opened on purpose (e.g. --listen 0.0.0.0:10479).
+    #[arg(long, value_name = "ADDR:PORT", default_value = DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+
+    /// Give the top N processes (by CLOSE_WAIT sockets, then sockets held) a `pid`
+    /// label on the socket gauges. Off by default: PIDs make series churn.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub pid_labels: usize,
+
+    /// How many (workload, comm) label sets get series of their own; the rest fold
+    /// into workload="other", comm="other".
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_series_workloads: u32,
+
+    /// How many destinations get series of their own (those nearest exhaustion, then
+    /// the most ports in use); the rest fold into destination="other".
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_series_destinations: u32,
+
+    #[command(flatten)]
+    pub detection: DetectionArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    #[command(flatten)]
+    pub limits: ModelLimitArgs,
+}
+
+/// `portwatch serve`'s default address: loopback, on a port outside 9100-9999, the
+/// range the Prometheus exporter port list allocated and has filled (docs/serve.md).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:10479";
+
+impl ServeArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_sockets: self.kernel.max_sockets as usize,
+            max_processes: self.limits.max_processes as usize,
+            max_destinations: self.limits.max_destinations as usize,
+        }
+    }
+
+    pub fn series_limits(&self) -> crate::output::metrics::SeriesLimits {
+        crate::output::metrics::SeriesLimits {
+            workloads: self.max_series_workloads as usize,
+            destinations: self.max_series_destinations as usize,
+            pid_labels: self.pid_labels,
+        }
+    }
+}
+
+impl DetectionArgs {
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            close_wait_age_ns: self.close_wait_age.as_nanos() as u64,
+            close_wait_critical: self.close_wait_critical,
+            churn_rate_per_s: self.churn_rate,
+            short_lived_ns: self.short_lived.as_nanos() as u64,
+            exhaustion_critical_s: self.exhaustion_critical.as_secs_f64(),
+        }
+    }
+}
+
 impl ReportArgs {
     pub fn limits(&self) -> Limits {
         Limits {
@@ -118,14 +189,7 @@ impl ReportArgs {
     }
 
     pub fn thresholds(&self) -> Thresholds {
-        let d = &self.detection;
-        Thresholds {
-            close_wait_age_ns: d.close_wait_age.as_nanos() as u64,
-            close_wait_critical: d.close_wait_critical,
-            churn_rate_per_s: d.churn_rate,
-            short_lived_ns: d.short_lived.as_nanos() as u64,
-            exhaustion_critical_s: d.exhaustion_critical.as_secs_f64(),
-        }
+        self.detection.thresholds()
     }
 }
 

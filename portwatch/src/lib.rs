@@ -9,6 +9,7 @@ pub mod detect;
 pub mod event;
 pub mod filter;
 pub mod fuzz;
+pub mod live;
 pub mod output;
 pub mod privileges;
 pub mod process;

@@ -20,6 +20,7 @@ const LAYERS: &[&[&str]] = &[
     &["event", "privileges"],
     &["sockets", "filter"],
     &["detect"],
+    &["live"],
     &["output", "record"],
     &["cli"],
     &["commands"],

@@ -33,6 +33,12 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "unshare"),
 ];
 
+/// Debian packages only the test task needs: `prometheus` (the real Prometheus server
+/// and `promtool` that `portwatch/tests/serve.rs` scrapes with and checks the alert rules
+/// with), `systemd` (`systemd-analyze verify` for deploy/portwatch.service).
+const TEST_DEBIAN_PACKAGES: &[(&str, &str)] =
+    &[("prometheus", "promtool"), ("systemd", "systemd-analyze")];
+
 pub fn all(workspace: &Path) -> Result<()> {
     let sysroot = rust_sysroot()?;
     rust_src(&sysroot)?;
@@ -41,9 +47,11 @@ pub fn all(workspace: &Path) -> Result<()> {
     Ok(())
 }
 
-/// What `cargo xtask test` needs beyond the build: cargo-deny, under `target/tools`
-/// (built from crates.io once, a few minutes; `run` does not wait for it).
+/// What `cargo xtask test` needs beyond the build: the Debian packages only tests drive
+/// (a real Prometheus, systemd-analyze), and cargo-deny under `target/tools` (built from
+/// crates.io once, a few minutes). `run` waits for none of it.
 pub fn test_tools(workspace: &Path) -> Result<PathBuf> {
+    debian_packages(TEST_DEBIAN_PACKAGES)?;
     install_crate(workspace, "cargo-deny", CARGO_DENY_VERSION)
 }
 

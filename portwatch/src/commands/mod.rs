@@ -2,6 +2,7 @@
 pub mod demo;
 pub mod record;
 pub mod report;
+pub mod serve;
 pub mod snapshot;
 pub mod startup;
 pub mod stream;

@@ -35,6 +35,13 @@ pub trait Sink {
     fn batch_done(&mut self) -> bool {
         true
     }
+    /// How often the sink wants the kernel's loss counters while tracing (None: only
+    /// at the end, in [`Traced`]); a long-running sink shows them as they grow.
+    fn counters_every(&self) -> Option<Duration> {
+        None
+    }
+    /// The kernel's loss counters now, every [`Sink::counters_every`].
+    fn counters(&mut self, _counters: &KernelCounters) {}
 }
 
 /// Traces until Ctrl-C, SIGTERM or `duration`, feeding `sink`.
@@ -64,10 +71,21 @@ pub async fn trace(
         ),
         None => eprintln!("portwatch: {what} until Ctrl-C"),
     }
+    let mut counters_tick = sink.counters_every().map(tokio::time::interval);
+    let counters_due = async |tick: &mut Option<tokio::time::Interval>| match tick {
+        Some(tick) => {
+            tick.tick().await;
+        }
+        None => std::future::pending().await,
+    };
     loop {
         tokio::select! {
             biased;
             () = stop.requested() => break,
+            () = counters_due(&mut counters_tick) => match tracer.counters() {
+                Ok(counters) => sink.counters(&counters),
+                Err(err) => eprintln!("portwatch: warning: reading the kernel's counters: {err:#}"),
+            },
             batch = reader.read_batch(|bytes| sink.record(bytes)) => {
                 batch.context("reading the ring buffer")?;
                 if !sink.batch_done() {

@@ -8,6 +8,8 @@ pub struct Histogram {
     /// Counts by bucket index; grown on demand.
     counts: Vec<u64>,
     total: u64,
+    /// The exact sum of every recorded value, for `portwatch serve`'s histogram `_sum`.
+    sum: u128,
 }
 
 impl Histogram {
@@ -18,6 +20,12 @@ impl Histogram {
         }
         self.counts[index] += 1;
         self.total += 1;
+        self.sum += u128::from(value);
+    }
+
+    /// The sum of every recorded value.
+    pub fn sum(&self) -> u128 {
+        self.sum
     }
 
     pub fn count(&self) -> u64 {

@@ -4,6 +4,7 @@ pub mod advice;
 mod doc_schema;
 pub mod format;
 pub mod json_line;
+pub mod metrics;
 pub mod report;
 pub mod snapshot;
 pub mod stream;
