@@ -1,6 +1,6 @@
-//! The tracers under test: portwatch (report, stream) and libbpf-tools' tcpstates and
-//! tcplife. Each runs as the user would run it, with its output going to a file, and
-//! is stopped with SIGINT, as Ctrl-C would.
+//! The tracers under test: portwatch (report, stream, serve) and libbpf-tools'
+//! tcpstates and tcplife. Each runs as the user would run it, with its output going to
+//! a file (serve: scraped once a second), and is stopped with SIGINT, as Ctrl-C would.
 use std::{
     fs::{self, File},
     io::{BufRead as _, BufReader},
@@ -16,6 +16,7 @@ use serde::Serialize;
 use super::{
     process::{Finished, Listen, Process},
     procfs::{self, ProgramRuns},
+    scrape::{self, Scraper},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -25,6 +26,8 @@ pub enum Agent {
     Report,
     /// `portwatch stream --format json > file`.
     Stream,
+    /// `portwatch serve` on loopback, scraped once a second as Prometheus would.
+    Serve,
     /// libbpf-tools `tcpstates > file`: one line per transition.
     Tcpstates,
     /// libbpf-tools `tcplife > file`: one line per socket closed.
@@ -36,6 +39,7 @@ impl Agent {
         match self {
             Agent::Report => "portwatch report",
             Agent::Stream => "portwatch stream --format json",
+            Agent::Serve => "portwatch serve (scraped 1/s)",
             Agent::Tcpstates => "libbpf-tools tcpstates",
             Agent::Tcplife => "libbpf-tools tcplife",
         }
@@ -46,13 +50,14 @@ impl Agent {
         match self {
             Agent::Report => "report",
             Agent::Stream => "stream",
+            Agent::Serve => "serve",
             Agent::Tcpstates => "tcpstates",
             Agent::Tcplife => "tcplife",
         }
     }
 
     pub fn is_portwatch(self) -> bool {
-        matches!(self, Agent::Report | Agent::Stream)
+        matches!(self, Agent::Report | Agent::Stream | Agent::Serve)
     }
 
     /// The command the user would type, for the results.
@@ -61,6 +66,9 @@ impl Agent {
         match self {
             Agent::Report => format!("portwatch report --format json --duration 24h{max}"),
             Agent::Stream => format!("portwatch stream --format json{max} > FILE"),
+            Agent::Serve => {
+                format!("portwatch serve --listen 127.0.0.1:0{max} (GET /metrics every 1 s)")
+            }
             Agent::Tcpstates => "stdbuf -oL tcpstates > FILE".into(),
             Agent::Tcplife => "stdbuf -oL tcplife > FILE".into(),
         }
@@ -69,7 +77,7 @@ impl Agent {
     /// The program it runs.
     pub fn program(self) -> &'static str {
         match self {
-            Agent::Report | Agent::Stream => "portwatch",
+            Agent::Report | Agent::Stream | Agent::Serve => "portwatch",
             Agent::Tcpstates => "tcpstates",
             Agent::Tcplife => "tcplife",
         }
@@ -82,6 +90,8 @@ pub struct Running {
     process: Process,
     output: PathBuf,
     cpu_at_start: f64,
+    /// serve only: its scrapes.
+    scraper: Option<Scraper>,
 }
 
 /// What a stopped agent cost and where its output is.
@@ -105,11 +115,12 @@ pub fn start(
 ) -> Result<Running> {
     let file = File::create(output).with_context(|| format!("creating {}", output.display()))?;
     let mut command = match agent {
-        Agent::Report | Agent::Stream => {
+        Agent::Report | Agent::Stream | Agent::Serve => {
             let mut command = Command::new(portwatch);
             match agent {
                 // Longer than any run: SIGINT ends it, and it still reports.
                 Agent::Report => command.args(["report", "--format", "json", "--duration", "24h"]),
+                Agent::Serve => command.args(["serve", "--listen", "127.0.0.1:0"]),
                 _ => command.args(["stream", "--format", "json"]),
             };
             if let Some(max) = max_sockets {
@@ -128,7 +139,15 @@ pub fn start(
     command.stdout(file);
     let mut process = Process::spawn(command, agent.label(), Listen::Stderr)?;
     let attach_timeout = Duration::from_secs(60);
-    if agent.is_portwatch() {
+    let mut scraper = None;
+    if agent == Agent::Serve {
+        // "portwatch: serving http://127.0.0.1:PORT/metrics until Ctrl-C", once attached.
+        let address = process.wait_for(attach_timeout, "\"serving\" line", |line| {
+            let rest = line.split("serving http://").nth(1)?;
+            rest.split('/').next()?.parse::<std::net::SocketAddr>().ok()
+        })?;
+        scraper = Some(Scraper::start(address));
+    } else if agent.is_portwatch() {
         // After attaching and the startup snapshot, portwatch says it is tracing.
         process.wait_for(attach_timeout, "\"tracing\" line", |line| {
             line.contains("tracing").then_some(())
@@ -142,6 +161,7 @@ pub fn start(
         cpu_at_start: procfs::cpu_seconds(process.pid)?,
         process,
         output: output.to_owned(),
+        scraper,
     })
 }
 
@@ -174,6 +194,12 @@ impl Running {
 
     /// Stops the agent with SIGINT and waits for it to finish writing.
     pub fn stop(self) -> Result<Stopped> {
+        if let Some(scraper) = self.scraper {
+            // The metrics at the end of the workload are the run's result.
+            let metrics = scraper.finish().context("scraping portwatch serve")?;
+            fs::write(&self.output, metrics)
+                .with_context(|| format!("writing {}", self.output.display()))?;
+        }
         let programs = procfs::bpf_objects(self.process.pid).1;
         self.process.interrupt()?;
         let finished = self.process.finish(Duration::from_secs(120))?;
@@ -231,6 +257,19 @@ impl Connections {
 pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -> Result<Observed> {
     match stopped.agent {
         Agent::Report => observe_report(&stopped.output, client_pid, server_pid),
+        Agent::Serve => {
+            let metrics = fs::read_to_string(&stopped.output)
+                .with_context(|| format!("reading {}", stopped.output.display()))?;
+            let count = |name: &str| scrape::value(&metrics, name).unwrap_or(0.0) as u64;
+            let seen = count("portwatch_events_total");
+            Ok(Observed {
+                events: seen,
+                events_total: seen,
+                dropped: count("portwatch_events_dropped_total"),
+                // Its series name workloads and commands, not the benchmark's PIDs.
+                connections: None,
+            })
+        }
         Agent::Stream => {
             let needles = [format!("\"sport\":{port},"), format!("\"dport\":{port},")];
             let (events, _) = count_lines(&stopped.output, |line| {

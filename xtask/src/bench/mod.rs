@@ -15,6 +15,7 @@ mod process;
 mod procfs;
 mod profile;
 mod scale;
+mod scrape;
 mod summary;
 mod workload;
 
@@ -55,7 +56,7 @@ pub struct BenchArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "report,stream,tcpstates,tcplife"
+        default_value = "report,stream,serve,tcpstates,tcplife"
     )]
     agents: Vec<Agent>,
 

@@ -70,7 +70,7 @@ impl AgentRun {
         let made = client.made;
         let per_connection = match stopped.agent {
             // portwatch report counts every record: transitions and accept owners.
-            Agent::Report => {
+            Agent::Report | Agent::Serve => {
                 calibration.transitions_per_connection + calibration.accepts_per_connection
             }
             Agent::Stream | Agent::Tcpstates => calibration.transitions_per_connection,
