@@ -74,6 +74,9 @@ pub struct Trailer {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedHolder {
+    /// Network namespace inode; absent (0) in files from before namespaces.
+    #[serde(default)]
+    pub netns: u32,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
@@ -88,6 +91,7 @@ impl Trailer {
             .iter()
             .map(|h| {
                 let tuple = Tuple {
+                    netns: h.netns,
                     saddr: h.saddr,
                     sport: h.sport,
                     daddr: h.daddr,
@@ -102,6 +106,9 @@ impl Trailer {
 /// A [`Seed`] in a form JSON can carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedSeed {
+    /// Network namespace inode; absent (0) in files from before namespaces.
+    #[serde(default)]
+    pub netns: u32,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
@@ -115,6 +122,7 @@ pub struct RecordedSeed {
 impl From<&Seed> for RecordedSeed {
     fn from(seed: &Seed) -> Self {
         RecordedSeed {
+            netns: seed.tuple.netns,
             saddr: seed.tuple.saddr,
             sport: seed.tuple.sport,
             daddr: seed.tuple.daddr,
@@ -137,6 +145,7 @@ impl TryFrom<&RecordedSeed> for Seed {
     fn try_from(recorded: &RecordedSeed) -> Result<Self> {
         Ok(Seed {
             tuple: Tuple {
+                netns: recorded.netns,
                 saddr: recorded.saddr,
                 sport: recorded.sport,
                 daddr: recorded.daddr,
@@ -294,6 +303,7 @@ mod tests {
             start_ns: 5,
             settings: PortSettings::default(),
             seeds: vec![RecordedSeed {
+                netns: 4026532000,
                 saddr: "127.0.0.1".parse().unwrap(),
                 sport: 80,
                 daddr: "::1".parse().unwrap(),
@@ -321,6 +331,7 @@ mod tests {
             untracked: 0,
             skipped: Some(2),
             holders: vec![RecordedHolder {
+                netns: 4026532000,
                 saddr: "127.0.0.1".parse().unwrap(),
                 sport: 80,
                 daddr: "127.0.0.1".parse().unwrap(),

@@ -119,7 +119,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if model.table.unresolved() > 0 {
         model
             .table
-            .resolve(&crate::commands::startup::holders_now());
+            .resolve(&crate::commands::startup::holders_now(traced.netns_known));
     }
     let workload = |pid: u32| crate::commands::startup::workload(pid);
     let context = Context {

@@ -60,6 +60,7 @@ impl FileSink {
         let holders = holders
             .iter()
             .map(|(tuple, &(pid, comm))| RecordedHolder {
+                netns: tuple.netns,
                 saddr: tuple.saddr,
                 sport: tuple.sport,
                 daddr: tuple.daddr,
@@ -134,7 +135,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let mut sink = FileSink::new(&args.out, settings);
     let traced = trace::trace(&args.kernel, Some(args.duration), "recording", &mut sink).await?;
     let records = sink.records;
-    sink.finish(&traced, &startup::holders_now())?;
+    sink.finish(&traced, &startup::holders_now(traced.netns_known))?;
     eprintln!(
         "portwatch: recorded {records} events to {} ({} dropped); `portwatch report --replay {}` reads it",
         args.out.display(),

@@ -137,7 +137,7 @@ async fn live(args: &ReportArgs) -> Result<Report> {
     // Owners the kernel could not learn for certain: one look at /proc, now, shared
     // with the recording so a replay resolves them the same way.
     let holders = if live.file.is_some() || sink.model.table.unresolved() > 0 {
-        crate::commands::startup::holders_now()
+        crate::commands::startup::holders_now(traced.netns_known)
     } else {
         Default::default()
     };

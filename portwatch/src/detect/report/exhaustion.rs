@@ -24,26 +24,14 @@ pub(super) fn findings(
     let mut in_use: HashMap<Destination, usize> = HashMap::new();
     for (_, socket) in model.table.live() {
         if socket.origin == Some(Origin::Active) && socket.tuple.sport != 0 {
-            let t = socket.tuple;
             *in_use
-                .entry(Destination {
-                    saddr: t.saddr,
-                    daddr: t.daddr,
-                    dport: t.dport,
-                })
+                .entry(Destination::of_tuple(&socket.tuple))
                 .or_default() += 1;
         }
     }
     for tw in model.table.time_wait() {
         if now_ns.saturating_sub(tw.since_ns) < TIME_WAIT_NS {
-            let t = tw.tuple;
-            *in_use
-                .entry(Destination {
-                    saddr: t.saddr,
-                    daddr: t.daddr,
-                    dport: t.dport,
-                })
-                .or_default() += tw.count as usize;
+            *in_use.entry(Destination::of_tuple(&tw.tuple)).or_default() += tw.count as usize;
         }
     }
     let mut findings = Vec::new();
