@@ -27,7 +27,7 @@ use portwatch_common::RECORD_LAYOUT_VERSION;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    detect::ports::PortSettings,
+    detect::ports::{PortBudget, PortSettings},
     event::Comm,
     sockets::{table::Seed, tuple::Tuple},
     tcp_state::TcpState,
@@ -70,6 +70,22 @@ pub struct Trailer {
     /// end, as the report shows it.
     #[serde(default)]
     pub workloads: BTreeMap<u32, String>,
+    /// Each network namespace's port settings, by inode, read at the start and again
+    /// at the end (a namespace gone by then keeps what the start read): the report
+    /// counts a destination against its own namespace's. Absent in files from before
+    /// namespaces.
+    #[serde(default)]
+    pub netns_settings: BTreeMap<u32, PortSettings>,
+}
+
+impl Recording {
+    /// The port budget the recorded host had: its own settings and each namespace's.
+    pub fn budget(&self) -> PortBudget {
+        PortBudget {
+            host: self.header.settings.clone(),
+            by_netns: self.trailer.netns_settings.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -340,6 +356,14 @@ mod tests {
                 comm: "worker".into(),
             }],
             workloads: [(7, "nginx.service".to_owned())].into(),
+            netns_settings: [(
+                4026532000,
+                PortSettings {
+                    range: (40000, 40003),
+                    ..PortSettings::default()
+                },
+            )]
+            .into(),
         };
         writer.finish(&trailer).unwrap();
         let recording = read(&path).unwrap();

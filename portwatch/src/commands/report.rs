@@ -12,7 +12,7 @@ use crate::{
     },
     detect::{
         model::Model,
-        ports::PortSettings,
+        ports::PortBudget,
         report::{self, Context, Report},
     },
     event::{DecodeError, decode},
@@ -124,15 +124,17 @@ impl Sink for LiveSink {
 }
 
 async fn live(args: &ReportArgs) -> Result<Report> {
-    let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
+    let mut settings = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
     let mut live = LiveSink {
         model: ModelSink::new(Model::with_limits(0, args.limits())),
         file: args
             .record
             .as_deref()
-            .map(|path| FileSink::new(path, settings.clone())),
+            .map(|path| FileSink::new(path, settings.host.clone())),
     };
     let traced = trace::trace(&args.kernel, Some(args.duration), "tracing", &mut live).await?;
+    // Namespaces that came up while tracing, and settings changed meanwhile.
+    settings.read_namespaces();
     let mut sink = live.model;
     // Owners the kernel could not learn for certain: one look at /proc, now, shared
     // with the recording so a replay resolves them the same way.
@@ -143,7 +145,7 @@ async fn live(args: &ReportArgs) -> Result<Report> {
     };
     sink.model.table.resolve(&holders);
     if let Some(file) = live.file {
-        file.finish(&traced, &holders)?;
+        file.finish(&traced, &holders, &settings)?;
     }
     let workload = |pid: u32| crate::commands::startup::workload(pid);
     let context = Context {
@@ -188,8 +190,9 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
     let trailer = &recording.trailer;
     sink.model.table.resolve(&trailer.holders());
     let workload = |pid: u32| trailer.workloads.get(&pid).cloned();
+    let budget = recording.budget();
     let context = Context {
-        settings: &recording.header.settings,
+        settings: &budget,
         thresholds: &args.thresholds(),
         dropped: trailer.dropped,
         undecodable: sink.undecodable,

@@ -18,8 +18,6 @@ pub(super) fn findings(
     window: &Window,
     context: &Context<'_>,
 ) -> Vec<Finding> {
-    let settings = context.settings;
-    let capacity = settings.capacity();
     // Ports in use now per destination: live active sockets plus TIME_WAIT.
     let mut in_use: HashMap<Destination, usize> = HashMap::new();
     for (_, socket) in model.table.live() {
@@ -37,6 +35,9 @@ pub(super) fn findings(
     let mut findings = Vec::new();
     for (destination, toward) in &model.destinations {
         let used = in_use.get(destination).copied().unwrap_or(0);
+        // The destination's own namespace's range and tcp_tw_reuse.
+        let settings = context.settings.of(destination.netns);
+        let capacity = settings.capacity();
         let rates = toward.opened.rates(window);
         // Ports run out at the rate connections are made now: a client that churned
         // earlier and stopped will not exhaust anything, one that just began will.
@@ -83,6 +84,7 @@ pub(super) fn findings(
             FindingKind::PortExhaustion,
             severity,
             Evidence::Exhaustion {
+                netns: destination.netns,
                 saddr: destination.saddr,
                 daddr: destination.daddr,
                 dport: destination.dport,
