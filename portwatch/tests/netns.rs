@@ -139,8 +139,11 @@ fn same_port_servers_in_two_namespaces_are_told_apart() {
     ]);
     expect_line(&mut early_churn, "done");
 
-    let (portwatch, stderr) = start_portwatch(
-        &[
+    // The whole host, and each namespace alone (`--netns NAME`): pid 0 collects every
+    // unknown owner on the host (other processes' too), so only a namespace's own
+    // report can show none of its sockets went there.
+    let reports = [None, Some(&leaky_ns.name), Some(&healthy_ns.name)].map(|netns| {
+        let mut args = vec![
             "report",
             "--format",
             "json",
@@ -148,9 +151,12 @@ fn same_port_servers_in_two_namespaces_are_told_apart() {
             "5s",
             "--close-wait-age",
             "1s",
-        ],
-        Stdio::piped(),
-    );
+        ];
+        if let Some(name) = netns {
+            args.extend(["--netns", name.as_str()]);
+        }
+        start_portwatch(&args, Stdio::piped())
+    });
     let mut late = leaky_ns.workload(&[
         "leak-client",
         connect[0],
@@ -171,41 +177,73 @@ fn same_port_servers_in_two_namespaces_are_told_apart() {
         &churn_count,
     ]);
     expect_line(&mut churn, "done");
-    let report = report_json(portwatch, stderr);
+    let [report, leaky_only, healthy_only] =
+        reports.map(|(child, stderr)| report_json(child, stderr));
 
+    // Exact, unless the kernel skipped runs of portwatch's programs (another eBPF
+    // program was running on that CPU: on a busy host, or with three portwatches
+    // attached): an event it never produced can only lower a count, by at most that many.
+    let near = |report: &Value, seen: u64, expected: u64| {
+        let skipped = report["events"]["skipped"].as_u64().unwrap_or(0);
+        assert!(
+            seen <= expected && seen + skipped >= expected,
+            "{seen}, expected {expected} ({skipped} skipped): {report:#}"
+        );
+    };
     let leaker_row = process_row(&report, leaker.pid);
     let echo_row = process_row(&report, echo.pid);
-    assert_eq!(
-        close_waits(leaker_row),
-        6,
-        "all six leaks, early and late: {report:#}"
-    );
-    assert_eq!(count(leaker_row, "opened_passive"), 3, "{report:#}");
+    // All six leaks, early (from the startup snapshot) and late.
+    near(&report, close_waits(leaker_row), 6);
+    near(&report, count(leaker_row, "opened_passive"), 3);
     assert_eq!(leaker_row.unwrap()["comm"], "leak-server", "{report:#}");
-    assert_eq!(count(echo_row, "opened_passive"), CHURN, "{report:#}");
-    assert_eq!(count(echo_row, "closed_passive"), CHURN, "{report:#}");
+    near(&report, count(echo_row, "opened_passive"), CHURN);
+    near(&report, count(echo_row, "closed_passive"), CHURN);
     assert_eq!(close_waits(echo_row), 0, "{report:#}");
-    let unknown = process_row(&report, 0);
-    assert_eq!(
-        count(unknown, "opened_passive"),
-        0,
-        "charged to pid 0: {report:#}"
-    );
-    assert_eq!(close_waits(unknown), 0, "charged to pid 0: {report:#}");
     let leak = report["findings"]
         .as_array()
         .unwrap()
         .iter()
         .find(|f| f["kind"] == "close_wait_leak" && f["pid"] == leaker.pid)
         .unwrap_or_else(|| panic!("no leak finding: {report:#}"));
-    assert_eq!(leak["close_wait"], 6, "{report:#}");
+    near(&report, leak["close_wait"].as_u64().unwrap(), 6);
     assert!(
         !report["findings"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|f| f["pid"] == 0 || f["pid"] == echo.pid && f["kind"] == "close_wait_leak"),
+            .any(|f| f["pid"] == echo.pid && f["kind"] == "close_wait_leak"),
         "{report:#}"
+    );
+
+    // Each namespace's own report: its server only, and nothing charged to pid 0 (or
+    // at most what the kernel skipped).
+    for (own, server, other) in [
+        (&leaky_only, &leaker, &echo),
+        (&healthy_only, &echo, &leaker),
+    ] {
+        assert!(process_row(own, server.pid).is_some(), "{own:#}");
+        assert!(process_row(own, other.pid).is_none(), "{own:#}");
+        let unknown = process_row(own, 0);
+        let charged = count(unknown, "opened_passive") + close_waits(unknown);
+        near(own, CHURN + 6 - charged, CHURN + 6);
+        assert!(
+            !own["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["pid"] == 0),
+            "{own:#}"
+        );
+    }
+    near(
+        &healthy_only,
+        count(process_row(&healthy_only, echo.pid), "opened_passive"),
+        CHURN,
+    );
+    near(
+        &leaky_only,
+        close_waits(process_row(&leaky_only, leaker.pid)),
+        6,
     );
 }
 
@@ -350,6 +388,25 @@ fn snapshot_lists_every_namespace() {
         leaked.iter().all(|s| s["netns"] == a.inode()),
         "{snapshot:#}"
     );
+    // `--netns PID`: only the namespace of that process.
+    let output = Command::new(PORTWATCH)
+        .args(["snapshot", "--format", "json", "--netns"])
+        .arg(server_b.pid.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let only_b: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let pids: Vec<&Value> = only_b["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["pid"])
+        .collect();
+    assert_eq!(pids, [server_b.pid], "{only_b:#}");
     let listening = sockets_of(server_b.pid);
     assert!(
         listening

@@ -15,7 +15,7 @@ use crate::{
         ports::PortBudget,
         report::{self, Context, Report},
     },
-    event::{DecodeError, decode},
+    event::{DecodeError, Event, decode},
     output, record,
     sockets::table::Seed,
 };
@@ -32,6 +32,8 @@ pub struct ModelSink {
     pub undecodable: u64,
     /// Why the first undecodable record was.
     pub first_error: Option<DecodeError>,
+    /// `--netns`: only this namespace's sockets go into the model.
+    pub netns: Option<u32>,
 }
 
 impl ModelSink {
@@ -40,7 +42,14 @@ impl ModelSink {
             model,
             undecodable: 0,
             first_error: None,
+            netns: None,
         }
+    }
+
+    /// Only the sockets of network namespace `netns`, if given.
+    pub fn in_netns(mut self, netns: Option<u32>) -> Self {
+        self.netns = netns;
+        self
     }
 }
 
@@ -49,13 +58,17 @@ impl Sink for ModelSink {
         self.model.start_ns = start_ns;
         self.model.last_ns = start_ns;
         for seed in seeds {
-            self.model.seed(seed);
+            if self.netns.is_none_or(|netns| netns == seed.tuple.netns) {
+                self.model.seed(seed);
+            }
         }
         Ok(())
     }
 
     fn record(&mut self, bytes: &[u8]) {
         match decode(bytes) {
+            Ok(Event::Transition(transition))
+                if self.netns.is_some_and(|netns| netns != transition.netns) => {}
             Ok(event) => self.model.apply(&event),
             Err(err) => {
                 self.undecodable += 1;
@@ -126,7 +139,7 @@ impl Sink for LiveSink {
 async fn live(args: &ReportArgs) -> Result<Report> {
     let mut settings = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
     let mut live = LiveSink {
-        model: ModelSink::new(Model::with_limits(0, args.limits())),
+        model: ModelSink::new(Model::with_limits(0, args.limits())).in_netns(args.netns),
         file: args
             .record
             .as_deref()
@@ -164,7 +177,8 @@ async fn live(args: &ReportArgs) -> Result<Report> {
 /// what /proc said taken from the recording (never from this machine's /proc).
 fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
     let recording = record::read(path)?;
-    let mut sink = ModelSink::new(Model::with_limits(recording.header.start_ns, args.limits()));
+    let mut sink = ModelSink::new(Model::with_limits(recording.header.start_ns, args.limits()))
+        .in_netns(args.netns);
     let seeds = recording
         .header
         .seeds
