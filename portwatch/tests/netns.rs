@@ -415,3 +415,77 @@ fn snapshot_lists_every_namespace() {
         "{snapshot:#}"
     );
 }
+
+/// Connections nobody accepted: servers that accepted one connection and then stopped
+/// accepting, still listening. Later connections wait in the accept queue; their peers
+/// close, so they sit in CLOSE_WAIT with no file referring to them. In one namespace
+/// they queued before portwatch started (only the startup snapshot sees them), in the
+/// other after: both are their server's leak.
+#[test]
+fn connections_never_accepted_are_their_listeners_leak() {
+    require_privileges();
+    let stalled_server = |ns: &NetNs| {
+        let mut server = ns.workload(&[
+            "leak-server",
+            "--listen",
+            "127.0.0.1:8080",
+            "--leak",
+            "1",
+            "--keep-listening",
+        ]);
+        connect(ns, "1");
+        expect_line(&mut server, "done");
+        server
+    };
+    fn connect(ns: &NetNs, count: &str) {
+        let mut client = ns.workload(&[
+            "leak-client",
+            "--connect",
+            "127.0.0.1:8080",
+            "--count",
+            count,
+        ]);
+        expect_line(&mut client, "done");
+    }
+    let (before, after) = (NetNs::new(), NetNs::new());
+    let server_before = stalled_server(&before);
+    let server_after = stalled_server(&after);
+    connect(&before, "2");
+    let (portwatch, stderr) = start_portwatch(
+        &[
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "3s",
+            "--close-wait-age",
+            "1s",
+        ],
+        Stdio::piped(),
+    );
+    connect(&after, "2");
+    let report = report_json(portwatch, stderr);
+    let leak_of = |pid: u32| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "close_wait_leak" && f["pid"] == pid)
+            .unwrap_or_else(|| panic!("no leak finding for {pid}: {report:#}"))["close_wait"]
+            .as_u64()
+            .unwrap()
+    };
+    // From the startup snapshot alone, no event involved: exact.
+    let row = process_row(&report, server_before.pid);
+    assert_eq!(close_waits(row), 3, "1 accepted, 2 queued: {report:#}");
+    assert_eq!(row.unwrap()["comm"], "leak-server", "{report:#}");
+    assert_eq!(leak_of(server_before.pid), 3, "{report:#}");
+    // Queued while portwatch watched: exact unless the kernel skipped runs.
+    let skipped = report["events"]["skipped"].as_u64().unwrap_or(0);
+    let held = close_waits(process_row(&report, server_after.pid));
+    assert!(
+        held <= 3 && held + skipped >= 3,
+        "1 accepted, 2 queued ({skipped} skipped): {report:#}"
+    );
+    assert_eq!(leak_of(server_after.pid), held, "{report:#}");
+}

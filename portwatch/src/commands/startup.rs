@@ -59,11 +59,16 @@ fn to_seeds(snapshot: &Snapshot, taken_ns: u64, netns_known: bool) -> Vec<Seed> 
                 dport: s.socket.dport,
             },
             state: s.socket.state,
-            holders: s
-                .holders
-                .iter()
-                .map(|h| (h.id.pid, crate::event::Comm::new(&h.comm)))
-                .collect(),
+            // A connection never accepted (still in the accept queue, often in
+            // CLOSE_WAIT) is its listener's process's.
+            holders: match snapshot.queued_for(s) {
+                Some(listener) => vec![(listener.id.pid, crate::event::Comm::new(&listener.comm))],
+                None => s
+                    .holders
+                    .iter()
+                    .map(|h| (h.id.pid, crate::event::Comm::new(&h.comm)))
+                    .collect(),
+            },
             in_state_at_least_ns: s.in_state_at_least_ms.map(|ms| ms * 1_000_000),
             taken_ns,
         })

@@ -90,6 +90,33 @@ pub fn take() -> anyhow::Result<Snapshot> {
     })
 }
 
+impl Snapshot {
+    /// For a connection still in a listener's accept queue (never accepted: no file
+    /// refers to it, yet it is ESTABLISHED, or CLOSE_WAIT once its peer gave up, or
+    /// SYN_RECV), the process holding that listener: whose leak it is, since only its
+    /// accept() would ever take it. Matched by namespace, port and address (a listener
+    /// on the unspecified address takes connections to any). None for any other socket
+    /// (a socket its owner closed is in FIN_WAIT or LAST_ACK, not these states).
+    pub fn queued_for(&self, socket: &SnapshotSocket) -> Option<&ProcessInfo> {
+        let queued = socket.holders.is_empty()
+            && socket.socket.inode == 0
+            && matches!(
+                socket.socket.state,
+                TcpState::Established | TcpState::CloseWait | TcpState::SynRecv
+            );
+        if !queued {
+            return None;
+        }
+        let s = &socket.socket;
+        self.sockets
+            .iter()
+            .filter(|l| l.socket.state == TcpState::Listen)
+            .filter(|l| l.socket.netns == s.netns && l.socket.sport == s.sport)
+            .filter(|l| l.socket.saddr == s.saddr || l.socket.saddr.is_unspecified())
+            .find_map(|l| l.holders.first())
+    }
+}
+
 /// Linux keeps a socket in TIME_WAIT for TCP_TIMEWAIT_LEN (include/net/tcp.h), a
 /// constant, not a sysctl.
 const TIME_WAIT_MS: u64 = 60_000;
@@ -241,6 +268,30 @@ pub(crate) mod tests {
             holders: holders.iter().map(|p| (*p).clone()).collect(),
             in_state_at_least_ms: None,
         }
+    }
+
+    #[test]
+    fn a_connection_never_accepted_belongs_to_its_listener() {
+        let server = process(10, "server");
+        let other = process(11, "other");
+        let listener = socket(TcpState::Listen, 8080, &[&server]);
+        let mut queued = socket(TcpState::CloseWait, 8080, &[]);
+        let accepted = socket(TcpState::CloseWait, 8080, &[&server]);
+        let closing = socket(TcpState::LastAck, 8080, &[]);
+        let mut elsewhere = socket(TcpState::CloseWait, 8080, &[]);
+        elsewhere.socket.netns = 4026532000;
+        let mut other_listener = socket(TcpState::Listen, 8080, &[&other]);
+        other_listener.socket.netns = 4026532999;
+        let snapshot = Snapshot {
+            sockets: vec![listener, other_listener, queued.clone(), accepted.clone()],
+            ..Snapshot::default()
+        };
+        assert_eq!(snapshot.queued_for(&queued), Some(&server));
+        assert_eq!(snapshot.queued_for(&accepted), None, "has a holder");
+        assert_eq!(snapshot.queued_for(&closing), None, "closed by its owner");
+        assert_eq!(snapshot.queued_for(&elsewhere), None, "another namespace");
+        queued.socket.sport = 9090;
+        assert_eq!(snapshot.queued_for(&queued), None, "another port");
     }
 
     fn aged(mut socket: SnapshotSocket, ms: u64) -> SnapshotSocket {

@@ -458,11 +458,13 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
         }
     }
     for seed in model.table.unmatched_seeds() {
-        let Some(&(pid, _)) = seed.holders.first() else {
+        let Some(&(pid, comm)) = seed.holders.first() else {
             continue;
         };
         let key = Process::after_exits(pid, 0);
         let held = holdings.entry(key).or_default();
+        // A process known only from the snapshot is named by it.
+        held.comm = held.comm.or(Some(comm).filter(|comm| !comm.is_empty()));
         *held.states.entry(seed.state.name()).or_default() += 1;
         if seed.state == TcpState::CloseWait {
             let since_snapshot = now_ns.saturating_sub(seed.taken_ns);
