@@ -14,7 +14,9 @@ pub const COMM_LEN: usize = 16;
 /// The version of the ring-buffer records' layout as a whole: recordings carry it, so a
 /// replay never misreads records of another layout as this one's. Bump it whenever any
 /// record type below changes size or meaning; the sizes are asserted beside each type.
-pub const RECORD_LAYOUT_VERSION: u32 = 1;
+///
+/// 2: [`StateEvent`] carries `netns`.
+pub const RECORD_LAYOUT_VERSION: u32 = 2;
 
 /// What a ring-buffer record holds. The first `u32` of every record is its kind, so
 /// userspace can tell records apart before it reads the rest. Numbers are part of the
@@ -146,11 +148,16 @@ pub struct StateEvent {
     pub old_state: u8,
     /// The kernel's `TCP_*` state number after the transition.
     pub new_state: u8,
+    /// The socket's network namespace: `sk->__sk_common.skc_net.net->ns.inum`, the inode
+    /// number `ls -l /proc/PID/ns/net` shows. 0 when the loader could not find the
+    /// fields' offsets in the kernel's BTF (see [`NetnsOffsets`]).
+    pub netns: u32,
+    pub _pad: u32,
     /// The socket's owner as known after this transition.
     pub owner: Owner,
 }
 
-const _: () = assert!(size_of::<StateEvent>() == 136);
+const _: () = assert!(size_of::<StateEvent>() == 144);
 
 /// A process accepted `sock`: it owns it from now on.
 #[repr(C)]
@@ -233,7 +240,8 @@ pub struct SocketEntry {
 const _: () = assert!(size_of::<SocketEntry>() == 48);
 
 /// Key of the `PEERS` map: the remote end of a passive socket that has not been
-/// accepted yet, as accept() reports it to the process.
+/// accepted yet, as accept() reports it to the process, in the socket's network
+/// namespace (two namespaces can each have a peer 127.0.0.1:40000).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerKey {
@@ -242,10 +250,47 @@ pub struct PeerKey {
     /// Host byte order.
     pub port: u16,
     pub family: u16,
-    pub _pad: u32,
+    /// Network namespace inode, as in [`StateEvent::netns`].
+    pub netns: u32,
 }
 
 const _: () = assert!(size_of::<PeerKey>() == 24);
+
+/// Key of the `LISTENERS` map: a listening port in one network namespace (pods in
+/// different namespaces listen on the same port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerKey {
+    /// Network namespace inode, as in [`StateEvent::netns`].
+    pub netns: u32,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+const _: () = assert!(size_of::<ListenerKey>() == 8);
+
+/// Where the programs find a network namespace's inode number, in bytes, from the
+/// running kernel's BTF (aya-ebpf 0.2 has no CO-RE relocations, so userspace resolves
+/// them at load time and sets the `NETNS_OFFSETS` global). `enabled == 0` when they could
+/// not be found: every `netns` is then 0 (one namespace as far as portwatch can tell).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NetnsOffsets {
+    /// 1 when the offsets below are valid.
+    pub enabled: u32,
+    /// `struct sock` -> `__sk_common.skc_net.net` (a `struct net *`).
+    pub sock_net: u32,
+    /// `struct net` -> `ns.inum` (an `unsigned int`).
+    pub net_inum: u32,
+    /// `struct task_struct` -> `nsproxy` (a `struct nsproxy *`).
+    pub task_nsproxy: u32,
+    /// `struct nsproxy` -> `net_ns` (a `struct net *`).
+    pub nsproxy_net: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<NetnsOffsets>() == 24);
 
 /// `READER[0]` while the collector waits for the kernel to wake it: every record then
 /// wakes it at once. While it is 0 the collector drains the ring on its own timer.
@@ -263,6 +308,8 @@ pub mod names {
     pub const READER: &str = "READER";
     /// The load-time global: ring-buffer bytes pending before a record wakes userspace.
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
+    /// The load-time global: a [`NetnsOffsets`](super::NetnsOffsets).
+    pub const NETNS_OFFSETS: &str = "NETNS_OFFSETS";
     pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
     pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
     pub const PROG_ACCEPT_EXIT: &str = "accept_exit";
@@ -434,9 +481,9 @@ pub const IPPROTO_TCP: u16 = 6;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{Owner, PeerKey, SocketEntry};
+    use super::{ListenerKey, NetnsOffsets, Owner, PeerKey, SocketEntry};
 
-    // SAFETY (all three): plain-old-data, `#[repr(C)]`, no implicit padding (sizes
+    // SAFETY (all of them): plain-old-data, `#[repr(C)]`, no implicit padding (sizes
     // asserted above), every bit pattern valid.
     // SAFETY: see above.
     unsafe impl aya::Pod for SocketEntry {}
@@ -444,4 +491,8 @@ mod user {
     unsafe impl aya::Pod for Owner {}
     // SAFETY: see above.
     unsafe impl aya::Pod for PeerKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for ListenerKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for NetnsOffsets {}
 }

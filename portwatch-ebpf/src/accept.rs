@@ -18,7 +18,7 @@ use portwatch_common::{
     tracepoint::{SysEnterAccept, SysExit},
 };
 
-use crate::{ACCEPTS, EVENTS, PEERS, SOCKETS, count, current_owner, field};
+use crate::{ACCEPTS, EVENTS, PEERS, SOCKETS, count, current_netns, current_owner, field};
 
 /// `struct sockaddr_in6`, which also covers `sockaddr_in`'s first 8 bytes.
 #[repr(C)]
@@ -70,11 +70,14 @@ fn on_accept_exit(ctx: &TracePointContext) {
     let Ok(peer) = (unsafe { bpf_probe_read_user(buffer as *const SockaddrIn6) }) else {
         return;
     };
+    // The accepting process is in its listener's namespace (a socket's namespace is
+    // fixed when it is created, by its creator's; a process that setns()s between
+    // listen() and accept() is not seen accepting).
     let mut key = PeerKey {
         addr: [0; 16],
         port: u16::from_be(peer.port),
         family: peer.family,
-        _pad: 0,
+        netns: current_netns(),
     };
     match peer.family {
         AF_INET => key.addr[..4].copy_from_slice(&peer.addr4_or_flowinfo),

@@ -17,14 +17,16 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated::bpf_get_current_comm,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid,
+        generated::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel},
     },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use aya_log_ebpf::{debug, warn};
 use portwatch_common::{
-    COMM_LEN, COUNTER_SLOTS, Counter, Owner, PeerKey, READER_ASLEEP, SocketEntry,
+    COMM_LEN, COUNTER_SLOTS, Counter, ListenerKey, NetnsOffsets, Owner, PeerKey, READER_ASLEEP,
+    SocketEntry,
 };
 
 /// Ring buffer to userspace. Its size is set at load time (`--ring-buffer-size`).
@@ -42,6 +44,95 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 /// this program's cost in a VM. A reader that drains on a timer needs none of them.
 #[unsafe(no_mangle)]
 static WAKEUP_BYTES: u64 = 1 << 20;
+
+/// Where the network namespace's inode number is, from the kernel's BTF. Set at load
+/// time (see the loader's `netns` module); the default (disabled) makes every `netns` 0.
+#[unsafe(no_mangle)]
+static NETNS_OFFSETS: NetnsOffsets = NetnsOffsets {
+    enabled: 0,
+    sock_net: 0,
+    net_inum: 0,
+    task_nsproxy: 0,
+    nsproxy_net: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+fn netns_offsets() -> NetnsOffsets {
+    // SAFETY: a plain read of a load-time constant; volatile, so that the compiler does
+    // not fold in the default the loader replaces.
+    unsafe { core::ptr::read_volatile(&NETNS_OFFSETS) }
+}
+
+/// Reads a kernel pointer-sized or smaller value, 0 if the read fails. Starts from a
+/// written zero, so older verifiers never see a read of uninitialised stack.
+#[inline(always)]
+fn read_kernel_u64(address: u64) -> u64 {
+    let mut value: u64 = 0;
+    // SAFETY: bpf_probe_read_kernel checks the kernel address and fails cleanly
+    // (zeroing the destination); `value` is 8 writable bytes.
+    let failed = unsafe {
+        bpf_probe_read_kernel(
+            (&mut value as *mut u64).cast(),
+            8,
+            address as *const core::ffi::c_void,
+        )
+    };
+    if failed != 0 { 0 } else { value }
+}
+
+#[inline(always)]
+fn read_kernel_u32(address: u64) -> u32 {
+    let mut value: u32 = 0;
+    // SAFETY: as in `read_kernel_u64`, with 4 writable bytes.
+    let failed = unsafe {
+        bpf_probe_read_kernel(
+            (&mut value as *mut u32).cast(),
+            4,
+            address as *const core::ffi::c_void,
+        )
+    };
+    if failed != 0 { 0 } else { value }
+}
+
+/// The network namespace inode of the socket at `sock` (`sk->__sk_common.skc_net.net->
+/// ns.inum`); 0 when unknown.
+#[inline(always)]
+fn sock_netns(sock: u64) -> u32 {
+    let offsets = netns_offsets();
+    if offsets.enabled == 0 || sock == 0 {
+        return 0;
+    }
+    let net = read_kernel_u64(sock + u64::from(offsets.sock_net));
+    if net == 0 {
+        return 0;
+    }
+    read_kernel_u32(net + u64::from(offsets.net_inum))
+}
+
+/// The current task's network namespace inode (`current->nsproxy->net_ns->ns.inum`);
+/// 0 when unknown (or the task is exiting and has no nsproxy).
+#[inline(always)]
+fn current_netns() -> u32 {
+    let offsets = netns_offsets();
+    if offsets.enabled == 0 {
+        return 0;
+    }
+    // SAFETY: no preconditions; aya marks raw helpers unsafe.
+    let task = unsafe { bpf_get_current_task() };
+    if task == 0 {
+        return 0;
+    }
+    let nsproxy = read_kernel_u64(task + u64::from(offsets.task_nsproxy));
+    if nsproxy == 0 {
+        return 0;
+    }
+    let net = read_kernel_u64(nsproxy + u64::from(offsets.nsproxy_net));
+    if net == 0 {
+        return 0;
+    }
+    read_kernel_u32(net + u64::from(offsets.net_inum))
+}
 
 /// Whether the collector is asleep ([`READER_ASLEEP`]): it drains on a timer only while
 /// records keep coming, and once a drain finds the ring empty it sets this and waits
@@ -76,13 +167,13 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 #[map]
 static SOCKETS: HashMap<u64, SocketEntry> = HashMap::with_max_entries(65536, 0);
 
-/// Owners of listening sockets by local port, so an incoming connection's socket can
-/// start with its listener's owner. Userspace seeds it with listeners that predate
-/// portwatch.
+/// Owners of listening sockets by network namespace and local port, so an incoming
+/// connection's socket can start with its listener's owner. Userspace seeds it with
+/// listeners that predate portwatch, in every namespace.
 #[map]
-static LISTENERS: HashMap<u32, Owner> = HashMap::with_max_entries(8192, 0);
+static LISTENERS: HashMap<ListenerKey, Owner> = HashMap::with_max_entries(8192, 0);
 
-/// Passive sockets not yet accepted, by their remote end: accept() reports the remote
+/// Passive sockets not yet accepted, by their remote end and namespace: accept() reports the remote
 /// end to the process, which is how the accept hook finds the socket. Size set at load.
 #[map]
 static PEERS: HashMap<PeerKey, u64> = HashMap::with_max_entries(65536, 0);

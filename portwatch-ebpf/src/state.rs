@@ -20,11 +20,12 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use portwatch_common::{
-    AF_INET6, Counter, EventKind, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN, IPPROTO_TCP, Origin, Owner,
-    OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state, tracepoint::InetSockSetState,
+    AF_INET6, Counter, EventKind, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN, IPPROTO_TCP, ListenerKey,
+    Origin, Owner, OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state,
+    tracepoint::InetSockSetState,
 };
 
-use crate::{EVENTS, LISTENERS, PEERS, SOCKETS, count, current_owner, field};
+use crate::{EVENTS, LISTENERS, PEERS, SOCKETS, count, current_owner, field, sock_netns};
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
@@ -58,21 +59,30 @@ fn on_state_change(ctx: &TracePointContext) {
             [field!(args.daddr) as u64, 0],
         )
     };
+    // Two kernel reads per event rather than a copy in SOCKETS: the namespace is needed
+    // before the socket's entry is found (a new passive socket's listener) and for
+    // sockets the table has no room for.
+    let netns = sock_netns(sock);
+    let listener = ListenerKey {
+        netns,
+        port: sport,
+        _pad: 0,
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let by_syscall = made_by_syscall(old_state, new_state);
     let actor = by_syscall && (pid_tgid >> 32) != 0;
 
-    let tracked = track(ctx, sock, old_state, new_state, sport, now, actor);
+    let tracked = track(ctx, sock, old_state, new_state, &listener, now, actor);
     if new_state == tcp_state::LISTEN {
-        remember_listener(ctx, sport, &tracked.owner);
+        remember_listener(ctx, &listener, &tracked.owner);
     } else if old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE {
-        let _ = LISTENERS.remove(u32::from(sport));
+        let _ = LISTENERS.remove(listener);
     }
     let peer = PeerKey {
         addr: addr_bytes(daddr),
         port: dport,
         family,
-        _pad: 0,
+        netns,
     };
     if learns_peer(old_state, new_state, dport, &tracked.owner) {
         if PEERS.insert(peer, sock, 0).is_err() {
@@ -120,6 +130,8 @@ fn on_state_change(ctx: &TracePointContext) {
         (*event).family = family;
         (*event).old_state = old_state;
         (*event).new_state = new_state;
+        (*event).netns = netns;
+        (*event)._pad = 0;
         (*event).owner = tracked.owner;
     }
     entry.submit(crate::submit_flags());
@@ -147,7 +159,7 @@ fn track(
     sock: u64,
     old_state: u8,
     new_state: u8,
-    sport: u16,
+    listener: &ListenerKey,
     now: u64,
     actor: bool,
 ) -> Tracked {
@@ -204,7 +216,7 @@ fn track(
         };
         current_owner(source, origin as u8)
     } else if origin == Origin::Passive {
-        inherited_from_listener(sport)
+        inherited_from_listener(listener)
     } else {
         Owner {
             origin: origin as u8,
@@ -271,10 +283,10 @@ fn owner_is_certain(owner: &Owner) -> bool {
 }
 
 #[inline(always)]
-fn inherited_from_listener(port: u16) -> Owner {
+fn inherited_from_listener(listener: &ListenerKey) -> Owner {
     // SAFETY: the value is copied out at once; a concurrent update of the same
     // listener can only make it one owner staler.
-    match unsafe { LISTENERS.get(u32::from(port)) } {
+    match unsafe { LISTENERS.get(listener) } {
         Some(listener) => Owner {
             source: OwnerSource::Listener as u8,
             origin: Origin::Passive as u8,
@@ -288,8 +300,8 @@ fn inherited_from_listener(port: u16) -> Owner {
 }
 
 #[inline(always)]
-fn remember_listener(ctx: &TracePointContext, port: u16, owner: &Owner) {
-    if owner.tgid != 0 && LISTENERS.insert(u32::from(port), *owner, 0).is_err() {
+fn remember_listener(ctx: &TracePointContext, listener: &ListenerKey, owner: &Owner) {
+    if owner.tgid != 0 && LISTENERS.insert(listener, *owner, 0).is_err() {
         count(ctx, Counter::OwnerTableFull);
     }
 }

@@ -93,6 +93,11 @@ pub struct ReportArgs {
     #[arg(long, value_enum, value_name = "SEVERITY")]
     pub fail_on: Option<Severity>,
 
+    /// Only sockets in this network namespace: its inode number (`lsns -t net`), an
+    /// `ip netns` name (/run/netns), or a PID (or `pid:PID`) whose namespace to use.
+    #[arg(long, value_name = "NS", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+
     /// Report on a file made by `portwatch record` instead of tracing (no root needed).
     #[arg(long, value_name = "FILE", conflicts_with = "record")]
     pub replay: Option<std::path::PathBuf>,
@@ -283,6 +288,11 @@ pub struct StreamArgs {
     #[arg(long = "state", value_name = "STATE")]
     pub states: Vec<TcpState>,
 
+    /// Only sockets in this network namespace: its inode number (`lsns -t net`), an
+    /// `ip netns` name (/run/netns), or a PID (or `pid:PID`) whose namespace to use.
+    #[arg(long, value_name = "NS", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+
     /// Stop after this long, e.g. 10s, 2m, 1h30m. Default: until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -300,6 +310,16 @@ pub struct SnapshotArgs {
     /// Only sockets in this state, e.g. CLOSE_WAIT or time-wait (repeatable).
     #[arg(long = "state", value_name = "STATE")]
     pub states: Vec<TcpState>,
+
+    /// Only sockets in this network namespace: its inode number (`lsns -t net`), an
+    /// `ip netns` name (/run/netns), or a PID (or `pid:PID`) whose namespace to use.
+    #[arg(long, value_name = "NS", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+}
+
+/// `--netns`: see [`crate::sockets::netns::resolve`].
+fn parse_netns(spec: &str) -> Result<u32, String> {
+    crate::sockets::netns::resolve(spec)
 }
 
 /// Sizes of the kernel-side buffers, shared by every tracing command.

@@ -11,6 +11,8 @@ pub struct Filter {
     pub ports: Vec<u16>,
     /// Matches the old or the new state.
     pub states: Vec<TcpState>,
+    /// Matches the socket's network namespace (inode).
+    pub netns: Option<u32>,
 }
 
 impl Filter {
@@ -23,6 +25,7 @@ impl Filter {
             && (self.states.is_empty()
                 || self.states.contains(&event.old_state)
                 || self.states.contains(&event.new_state))
+            && self.netns.is_none_or(|netns| netns == event.netns)
     }
 }
 
@@ -67,6 +70,17 @@ mod tests {
     }
 
     #[test]
+    fn netns_filter() {
+        let only = |netns| Filter {
+            netns: Some(netns),
+            ..Filter::default()
+        };
+        assert_eq!(event().netns, 4026531840);
+        assert!(only(4026531840).matches(&event(), OWNER));
+        assert!(!only(4026532000).matches(&event(), OWNER));
+    }
+
+    #[test]
     fn state_filter_matches_old_or_new() {
         let only = |states: Vec<TcpState>| Filter {
             states,
@@ -83,6 +97,7 @@ mod tests {
             pids: vec![4242],
             ports: vec![80],
             states: vec![],
+            netns: None,
         };
         assert!(!filter.matches(&event(), OWNER));
     }

@@ -27,7 +27,7 @@ use portwatch_common::RECORD_LAYOUT_VERSION;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    detect::ports::PortSettings,
+    detect::ports::{PortBudget, PortSettings},
     event::Comm,
     sockets::{table::Seed, tuple::Tuple},
     tcp_state::TcpState,
@@ -70,10 +70,29 @@ pub struct Trailer {
     /// end, as the report shows it.
     #[serde(default)]
     pub workloads: BTreeMap<u32, String>,
+    /// Each network namespace's port settings, by inode, read at the start and again
+    /// at the end (a namespace gone by then keeps what the start read): the report
+    /// counts a destination against its own namespace's. Absent in files from before
+    /// namespaces.
+    #[serde(default)]
+    pub netns_settings: BTreeMap<u32, PortSettings>,
+}
+
+impl Recording {
+    /// The port budget the recorded host had: its own settings and each namespace's.
+    pub fn budget(&self) -> PortBudget {
+        PortBudget {
+            host: self.header.settings.clone(),
+            by_netns: self.trailer.netns_settings.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedHolder {
+    /// Network namespace inode; absent (0) in files from before namespaces.
+    #[serde(default)]
+    pub netns: u32,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
@@ -88,6 +107,7 @@ impl Trailer {
             .iter()
             .map(|h| {
                 let tuple = Tuple {
+                    netns: h.netns,
                     saddr: h.saddr,
                     sport: h.sport,
                     daddr: h.daddr,
@@ -102,6 +122,9 @@ impl Trailer {
 /// A [`Seed`] in a form JSON can carry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedSeed {
+    /// Network namespace inode; absent (0) in files from before namespaces.
+    #[serde(default)]
+    pub netns: u32,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
@@ -115,6 +138,7 @@ pub struct RecordedSeed {
 impl From<&Seed> for RecordedSeed {
     fn from(seed: &Seed) -> Self {
         RecordedSeed {
+            netns: seed.tuple.netns,
             saddr: seed.tuple.saddr,
             sport: seed.tuple.sport,
             daddr: seed.tuple.daddr,
@@ -137,6 +161,7 @@ impl TryFrom<&RecordedSeed> for Seed {
     fn try_from(recorded: &RecordedSeed) -> Result<Self> {
         Ok(Seed {
             tuple: Tuple {
+                netns: recorded.netns,
                 saddr: recorded.saddr,
                 sport: recorded.sport,
                 daddr: recorded.daddr,
@@ -294,6 +319,7 @@ mod tests {
             start_ns: 5,
             settings: PortSettings::default(),
             seeds: vec![RecordedSeed {
+                netns: 4026532000,
                 saddr: "127.0.0.1".parse().unwrap(),
                 sport: 80,
                 daddr: "::1".parse().unwrap(),
@@ -321,6 +347,7 @@ mod tests {
             untracked: 0,
             skipped: Some(2),
             holders: vec![RecordedHolder {
+                netns: 4026532000,
                 saddr: "127.0.0.1".parse().unwrap(),
                 sport: 80,
                 daddr: "127.0.0.1".parse().unwrap(),
@@ -329,6 +356,14 @@ mod tests {
                 comm: "worker".into(),
             }],
             workloads: [(7, "nginx.service".to_owned())].into(),
+            netns_settings: [(
+                4026532000,
+                PortSettings {
+                    range: (40000, 40003),
+                    ..PortSettings::default()
+                },
+            )]
+            .into(),
         };
         writer.finish(&trailer).unwrap();
         let recording = read(&path).unwrap();

@@ -201,9 +201,10 @@ fn a_replay_names_the_recording_machines_workloads_and_never_lies_about_damage()
     assert_refused(&output, "reading recording");
 
     // Records of a future layout, and of an older one.
+    let current = portwatch_common::RECORD_LAYOUT_VERSION;
     for (layout, says) in [
-        (2, "newer than this portwatch reads"),
-        (0, "older than this"),
+        (current + 1, "newer than this portwatch reads"),
+        (current - 1, "older than this"),
     ] {
         let mut header: Value = serde_json::from_slice(&original[0].1).unwrap();
         header["layout"] = layout.into();

@@ -11,7 +11,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use portwatch_common::{COUNTER_SLOTS, Counter, Owner, names};
+use portwatch_common::{COUNTER_SLOTS, Counter, ListenerKey, NetnsOffsets, Owner, names};
 
 use super::{
     ebpf_log::{self, EbpfLogLevel},
@@ -74,6 +74,9 @@ pub struct Tracer {
     ebpf: Ebpf,
     counters: PerCpuArray<MapData, u64>,
     features: Features,
+    /// Whether events carry network namespaces (false: the kernel's BTF had no offsets
+    /// for them, and every `netns` is 0).
+    netns_known: bool,
     /// Reads the eBPF log while `--ebpf-log` is on; stops when dropped.
     _log_task: Option<ebpf_log::LogTask>,
 }
@@ -87,12 +90,14 @@ impl Tracer {
 
         let wakeup_bytes = wakeup_bytes(options.ring_buffer_bytes);
         let log_level = options.ebpf_log.kernel_value();
+        let netns_offsets = netns_offsets();
         // The loader holds the kernel's BTF, parsed (about 15 MB): it goes as soon as the
         // object is loaded, before anything else portwatch allocates adds to the peak.
         let mut ebpf = {
             let mut loader = EbpfLoader::new();
             loader
                 .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
+                .override_global(names::NETNS_OFFSETS, &netns_offsets, true)
                 .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
                 .map_max_entries(names::SOCKETS, options.max_sockets)
                 .map_max_entries(names::PEERS, options.max_sockets);
@@ -149,6 +154,7 @@ impl Tracer {
                 ebpf,
                 counters,
                 features,
+                netns_known: netns_offsets.enabled != 0,
                 _log_task: log_task,
             },
             reader,
@@ -160,15 +166,27 @@ impl Tracer {
         &self.features
     }
 
-    /// Tells the kernel who owns a listening socket that predates portwatch, so the
-    /// sockets it creates start with that owner.
-    pub fn seed_listener(&mut self, port: u16, owner: &Owner) -> Result<()> {
-        let mut listeners: BpfHashMap<_, u32, Owner> = BpfHashMap::try_from(
+    /// Whether events carry their socket's network namespace.
+    pub fn netns_known(&self) -> bool {
+        self.netns_known
+    }
+
+    /// Tells the kernel who owns a listening socket that predates portwatch (on `port`
+    /// in network namespace `netns`), so the sockets it creates start with that owner.
+    pub fn seed_listener(&mut self, netns: u32, port: u16, owner: &Owner) -> Result<()> {
+        let mut listeners: BpfHashMap<_, ListenerKey, Owner> = BpfHashMap::try_from(
             self.ebpf
                 .map_mut(names::LISTENERS)
                 .context("no LISTENERS map")?,
         )?;
-        listeners.insert(u32::from(port), owner, 0)?;
+        // Without namespaces the kernel keys every listener under netns 0.
+        let netns = if self.netns_known { netns } else { 0 };
+        let key = ListenerKey {
+            netns,
+            port,
+            _pad: 0,
+        };
+        listeners.insert(key, owner, 0)?;
         Ok(())
     }
 
@@ -221,6 +239,26 @@ fn recursion_misses(fdinfo: &str) -> Option<u64> {
         .lines()
         .find_map(|line| line.strip_prefix("recursion_misses:"))
         .and_then(|count| count.trim().parse().ok())
+}
+
+/// The offsets the programs read network namespaces through, from the kernel's BTF;
+/// without BTF or the fields, disabled with one warning: events then carry netns 0 and
+/// sockets of different namespaces are told apart only by their kernel address.
+fn netns_offsets() -> NetnsOffsets {
+    let found = match super::btf::Btf::from_sys_fs() {
+        Ok(Ok(btf)) => btf.netns_offsets().map_err(anyhow::Error::from),
+        Ok(Err(err)) => Err(anyhow::Error::from(err)),
+        Err(err) => Err(anyhow::Error::from(err).context("reading /sys/kernel/btf/vmlinux")),
+    };
+    found.unwrap_or_else(|err| {
+        eprintln!(
+            "portwatch: warning: cannot find where the kernel keeps a socket's network \
+             namespace ({err:#}); sockets are shown without their namespace (netns 0), and \
+             servers on the same port in different namespaces (containers) may be confused. \
+             A kernel with BTF (CONFIG_DEBUG_INFO_BTF) avoids this."
+        );
+        NetnsOffsets::default()
+    })
 }
 
 /// Loads a tracepoint program and attaches it to each of `tracepoints`.

@@ -1,4 +1,5 @@
 //! The kernel side, seen from userspace: environment checks, loading, reading.
+mod btf;
 mod ebpf_log;
 pub mod environment;
 mod loader;

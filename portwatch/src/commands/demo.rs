@@ -16,7 +16,7 @@ use crate::{
     },
     detect::{
         model::{Limits, Model},
-        ports::PortSettings,
+        ports::{PortBudget, PortSettings},
         report::{self, Context, Thresholds},
     },
     output, privileges,
@@ -97,7 +97,9 @@ fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
-    let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
+    let settings = PortBudget::host_only(
+        PortSettings::read().context("reading net.ipv4.ip_local_port_range")?,
+    );
     let mut sink = DemoSink {
         inner: ModelSink::new(Model::with_limits(
             0,
@@ -119,7 +121,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if model.table.unresolved() > 0 {
         model
             .table
-            .resolve(&crate::commands::startup::holders_now());
+            .resolve(&crate::commands::startup::holders_now(traced.netns_known));
     }
     let workload = |pid: u32| crate::commands::startup::workload(pid);
     let context = Context {

@@ -13,7 +13,7 @@ use crate::{
         startup,
         trace::{self, Sink, Traced},
     },
-    detect::ports::PortSettings,
+    detect::ports::PortBudget,
     event::{Comm, Event, decode},
     record::{self, Header, RecordedHolder, RecordedSeed, Trailer, Writer},
     sockets::{table::Seed, tuple::Tuple},
@@ -31,7 +31,7 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    pub fn new(path: &Path, settings: PortSettings) -> Self {
+    pub fn new(path: &Path, settings: crate::detect::ports::PortSettings) -> Self {
         FileSink {
             writer: None,
             header: Header {
@@ -51,7 +51,12 @@ impl FileSink {
     /// Writes the trailer: the end of the window, its losses, `holders` (who held each
     /// connected socket at the end, `startup::holders_now`) and the workload of each
     /// process the records name, as /proc says now: what a live report would ask it.
-    pub fn finish(self, traced: &Traced, holders: &HashMap<Tuple, (u32, Comm)>) -> Result<()> {
+    pub fn finish(
+        self,
+        traced: &Traced,
+        holders: &HashMap<Tuple, (u32, Comm)>,
+        budget: &PortBudget,
+    ) -> Result<()> {
         let context = || format!("writing {}", self.path.display());
         if let Some(err) = self.error {
             return Err(err).with_context(context);
@@ -60,6 +65,7 @@ impl FileSink {
         let holders = holders
             .iter()
             .map(|(tuple, &(pid, comm))| RecordedHolder {
+                netns: tuple.netns,
                 saddr: tuple.saddr,
                 sport: tuple.sport,
                 daddr: tuple.daddr,
@@ -81,6 +87,7 @@ impl FileSink {
                 skipped: traced.counters.skipped,
                 holders,
                 workloads,
+                netns_settings: budget.by_netns.clone(),
             })
             .with_context(context)
     }
@@ -130,11 +137,13 @@ impl Sink for FileSink {
 }
 
 pub async fn run(args: RecordArgs) -> Result<()> {
-    let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
-    let mut sink = FileSink::new(&args.out, settings);
+    let mut budget = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
+    let mut sink = FileSink::new(&args.out, budget.host.clone());
     let traced = trace::trace(&args.kernel, Some(args.duration), "recording", &mut sink).await?;
     let records = sink.records;
-    sink.finish(&traced, &startup::holders_now())?;
+    // Namespaces that came up while tracing, and settings changed meanwhile.
+    budget.read_namespaces();
+    sink.finish(&traced, &startup::holders_now(traced.netns_known), &budget)?;
     eprintln!(
         "portwatch: recorded {records} events to {} ({} dropped); `portwatch report --replay {}` reads it",
         args.out.display(),

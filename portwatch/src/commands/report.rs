@@ -12,10 +12,10 @@ use crate::{
     },
     detect::{
         model::Model,
-        ports::PortSettings,
+        ports::PortBudget,
         report::{self, Context, Report},
     },
-    event::{DecodeError, decode},
+    event::{DecodeError, Event, decode},
     output,
     record::{self, Recording},
     sockets::table::Seed,
@@ -33,6 +33,8 @@ pub struct ModelSink {
     pub undecodable: u64,
     /// Why the first undecodable record was.
     pub first_error: Option<DecodeError>,
+    /// `--netns`: only this namespace's sockets go into the model.
+    pub netns: Option<u32>,
 }
 
 impl ModelSink {
@@ -41,7 +43,14 @@ impl ModelSink {
             model,
             undecodable: 0,
             first_error: None,
+            netns: None,
         }
+    }
+
+    /// Only the sockets of network namespace `netns`, if given.
+    pub fn in_netns(mut self, netns: Option<u32>) -> Self {
+        self.netns = netns;
+        self
     }
 }
 
@@ -50,13 +59,17 @@ impl Sink for ModelSink {
         self.model.start_ns = start_ns;
         self.model.last_ns = start_ns;
         for seed in seeds {
-            self.model.seed(seed);
+            if self.netns.is_none_or(|netns| netns == seed.tuple.netns) {
+                self.model.seed(seed);
+            }
         }
         Ok(())
     }
 
     fn record(&mut self, bytes: &[u8]) {
         match decode(bytes) {
+            Ok(Event::Transition(transition))
+                if self.netns.is_some_and(|netns| netns != transition.netns) => {}
             Ok(event) => self.model.apply(&event),
             Err(err) => {
                 self.undecodable += 1;
@@ -125,26 +138,28 @@ impl Sink for LiveSink {
 }
 
 async fn live(args: &ReportArgs) -> Result<Report> {
-    let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
+    let mut settings = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
     let mut live = LiveSink {
-        model: ModelSink::new(Model::with_limits(0, args.limits())),
+        model: ModelSink::new(Model::with_limits(0, args.limits())).in_netns(args.netns),
         file: args
             .record
             .as_deref()
-            .map(|path| FileSink::new(path, settings.clone())),
+            .map(|path| FileSink::new(path, settings.host.clone())),
     };
     let traced = trace::trace(&args.kernel, Some(args.duration), "tracing", &mut live).await?;
+    // Namespaces that came up while tracing, and settings changed meanwhile.
+    settings.read_namespaces();
     let mut sink = live.model;
     // Owners the kernel could not learn for certain: one look at /proc, now, shared
     // with the recording so a replay resolves them the same way.
     let holders = if live.file.is_some() || sink.model.table.unresolved() > 0 {
-        crate::commands::startup::holders_now()
+        crate::commands::startup::holders_now(traced.netns_known)
     } else {
         Default::default()
     };
     sink.model.table.resolve(&holders);
     if let Some(file) = live.file {
-        file.finish(&traced, &holders)?;
+        file.finish(&traced, &holders, &settings)?;
     }
     let workload = |pid: u32| crate::commands::startup::workload(pid);
     let context = Context {
@@ -167,7 +182,8 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
 /// A recording's report: the same code as a live run's, over the recorded records, with
 /// what /proc said taken from the recording (never from this machine's /proc).
 pub fn replay_recording(recording: &Recording, args: &ReportArgs) -> Result<Report> {
-    let mut sink = ModelSink::new(Model::with_limits(recording.header.start_ns, args.limits()));
+    let mut sink = ModelSink::new(Model::with_limits(recording.header.start_ns, args.limits()))
+        .in_netns(args.netns);
     let seeds = recording
         .header
         .seeds
@@ -192,8 +208,9 @@ pub fn replay_recording(recording: &Recording, args: &ReportArgs) -> Result<Repo
     let trailer = &recording.trailer;
     sink.model.table.resolve(&trailer.holders());
     let workload = |pid: u32| trailer.workloads.get(&pid).cloned();
+    let budget = recording.budget();
     let context = Context {
-        settings: &recording.header.settings,
+        settings: &budget,
         thresholds: &args.thresholds(),
         dropped: trailer.dropped,
         undecodable: sink.undecodable,

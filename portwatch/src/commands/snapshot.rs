@@ -16,7 +16,8 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
     let sockets = snapshot
         .sockets
         .iter()
-        .filter(|entry| args.states.is_empty() || args.states.contains(&entry.socket.state));
+        .filter(|entry| args.states.is_empty() || args.states.contains(&entry.socket.state))
+        .filter(|entry| args.netns.is_none_or(|netns| netns == entry.socket.netns));
     let grouping = group_by_process(sockets);
 
     let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
@@ -27,6 +28,7 @@ pub fn run(args: SnapshotArgs) -> Result<()> {
         snapshot.unreadable_processes,
     )
     .and_then(|()| out.flush());
+    startup::warn_failed_namespaces(&snapshot, "their sockets are not listed");
     startup::warn_unreadable(
         &snapshot,
         "the sockets they hold are listed under \"no process\"",

@@ -33,28 +33,42 @@ pub fn seeds(tracer: &mut Tracer) -> Vec<Seed> {
         &snapshot,
         "sockets they held before portwatch started have unknown owners",
     );
+    warn_failed_namespaces(&snapshot, "their sockets already open have unknown owners");
     seed_listeners(tracer, &snapshot);
-    to_seeds(&snapshot, taken_ns)
+    to_seeds(&snapshot, taken_ns, tracer.netns_known())
 }
 
-fn to_seeds(snapshot: &Snapshot, taken_ns: u64) -> Vec<Seed> {
+/// The namespace a snapshot socket is matched to events in: its own, or 0 when the
+/// kernel's events carry none (then 4-tuples of different namespaces can collide, the
+/// documented degraded mode).
+fn netns_for_events(netns: u32, netns_known: bool) -> u32 {
+    if netns_known { netns } else { 0 }
+}
+
+fn to_seeds(snapshot: &Snapshot, taken_ns: u64, netns_known: bool) -> Vec<Seed> {
     snapshot
         .sockets
         .iter()
         .filter(|s| s.socket.state != TcpState::Listen)
         .map(|s| Seed {
             tuple: Tuple {
+                netns: netns_for_events(s.socket.netns, netns_known),
                 saddr: s.socket.saddr,
                 sport: s.socket.sport,
                 daddr: s.socket.daddr,
                 dport: s.socket.dport,
             },
             state: s.socket.state,
-            holders: s
-                .holders
-                .iter()
-                .map(|h| (h.id.pid, crate::event::Comm::new(&h.comm)))
-                .collect(),
+            // A connection never accepted (still in the accept queue, often in
+            // CLOSE_WAIT) is its listener's process's.
+            holders: match snapshot.queued_for(s) {
+                Some(listener) => vec![(listener.id.pid, crate::event::Comm::new(&listener.comm))],
+                None => s
+                    .holders
+                    .iter()
+                    .map(|h| (h.id.pid, crate::event::Comm::new(&h.comm)))
+                    .collect(),
+            },
             in_state_at_least_ns: s.in_state_at_least_ms.map(|ms| ms * 1_000_000),
             taken_ns,
         })
@@ -82,7 +96,8 @@ fn seed_listeners(tracer: &mut Tracer, snapshot: &Snapshot) {
             _pad: 0,
             comm,
         };
-        if let Err(err) = tracer.seed_listener(listener.socket.sport, &owner) {
+        let (netns, port) = (listener.socket.netns, listener.socket.sport);
+        if let Err(err) = tracer.seed_listener(netns, port, &owner) {
             eprintln!(
                 "portwatch: warning: could not seed listener {}: {err:#}",
                 listener.socket.sport
@@ -95,7 +110,9 @@ fn seed_listeners(tracer: &mut Tracer, snapshot: &Snapshot) {
 /// Who holds each connected socket now, by 4-tuple: one snapshot, for the sockets whose
 /// owner the kernel could not learn for certain. Empty (with a warning) if the
 /// snapshot fails.
-pub fn holders_now() -> std::collections::HashMap<Tuple, (u32, crate::event::Comm)> {
+pub fn holders_now(
+    netns_known: bool,
+) -> std::collections::HashMap<Tuple, (u32, crate::event::Comm)> {
     let snapshot = match snapshot::take() {
         Ok(snapshot) => snapshot,
         Err(err) => {
@@ -114,6 +131,7 @@ pub fn holders_now() -> std::collections::HashMap<Tuple, (u32, crate::event::Com
         .filter_map(|s| {
             let holder = s.holders.first()?;
             let tuple = Tuple {
+                netns: netns_for_events(s.socket.netns, netns_known),
                 saddr: s.socket.saddr,
                 sport: s.socket.sport,
                 daddr: s.socket.daddr,
@@ -125,6 +143,18 @@ pub fn holders_now() -> std::collections::HashMap<Tuple, (u32, crate::event::Com
             ))
         })
         .collect()
+}
+
+/// Names the network namespaces the snapshot could not enter, and what that costs.
+pub fn warn_failed_namespaces(snapshot: &Snapshot, cost: &str) {
+    for (ns, err) in &snapshot.failed_namespaces {
+        eprintln!(
+            "portwatch: warning: could not list the sockets of network namespace {} ({}): \
+             {err}; {cost}. Entering a namespace needs CAP_SYS_ADMIN.",
+            ns.inode,
+            ns.path.display(),
+        );
+    }
 }
 
 /// Says how many processes' descriptors could not be read, and what that costs: their

@@ -18,6 +18,7 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         pids: args.pids,
         ports: args.ports,
         states: args.states,
+        netns: args.netns,
     };
     let out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
     let mut sink = Sink {

@@ -16,6 +16,8 @@ pub struct Traced {
     pub start_ns: u64,
     pub end_ns: u64,
     pub counters: KernelCounters,
+    /// Whether the kernel's records carried network namespaces (see `Tracer`).
+    pub netns_known: bool,
 }
 
 /// Where a traced window goes.
@@ -98,10 +100,12 @@ pub async fn trace(
     sink.batch_done();
     let end_ns = monotonic_ns();
     let counters = tracer.counters()?;
+    let netns_known = tracer.netns_known();
     drop(tracer);
     Ok(Traced {
         start_ns,
         end_ns,
         counters,
+        netns_known,
     })
 }

@@ -1,6 +1,6 @@
 //! The ephemeral-port budget: how many local ports connect() can pick from, and how
 //! long each one stays taken.
-use std::{fs, io, path::Path};
+use std::{collections::BTreeMap, fs, io, path::Path};
 
 use serde::Serialize;
 
@@ -77,6 +77,52 @@ impl PortSettings {
     }
 }
 
+/// The port settings of every network namespace: each has its own range, reserved
+/// ports and tcp_tw_reuse, and its own ports, so a destination's budget is its
+/// namespace's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortBudget {
+    /// portwatch's own namespace's; also for a namespace whose settings were not read
+    /// (it was gone before portwatch looked) and for netns 0 (unknown).
+    pub host: PortSettings,
+    /// By namespace inode.
+    pub by_netns: BTreeMap<u32, PortSettings>,
+}
+
+impl PortBudget {
+    /// Only portwatch's own namespace's settings.
+    pub fn host_only(host: PortSettings) -> Self {
+        PortBudget {
+            host,
+            by_netns: BTreeMap::new(),
+        }
+    }
+
+    /// The settings destinations in namespace `netns` are counted against.
+    pub fn of(&self, netns: u32) -> &PortSettings {
+        self.by_netns.get(&netns).unwrap_or(&self.host)
+    }
+
+    /// Reads the host's settings and those of every network namespace portwatch can
+    /// enter (each from a thread inside it: /proc/sys/net shows the reader's
+    /// namespace). A namespace that cannot be read keeps the host's settings.
+    pub fn read() -> io::Result<Self> {
+        let mut budget = PortBudget::host_only(PortSettings::read()?);
+        budget.read_namespaces();
+        Ok(budget)
+    }
+
+    /// Reads (again) the settings of every namespace there is now, keeping those
+    /// already read of namespaces that are gone.
+    pub fn read_namespaces(&mut self) {
+        for ns in crate::sockets::netns::all() {
+            if let Ok(Ok(settings)) = crate::sockets::netns::run_in(&ns, PortSettings::read) {
+                self.by_netns.insert(ns.inode, settings);
+            }
+        }
+    }
+}
+
 fn parse_range(text: &str) -> Option<(u16, u16)> {
     let mut numbers = text.split_whitespace().map(str::parse::<u16>);
     let low = numbers.next()?.ok()?;
@@ -139,6 +185,19 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(settings.capacity(), 99);
         assert_eq!(settings.tw_reuse, 1);
+    }
+
+    #[test]
+    fn each_namespace_has_its_own_budget() {
+        let narrow = PortSettings {
+            range: (40000, 40003),
+            ..PortSettings::default()
+        };
+        let mut budget = PortBudget::host_only(PortSettings::default());
+        budget.by_netns.insert(4026532000, narrow);
+        assert_eq!(budget.of(4026532000).capacity(), 4);
+        assert_eq!(budget.of(4026531840).capacity(), 28232);
+        assert_eq!(budget.of(0).capacity(), 28232);
     }
 
     #[test]

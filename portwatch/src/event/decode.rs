@@ -129,6 +129,7 @@ impl TryFrom<&StateEvent> for Transition {
             dport: raw.dport,
             old_state: TcpState::try_from(raw.old_state)?,
             new_state: TcpState::try_from(raw.new_state)?,
+            netns: raw.netns,
             in_state_ns: (raw.flags & FLAG_IN_STATE_KNOWN != 0).then_some(raw.in_state_ns),
             opened_ns: (raw.opened_ns != 0).then_some(raw.opened_ns),
         })

@@ -146,6 +146,9 @@ pub struct Transition {
     pub dport: u16,
     pub old_state: TcpState,
     pub new_state: TcpState,
+    /// The socket's network namespace (its inode number, as `ls -l /proc/PID/ns/net`
+    /// shows); 0 when the kernel's BTF did not say where to read it.
+    pub netns: u32,
     /// How long the socket spent in `old_state`, when portwatch saw it enter it.
     pub in_state_ns: Option<u64>,
     /// When portwatch saw the socket open (CLOCK_MONOTONIC ns).

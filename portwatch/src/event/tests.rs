@@ -35,6 +35,8 @@ pub(crate) fn raw_v4() -> StateEvent {
         family: AF_INET,
         old_state: tcp_state::SYN_SENT,
         new_state: tcp_state::ESTABLISHED,
+        netns: 4026531840,
+        _pad: 0,
         owner: RawOwner {
             cgroup_id: 77,
             tgid: 1000,
@@ -68,6 +70,7 @@ fn decodes_an_ipv4_record() {
         Transition {
             ts_ns: 123_456_789,
             sock: 0xffff_8880_1234_5678,
+            netns: 4026531840,
             task: Task {
                 pid: 4242,
                 tid: 4243,

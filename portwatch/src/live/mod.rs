@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 use crate::{
     detect::{
         model::{Destination, Limits, Model, UNKNOWN},
-        ports::PortSettings,
+        ports::PortBudget,
         report::{self, Context, Evidence, FindingKind, Severity, Thresholds},
     },
     event::{Comm, DecodeError, Origin, decode},
@@ -83,7 +83,7 @@ impl LiveModel {
 
     /// What the model says at `now_ns`. Runs under the caller's lock, so it copies out
     /// numbers only: no /proc, no formatting.
-    pub fn sample(&self, now_ns: u64, settings: &PortSettings, thresholds: &Thresholds) -> Sample {
+    pub fn sample(&self, now_ns: u64, settings: &PortBudget, thresholds: &Thresholds) -> Sample {
         let model = &self.model;
         let no_workload = |_: u32| None;
         let context = Context {
@@ -143,6 +143,7 @@ impl LiveModel {
                 .entry((kind_name(finding.kind), severity_name(finding.severity)))
                 .or_default() += 1;
             if let Evidence::Exhaustion {
+                netns,
                 saddr,
                 daddr,
                 dport,
@@ -152,6 +153,7 @@ impl LiveModel {
             {
                 eta.insert(
                     Destination {
+                        netns,
                         saddr,
                         daddr,
                         dport,
@@ -172,6 +174,8 @@ impl LiveModel {
             )
             .into_iter()
             .map(|(destination, in_use)| DestinationSample {
+                netns: destination.netns,
+                port_capacity: settings.of(destination.netns).capacity(),
                 saddr: destination.saddr,
                 daddr: destination.daddr,
                 dport: destination.dport,
@@ -183,7 +187,6 @@ impl LiveModel {
         let events = &report.events;
         Sample {
             now_ns,
-            port_capacity: settings.capacity(),
             processes,
             destinations,
             findings,
@@ -237,25 +240,13 @@ fn ports_in_use(model: &Model, now_ns: u64) -> FxHashMap<Destination, usize> {
     for (_, socket) in model.table.live() {
         if socket.origin == Some(Origin::Active) && socket.tuple.sport != 0 {
             let t = socket.tuple;
-            *in_use
-                .entry(Destination {
-                    saddr: t.saddr,
-                    daddr: t.daddr,
-                    dport: t.dport,
-                })
-                .or_default() += 1;
+            *in_use.entry(Destination::of_tuple(&t)).or_default() += 1;
         }
     }
     for tw in model.table.time_wait() {
         if now_ns.saturating_sub(tw.since_ns) < TIME_WAIT_NS {
             let t = tw.tuple;
-            *in_use
-                .entry(Destination {
-                    saddr: t.saddr,
-                    daddr: t.daddr,
-                    dport: t.dport,
-                })
-                .or_default() += tw.count as usize;
+            *in_use.entry(Destination::of_tuple(&t)).or_default() += tw.count as usize;
         }
     }
     in_use
@@ -281,7 +272,6 @@ pub fn severity_name(severity: Severity) -> &'static str {
 #[derive(Clone, Debug, Default)]
 pub struct Sample {
     pub now_ns: u64,
-    pub port_capacity: u32,
     /// Every process the model knows: with sockets now, or with counted activity.
     pub processes: Vec<ProcessSample>,
     pub destinations: Vec<DestinationSample>,
@@ -341,6 +331,10 @@ pub struct Lifetime {
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DestinationSample {
+    /// Its network namespace (inode; 0 unknown), whose port range applies.
+    pub netns: u32,
+    /// Local ports available toward it, in its namespace.
+    pub port_capacity: u32,
     pub saddr: IpAddr,
     pub daddr: IpAddr,
     pub dport: u16,

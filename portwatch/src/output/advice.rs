@@ -86,6 +86,7 @@ pub fn summary(evidence: &Evidence) -> String {
                 .unwrap_or_default(),
         ),
         Evidence::Exhaustion {
+            netns,
             saddr,
             daddr,
             dport,
@@ -98,7 +99,11 @@ pub fn summary(evidence: &Evidence) -> String {
             failed_connects,
             exhaustion_eta_s: eta,
         } => {
-            let endpoint = Endpoint(*daddr, *dport);
+            // Each network namespace has its own ports: say whose these are.
+            let endpoint = match netns {
+                0 => Endpoint(*daddr, *dport).to_string(),
+                netns => format!("{} (netns {netns})", Endpoint(*daddr, *dport)),
+            };
             if *failed_connects > 0 {
                 format!(
                     "ports toward {endpoint} from {saddr} are exhausted: {failed_connects} connect() calls failed with EADDRNOTAVAIL; {used} of {capacity} ports in use",

@@ -44,6 +44,8 @@ pub struct JsonTransition {
     pub by_syscall: bool,
     pub origin: Option<Origin>,
     pub family: Family,
+    /// Network namespace inode (0: unknown).
+    pub netns: u32,
     pub saddr: std::net::IpAddr,
     pub sport: u16,
     pub daddr: std::net::IpAddr,
@@ -70,6 +72,7 @@ impl JsonTransition {
             by_syscall: event.by_syscall,
             origin: event.origin,
             family: event.family,
+            netns: event.netns,
             saddr: event.saddr,
             sport: event.sport,
             daddr: event.daddr,
@@ -130,6 +133,8 @@ pub fn write_transition(out: &mut Vec<u8>, event: &Transition, owner: Option<&Sh
             Family::Ipv6 => "ipv6",
         },
     );
+    out.extend_from_slice(b",\"netns\":");
+    integer(out, event.netns);
     out.extend_from_slice(b",\"saddr\":");
     address(out, event.saddr);
     out.extend_from_slice(b",\"sport\":");

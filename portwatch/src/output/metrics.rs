@@ -354,11 +354,15 @@ fn destinations(sample: &Sample, limit: usize, out: &mut Families) {
     let mut other_in_use = None;
     for (i, d) in ranked.into_iter().enumerate() {
         if i < limit.max(1) {
-            let labels = vec![("destination", destination_label(d))];
+            // The namespace tells apart two containers' 127.0.0.1 -> 127.0.0.1:8080.
+            let labels = vec![
+                ("destination", destination_label(d)),
+                ("netns", d.netns.to_string()),
+            ];
             out.ports_in_use
                 .push((labels.clone(), d.ports_in_use as u64));
             out.ports_capacity
-                .push((labels.clone(), u64::from(sample.port_capacity)));
+                .push((labels.clone(), u64::from(d.port_capacity)));
             // +Inf when the recent rate is sustainable: always present, never firing.
             out.eta.push((labels, d.eta_s.unwrap_or(f64::INFINITY)));
         } else {

@@ -126,6 +126,7 @@ struct JsonGroup<'a> {
 
 #[derive(Serialize)]
 struct JsonSocket {
+    netns: u32,
     state: TcpState,
     family: Family,
     saddr: IpAddr,
@@ -141,6 +142,7 @@ impl From<&SnapshotSocket> for JsonSocket {
     fn from(entry: &SnapshotSocket) -> Self {
         let socket = &entry.socket;
         JsonSocket {
+            netns: socket.netns,
             state: socket.state,
             family: socket.family,
             saddr: socket.saddr,
@@ -277,6 +279,7 @@ mod tests {
         assert_eq!(
             first["sockets"][1],
             serde_json::json!({
+                "netns": 4026531840u32,
                 "state": "CLOSE_WAIT",
                 "family": "ipv4",
                 "saddr": "127.0.0.1",

@@ -197,6 +197,7 @@ mod tests {
                 "by_syscall": false,
                 "origin": "active",
                 "family": "ipv4",
+                "netns": 4026531840u32,
                 "saddr": "127.0.0.1",
                 "sport": 40000,
                 "daddr": "10.1.2.3",

@@ -20,6 +20,8 @@ use crate::{event::Family, tcp_state::TcpState};
 /// One TCP socket as the kernel reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiagSocket {
+    /// The network namespace it was dumped in (sock_diag lists the caller's only).
+    pub netns: u32,
     pub family: Family,
     pub state: TcpState,
     /// Local address; IPv4-mapped IPv6 addresses come out as IPv4 (family stays Ipv6).
@@ -77,7 +79,8 @@ pub enum DiagError {
     Decode(String),
 }
 
-/// Every TCP socket on the host, IPv4 then IPv6, in all states.
+/// Every TCP socket of the calling thread's network namespace, IPv4 then IPv6, in all
+/// states, with `netns` 0 (the caller knows which namespace it is in).
 pub fn dump_tcp_sockets() -> anyhow::Result<Vec<DiagSocket>> {
     use anyhow::Context as _;
     let socket = open().context("listing TCP sockets with sock_diag")?;
@@ -272,6 +275,7 @@ fn decode(response: &InetResponse, time_wait_expires_ms: u32) -> Option<DiagSock
         Timer::Probe(expires) => (DiagTimer::ZeroWindowProbe, millis(*expires)),
     });
     Some(DiagSocket {
+        netns: 0,
         family,
         state,
         saddr: unmapped(id.source_address),

@@ -5,6 +5,7 @@
 pub mod diag;
 mod exits;
 pub mod holders;
+pub mod netns;
 pub mod owners;
 pub mod snapshot;
 pub mod table;

@@ -7,13 +7,19 @@ use anyhow::Context as _;
 use super::{
     diag::{DiagSocket, DiagTimer, dump_tcp_sockets},
     holders::{ProcessInfo, socket_holders_of},
+    netns::{self, NetNs},
 };
 use crate::{process::Process, tcp_state::TcpState};
 
-/// Every TCP socket on the host, joined with its holders.
+/// Every TCP socket on the host, in every network namespace, joined with its holders.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub sockets: Vec<SnapshotSocket>,
+    /// The namespaces dumped.
+    pub namespaces: Vec<NetNs>,
+    /// Namespaces that could not be entered or dumped, with why: their sockets are
+    /// missing.
+    pub failed_namespaces: Vec<(NetNs, String)>,
     /// Processes whose descriptors could not be read; the sockets they hold appear without
     /// a holder.
     pub unreadable_processes: usize,
@@ -31,14 +37,36 @@ pub struct SnapshotSocket {
     pub in_state_at_least_ms: Option<u64>,
 }
 
-/// One sock_diag dump joined with one pass over /proc, by socket inode.
+/// One sock_diag dump per network namespace (each from a thread that entered it: the
+/// netlink socket must be opened there), joined with one pass over /proc by socket
+/// inode (socket inodes are global, so a holder in any namespace is found).
 ///
 /// The two are not atomic: a socket opened or closed between them is listed without its
 /// holder or not at all. Leaked sockets, which stay for minutes, are not affected.
+/// portwatch's own namespace must dump; another that cannot (it vanished, or entering
+/// it is not permitted) is listed in `failed_namespaces`.
 pub fn take() -> anyhow::Result<Snapshot> {
-    let sockets = dump_tcp_sockets()?;
-    // Only the holders of the sockets dumped: the descriptors of sockets in other
-    // network namespaces, which the dump does not list, would only cost memory.
+    let own = netns::own().context("reading /proc/self/ns/net")?;
+    let mut sockets = Vec::new();
+    let mut namespaces = Vec::new();
+    let mut failed_namespaces = Vec::new();
+    for ns in netns::all() {
+        let dumped = netns::run_in(&ns, dump_tcp_sockets)
+            .map_err(anyhow::Error::from)
+            .and_then(|dump| dump);
+        match dumped {
+            Ok(dump) => {
+                sockets.extend(dump.into_iter().map(|socket| DiagSocket {
+                    netns: ns.inode,
+                    ..socket
+                }));
+                namespaces.push(ns);
+            }
+            Err(err) if ns.inode == own => return Err(err),
+            Err(err) => failed_namespaces.push((ns, format!("{err:#}"))),
+        }
+    }
+    // Only the holders of the sockets dumped.
     let dumped: std::collections::HashSet<u64> = sockets.iter().map(|s| s.inode).collect();
     let holders = socket_holders_of(|inode| dumped.contains(&inode))
         .context("finding the processes that hold sockets")?;
@@ -56,8 +84,37 @@ pub fn take() -> anyhow::Result<Snapshot> {
         .collect();
     Ok(Snapshot {
         sockets,
+        namespaces,
+        failed_namespaces,
         unreadable_processes: holders.unreadable_processes,
     })
+}
+
+impl Snapshot {
+    /// For a connection still in a listener's accept queue (never accepted: no file
+    /// refers to it, yet it is ESTABLISHED, or CLOSE_WAIT once its peer gave up, or
+    /// SYN_RECV), the process holding that listener: whose leak it is, since only its
+    /// accept() would ever take it. Matched by namespace, port and address (a listener
+    /// on the unspecified address takes connections to any). None for any other socket
+    /// (a socket its owner closed is in FIN_WAIT or LAST_ACK, not these states).
+    pub fn queued_for(&self, socket: &SnapshotSocket) -> Option<&ProcessInfo> {
+        let queued = socket.holders.is_empty()
+            && socket.socket.inode == 0
+            && matches!(
+                socket.socket.state,
+                TcpState::Established | TcpState::CloseWait | TcpState::SynRecv
+            );
+        if !queued {
+            return None;
+        }
+        let s = &socket.socket;
+        self.sockets
+            .iter()
+            .filter(|l| l.socket.state == TcpState::Listen)
+            .filter(|l| l.socket.netns == s.netns && l.socket.sport == s.sport)
+            .filter(|l| l.socket.saddr == s.saddr || l.socket.saddr.is_unspecified())
+            .find_map(|l| l.holders.first())
+    }
 }
 
 /// Linux keeps a socket in TIME_WAIT for TCP_TIMEWAIT_LEN (include/net/tcp.h), a
@@ -189,6 +246,7 @@ pub(crate) mod tests {
     pub(crate) fn socket(state: TcpState, sport: u16, holders: &[&ProcessInfo]) -> SnapshotSocket {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let socket = DiagSocket {
+            netns: 4026531840,
             family: Family::Ipv4,
             state,
             saddr: ip,
@@ -210,6 +268,30 @@ pub(crate) mod tests {
             holders: holders.iter().map(|p| (*p).clone()).collect(),
             in_state_at_least_ms: None,
         }
+    }
+
+    #[test]
+    fn a_connection_never_accepted_belongs_to_its_listener() {
+        let server = process(10, "server");
+        let other = process(11, "other");
+        let listener = socket(TcpState::Listen, 8080, &[&server]);
+        let mut queued = socket(TcpState::CloseWait, 8080, &[]);
+        let accepted = socket(TcpState::CloseWait, 8080, &[&server]);
+        let closing = socket(TcpState::LastAck, 8080, &[]);
+        let mut elsewhere = socket(TcpState::CloseWait, 8080, &[]);
+        elsewhere.socket.netns = 4026532000;
+        let mut other_listener = socket(TcpState::Listen, 8080, &[&other]);
+        other_listener.socket.netns = 4026532999;
+        let snapshot = Snapshot {
+            sockets: vec![listener, other_listener, queued.clone(), accepted.clone()],
+            ..Snapshot::default()
+        };
+        assert_eq!(snapshot.queued_for(&queued), Some(&server));
+        assert_eq!(snapshot.queued_for(&accepted), None, "has a holder");
+        assert_eq!(snapshot.queued_for(&closing), None, "closed by its owner");
+        assert_eq!(snapshot.queued_for(&elsewhere), None, "another namespace");
+        queued.socket.sport = 9090;
+        assert_eq!(snapshot.queued_for(&queued), None, "another port");
     }
 
     fn aged(mut socket: SnapshotSocket, ms: u64) -> SnapshotSocket {

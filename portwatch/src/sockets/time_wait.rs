@@ -38,7 +38,7 @@ struct TimeWaitKey {
     owner: Option<Process>,
 }
 
-/// A TIME_WAIT group as the table stores it (56 bytes rather than [`TimeWait`]'s 96).
+/// A TIME_WAIT group as the table stores it (64 bytes, well under [`TimeWait`]'s size).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct StoredTimeWait {
     pub tuple: Tuple,
@@ -47,7 +47,7 @@ pub(super) struct StoredTimeWait {
     pub since_ns: u64,
 }
 
-const _: () = assert!(size_of::<StoredTimeWait>() == 56);
+const _: () = assert!(size_of::<StoredTimeWait>() == 64);
 
 /// The groups, oldest first.
 #[derive(Debug)]

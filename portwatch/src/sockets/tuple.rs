@@ -6,10 +6,14 @@ use serde::Serialize;
 
 use crate::event::Transition;
 
-/// A connection's two ends, as seen from the socket's side. IPv4-mapped IPv6
-/// addresses are stored as IPv4, so the kernel's events and sock_diag agree.
+/// A connection's two ends, as seen from the socket's side, in its network namespace:
+/// the same 4-tuple is a different connection in another namespace (two pods each
+/// serving 127.0.0.1:8080). IPv4-mapped IPv6 addresses are stored as IPv4, so the
+/// kernel's events and sock_diag agree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Tuple {
+    /// Network namespace inode; 0 when unknown.
+    pub netns: u32,
     pub saddr: IpAddr,
     pub sport: u16,
     pub daddr: IpAddr,
@@ -19,6 +23,7 @@ pub struct Tuple {
 impl Tuple {
     pub fn of(event: &Transition) -> Self {
         Tuple {
+            netns: event.netns,
             saddr: event.saddr,
             sport: event.sport,
             daddr: event.daddr,

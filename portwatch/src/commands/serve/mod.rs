@@ -23,7 +23,7 @@ use crate::{
     cli::ServeArgs,
     clock::monotonic_ns,
     commands::trace::{self, Sink},
-    detect::{ports::PortSettings, report::Thresholds},
+    detect::{ports::PortBudget, report::Thresholds},
     live::{KernelLoss, LiveModel},
     output::metrics::Exporter,
     sockets::table::Seed,
@@ -36,7 +36,7 @@ pub use http::Limits as HttpLimits;
 pub struct Shared {
     live: Mutex<LiveModel>,
     exporter: Mutex<Exporter>,
-    settings: PortSettings,
+    settings: PortBudget,
     thresholds: Thresholds,
 }
 
@@ -102,7 +102,7 @@ impl Sink for ServeSink {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    let settings = PortSettings::read().context("reading net.ipv4.ip_local_port_range")?;
+    let settings = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
     let listener = bind(args.listen)?;
     let address = listener
         .local_addr()

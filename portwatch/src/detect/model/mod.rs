@@ -15,10 +15,13 @@ use crate::{
     tcp_state::TcpState,
 };
 
-/// Where an active connection goes, from one local address: the unit the ephemeral
-/// port range is counted against.
+/// Where an active connection goes, from one local address in one network namespace:
+/// the unit the ephemeral port range is counted against (each namespace has its own
+/// range and its own ports).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Destination {
+    /// Network namespace inode; 0 when unknown.
+    pub netns: u32,
     pub saddr: IpAddr,
     pub daddr: IpAddr,
     pub dport: u16,
@@ -27,9 +30,20 @@ pub struct Destination {
 impl Destination {
     fn of(event: &Transition) -> Self {
         Destination {
+            netns: event.netns,
             saddr: event.saddr,
             daddr: event.daddr,
             dport: event.dport,
+        }
+    }
+
+    /// The destination of a socket this side opened (its local port left out).
+    pub fn of_tuple(tuple: &crate::sockets::tuple::Tuple) -> Self {
+        Destination {
+            netns: tuple.netns,
+            saddr: tuple.saddr,
+            daddr: tuple.daddr,
+            dport: tuple.dport,
         }
     }
 }
@@ -278,19 +292,11 @@ impl Model {
         let mut in_use = FxHashSet::default();
         for (_, socket) in self.table.live() {
             if socket.origin == Some(Origin::Active) {
-                in_use.insert(Destination {
-                    saddr: socket.tuple.saddr,
-                    daddr: socket.tuple.daddr,
-                    dport: socket.tuple.dport,
-                });
+                in_use.insert(Destination::of_tuple(&socket.tuple));
             }
         }
         for group in self.table.time_wait() {
-            in_use.insert(Destination {
-                saddr: group.tuple.saddr,
-                daddr: group.tuple.daddr,
-                dport: group.tuple.dport,
-            });
+            in_use.insert(Destination::of_tuple(&group.tuple));
         }
         let mut ranked: Vec<(bool, u64, Destination)> = self
             .destinations

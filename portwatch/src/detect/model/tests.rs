@@ -41,6 +41,7 @@ impl Script {
         self.events.push(Event::Transition(Transition {
             ts_ns,
             sock,
+            netns: 0,
             task: Task {
                 pid: 0,
                 tid: owner.map_or(0, |o| o.pid),

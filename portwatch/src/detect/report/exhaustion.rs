@@ -18,37 +18,26 @@ pub(super) fn findings(
     window: &Window,
     context: &Context<'_>,
 ) -> Vec<Finding> {
-    let settings = context.settings;
-    let capacity = settings.capacity();
     // Ports in use now per destination: live active sockets plus TIME_WAIT.
     let mut in_use: HashMap<Destination, usize> = HashMap::new();
     for (_, socket) in model.table.live() {
         if socket.origin == Some(Origin::Active) && socket.tuple.sport != 0 {
-            let t = socket.tuple;
             *in_use
-                .entry(Destination {
-                    saddr: t.saddr,
-                    daddr: t.daddr,
-                    dport: t.dport,
-                })
+                .entry(Destination::of_tuple(&socket.tuple))
                 .or_default() += 1;
         }
     }
     for tw in model.table.time_wait() {
         if now_ns.saturating_sub(tw.since_ns) < TIME_WAIT_NS {
-            let t = tw.tuple;
-            *in_use
-                .entry(Destination {
-                    saddr: t.saddr,
-                    daddr: t.daddr,
-                    dport: t.dport,
-                })
-                .or_default() += tw.count as usize;
+            *in_use.entry(Destination::of_tuple(&tw.tuple)).or_default() += tw.count as usize;
         }
     }
     let mut findings = Vec::new();
     for (destination, toward) in &model.destinations {
         let used = in_use.get(destination).copied().unwrap_or(0);
+        // The destination's own namespace's range and tcp_tw_reuse.
+        let settings = context.settings.of(destination.netns);
+        let capacity = settings.capacity();
         let rates = toward.opened.rates(window);
         // Ports run out at the rate connections are made now: a client that churned
         // earlier and stopped will not exhaust anything, one that just began will.
@@ -95,6 +84,7 @@ pub(super) fn findings(
             FindingKind::PortExhaustion,
             severity,
             Evidence::Exhaustion {
+                netns: destination.netns,
                 saddr: destination.saddr,
                 daddr: destination.daddr,
                 dport: destination.dport,

@@ -12,7 +12,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     detect::{
         model::{Model, UNKNOWN},
-        ports::PortSettings,
+        ports::PortBudget,
         rate::Window,
     },
     event::Comm,
@@ -141,6 +141,8 @@ pub enum Evidence {
         short_lived_ns: u64,
     },
     Exhaustion {
+        /// The destination's network namespace (inode; 0 unknown): whose port range.
+        netns: u32,
         saddr: IpAddr,
         daddr: IpAddr,
         dport: u16,
@@ -277,7 +279,7 @@ pub struct Report {
 /// What the report needs from outside the model: the host's settings and how to name
 /// a process's container or unit.
 pub struct Context<'a> {
-    pub settings: &'a PortSettings,
+    pub settings: &'a PortBudget,
     pub thresholds: &'a Thresholds,
     pub dropped: u64,
     pub undecodable: u64,
@@ -426,9 +428,9 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
                 || context.skipped.is_some_and(|n| n > 0)
                 || evictions.mattered(),
         },
-        port_range: context.settings.range,
-        port_capacity: context.settings.capacity(),
-        tcp_tw_reuse: context.settings.tw_reuse,
+        port_range: context.settings.host.range,
+        port_capacity: context.settings.host.capacity(),
+        tcp_tw_reuse: context.settings.host.tw_reuse,
         findings,
         processes,
     }
@@ -456,11 +458,13 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
         }
     }
     for seed in model.table.unmatched_seeds() {
-        let Some(&(pid, _)) = seed.holders.first() else {
+        let Some(&(pid, comm)) = seed.holders.first() else {
             continue;
         };
         let key = Process::after_exits(pid, 0);
         let held = holdings.entry(key).or_default();
+        // A process known only from the snapshot is named by it.
+        held.comm = held.comm.or(Some(comm).filter(|comm| !comm.is_empty()));
         *held.states.entry(seed.state.name()).or_default() += 1;
         if seed.state == TcpState::CloseWait {
             let since_snapshot = now_ns.saturating_sub(seed.taken_ns);

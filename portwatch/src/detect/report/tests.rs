@@ -1,6 +1,9 @@
 use super::*;
 use crate::{
-    detect::model::tests::{Script, owner},
+    detect::{
+        model::tests::{Script, owner},
+        ports::PortSettings,
+    },
     event::{ConnectFailed, Event, Exited, Origin, OwnerSource, Task},
     tcp_state::TcpState::*,
 };
@@ -9,7 +12,7 @@ const SECOND: u64 = 1_000_000_000;
 
 pub(crate) fn report_of(script: &Script, end_ns: u64, dropped: u64) -> Report {
     let model = script.model(0);
-    let settings = PortSettings::default();
+    let settings = PortBudget::host_only(PortSettings::default());
     let no_workload = |_| None;
     let context = Context {
         settings: &settings,
@@ -408,7 +411,7 @@ fn evictions_are_counted_and_mark_the_window_incomplete() {
         max_destinations: 64,
     };
     let model = script.model_with(0, limits);
-    let settings = PortSettings::default();
+    let settings = PortBudget::host_only(PortSettings::default());
     let no_workload = |_| None;
     let context = Context {
         settings: &settings,

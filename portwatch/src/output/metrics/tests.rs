@@ -27,9 +27,10 @@ fn sample(processes: Vec<ProcessSample>) -> Sample {
     findings.insert(("close_wait_leak", "warning"), 1);
     Sample {
         now_ns: 1_000_000_000,
-        port_capacity: 28232,
         processes,
         destinations: vec![DestinationSample {
+            netns: 4026531840,
+            port_capacity: 28232,
             saddr: "127.0.0.1".parse().unwrap(),
             daddr: "127.0.0.1".parse().unwrap(),
             dport: 8080,
@@ -113,9 +114,15 @@ fn names_types_and_label_sets() {
         r#"portwatch_connection_lifetime_seconds_bucket{workload="leaky.service",comm="leaky",le="+Inf"} 2"#,
     );
     has(r#"portwatch_connection_lifetime_seconds_count{workload="leaky.service",comm="leaky"} 2"#);
-    has(r#"portwatch_ephemeral_ports_in_use{destination="127.0.0.1->127.0.0.1:8080"} 300"#);
-    has(r#"portwatch_ephemeral_ports_capacity{destination="127.0.0.1->127.0.0.1:8080"} 28232"#);
-    has(r#"portwatch_port_exhaustion_eta_seconds{destination="127.0.0.1->127.0.0.1:8080"} 90.0"#);
+    has(
+        r#"portwatch_ephemeral_ports_in_use{destination="127.0.0.1->127.0.0.1:8080",netns="4026531840"} 300"#,
+    );
+    has(
+        r#"portwatch_ephemeral_ports_capacity{destination="127.0.0.1->127.0.0.1:8080",netns="4026531840"} 28232"#,
+    );
+    has(
+        r#"portwatch_port_exhaustion_eta_seconds{destination="127.0.0.1->127.0.0.1:8080",netns="4026531840"} 90.0"#,
+    );
     has(r#"portwatch_findings{kind="close_wait_leak",severity="warning"} 1"#);
     has("portwatch_events_total 10");
     // No pid label unless asked.
@@ -175,7 +182,7 @@ fn label_sets_beyond_the_limit_fold_into_other() {
     assert_eq!(
         ports,
         [
-            r#"portwatch_ephemeral_ports_in_use{destination="127.0.0.1->127.0.0.1:8080"} 300"#,
+            r#"portwatch_ephemeral_ports_in_use{destination="127.0.0.1->127.0.0.1:8080",netns="4026531840"} 300"#,
             r#"portwatch_ephemeral_ports_in_use{destination="other"} 7"#,
         ]
     );

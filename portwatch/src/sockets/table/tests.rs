@@ -18,6 +18,7 @@ fn event(sock: u64, ts: u64, old: TcpState, new: TcpState, owner: Option<Owner>)
     Event::Transition(Transition {
         ts_ns: ts,
         sock,
+        netns: 0,
         task: Task {
             pid: 0,
             tid: 0,
@@ -69,6 +70,7 @@ fn accept_replaces_the_provisional_listener_owner() {
 fn seeded_socket_gets_its_snapshot_owner() {
     let mut table = SocketTable::new();
     let tuple = Tuple {
+        netns: 0,
         saddr: "127.0.0.1".parse().unwrap(),
         sport: 8080,
         daddr: "127.0.0.1".parse().unwrap(),

@@ -67,6 +67,8 @@ pub fn run(binary: &Path) -> Result<()> {
         (checks, _) = main_pass(binary, churn_server.port)?;
     }
 
+    netns_pass(binary, &mut checks)?;
+
     step(&format!(
         "drop pass: 4K ring buffer, reader stalled, {BURST} connections"
     ));
@@ -203,6 +205,142 @@ fn main_pass(binary: &Path, churn_port: u16) -> Result<(Checks, bool)> {
     }
     checks.record("snapshot", checks::snapshot_holder(&snapshot, &leak));
     Ok((checks, counts_skips))
+}
+
+/// Connections the namespace pass makes in each of its two namespaces.
+const NETNS_CONNECTIONS: usize = 4;
+
+/// Starts a workload role in a new network namespace, with loopback up (busybox's
+/// `unshare` and `ip`), and waits for its `ready` line.
+fn start_in_new_netns(role_args: &[&str]) -> Result<WorkloadProcess> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    Launcher::new(
+        "unshare",
+        [
+            "-n".into(),
+            "sh".into(),
+            "-c".into(),
+            "ip link set lo up && exec \"$0\" \"$@\"".into(),
+            exe.into_os_string(),
+            "guest".into(),
+            "workload".into(),
+        ],
+    )
+    .spawn(role_args)
+}
+
+/// Starts a workload role in the network namespace of process `pid` (busybox's
+/// `nsenter`).
+fn start_in_netns_of(pid: u32, role_args: &[&str]) -> Result<WorkloadProcess> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    Launcher::new(
+        "nsenter",
+        [
+            format!("--net=/proc/{pid}/ns/net").into(),
+            exe.into_os_string(),
+            "guest".into(),
+            "workload".into(),
+        ],
+    )
+    .spawn(role_args)
+}
+
+fn netns_inode(pid: u32) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(fs::metadata(format!("/proc/{pid}/ns/net"))
+        .context("reading a network namespace")?
+        .ino())
+}
+
+/// Two network namespaces, each with a server on 127.0.0.1:8080 started before
+/// portwatch: a leaking one and an echo server, each with its own client. Checks that
+/// events carry each socket's namespace and that the two servers are told apart.
+fn netns_pass(binary: &Path, checks: &mut Checks) -> Result<()> {
+    step("namespaces: two servers on 127.0.0.1:8080 in two network namespaces");
+    let leaker = start_in_new_netns(&["leak-server", "--listen", "127.0.0.1:8080", "--greet"])?;
+    let echo = start_in_new_netns(&[
+        "echo-server",
+        "--listen",
+        "127.0.0.1:8080",
+        "--workers",
+        "1",
+    ])?;
+    let stream = portwatch::start(
+        binary,
+        &[
+            "stream",
+            "--format",
+            "json",
+            "--duration",
+            "10m",
+            "--port",
+            "8080",
+        ],
+        false,
+    )?;
+    let report = portwatch::start(
+        binary,
+        &["report", "--format", "json", "--duration", "10m"],
+        false,
+    )?;
+    let count = NETNS_CONNECTIONS.to_string();
+    let target = ["--connect", "127.0.0.1:8080"];
+    let mut leak_client = start_in_netns_of(
+        leaker.pid,
+        &[
+            "leak-client",
+            target[0],
+            target[1],
+            "--count",
+            &count,
+            "--await-greeting",
+        ],
+    )?;
+    leak_client.wait_line_timeout("done", TRAFFIC_TIMEOUT)?;
+    leak_client.wait_success(TRAFFIC_TIMEOUT)?;
+    let mut churn_client = start_in_netns_of(
+        echo.pid,
+        &[
+            "churn-client",
+            target[0],
+            target[1],
+            "--rate",
+            "0",
+            "--count",
+            &count,
+            "--requests",
+            "0",
+            "--await-peer-close",
+        ],
+    )?;
+    churn_client.wait_line_timeout("done", TRAFFIC_TIMEOUT)?;
+    churn_client.wait_success(TRAFFIC_TIMEOUT)?;
+    // Time for deferred softirq work to land.
+    thread::sleep(Duration::from_millis(1000));
+    let stream = stream.stop()?;
+    let report = report.stop()?;
+    let servers = checks::NetnsServers {
+        leaker: (leaker.pid, netns_inode(leaker.pid)?),
+        echo: (echo.pid, netns_inode(echo.pid)?),
+        connections: NETNS_CONNECTIONS,
+    };
+    drop((leaker, echo));
+    let skipped = checks::Skipped(portwatch::summary(&stream.stderr).map_or(0, |s| s.skipped));
+    match checks::json_lines(&stream.stdout) {
+        Ok(events) => checks.record(
+            "netns: events",
+            checks::netns_events(&events, &servers, skipped),
+        ),
+        Err(problem) => checks.record("netns: stream JSON", Err(problem)),
+    }
+    match serde_json::from_str::<Value>(&report.stdout) {
+        Ok(json) => checks.record("netns: report", checks::netns_report(&json, &servers)),
+        Err(err) => checks.record(
+            "netns: report JSON",
+            Err(format!("{err}: {}", report.stdout)),
+        ),
+    }
+    Ok(())
 }
 
 fn step(what: &str) {

@@ -1,0 +1,491 @@
+//! Privileged: containers' network namespaces. Each test makes its own namespaces with
+//! `ip netns add` (unique names per test process, deleted on drop), runs the workload
+//! processes inside them with `ip netns exec`, and checks portwatch tells same-port
+//! servers of different namespaces apart and counts each namespace's own port budget.
+mod common;
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use common::*;
+use portwatch_workload::Launcher;
+use serde_json::Value;
+
+/// A network namespace made with `ip netns add`, loopback up; deleted when dropped.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn new() -> NetNs {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "pwtest-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Its inode number, as portwatch reports it.
+    fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(Path::new("/run/netns").join(&self.name))
+            .unwrap()
+            .ino()
+    }
+
+    /// Starts `portwatch-workload <role_args>` inside this namespace.
+    fn workload(&self, role_args: &[&str]) -> WorkloadProcess {
+        let binary = workload_binary().to_str().unwrap();
+        Launcher::new("ip", ["netns", "exec", &self.name, binary])
+            .spawn(role_args)
+            .unwrap_or_else(|err| panic!("{role_args:?} in {}: {err:#}", self.name))
+    }
+
+    fn sysctl(&self, setting: &str) {
+        let status = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sysctl", "-qw", setting])
+            .status()
+            .unwrap();
+        assert!(status.success(), "sysctl {setting} in {}", self.name);
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn report_json(
+    child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+) -> Value {
+    let finished = wait_for_portwatch(child, stderr);
+    let code = finished.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 2,
+        "portwatch failed ({}): {}",
+        finished.status,
+        finished.stderr
+    );
+    serde_json::from_str(&finished.stdout).unwrap()
+}
+
+fn process_row(report: &Value, pid: u32) -> Option<&Value> {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+}
+
+fn count(row: Option<&Value>, field: &str) -> u64 {
+    row.and_then(|row| row[field].as_u64()).unwrap_or(0)
+}
+
+fn close_waits(row: Option<&Value>) -> u64 {
+    row.and_then(|row| row["states"]["CLOSE_WAIT"].as_u64())
+        .unwrap_or(0)
+}
+
+/// The scenario: two namespaces, a server on 127.0.0.1:8080 in each, both
+/// started before portwatch; one leaks every connection, the other serves a churning
+/// client. Connections are made both before portwatch attaches and after.
+#[test]
+fn same_port_servers_in_two_namespaces_are_told_apart() {
+    require_privileges();
+    const CHURN: u64 = 150;
+    let (leaky_ns, healthy_ns) = (NetNs::new(), NetNs::new());
+    let leaker = leaky_ns.workload(&["leak-server", "--listen", "127.0.0.1:8080", "--greet"]);
+    let echo = healthy_ns.workload(&["echo-server", "--listen", "127.0.0.1:8080"]);
+    let connect = ["--connect", "127.0.0.1:8080"];
+    // Before portwatch: 3 leaked connections, 20 served ones.
+    let mut early = leaky_ns.workload(&[
+        "leak-client",
+        connect[0],
+        connect[1],
+        "--count",
+        "3",
+        "--await-greeting",
+    ]);
+    expect_line(&mut early, "done");
+    let mut early_churn = healthy_ns.workload(&[
+        "churn-client",
+        connect[0],
+        connect[1],
+        "--rate",
+        "0",
+        "--count",
+        "20",
+    ]);
+    expect_line(&mut early_churn, "done");
+
+    // The whole host, and each namespace alone (`--netns NAME`): pid 0 collects every
+    // unknown owner on the host (other processes' too), so only a namespace's own
+    // report can show none of its sockets went there.
+    let reports = [None, Some(&leaky_ns.name), Some(&healthy_ns.name)].map(|netns| {
+        let mut args = vec![
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "5s",
+            "--close-wait-age",
+            "1s",
+        ];
+        if let Some(name) = netns {
+            args.extend(["--netns", name.as_str()]);
+        }
+        start_portwatch(&args, Stdio::piped())
+    });
+    let mut late = leaky_ns.workload(&[
+        "leak-client",
+        connect[0],
+        connect[1],
+        "--count",
+        "3",
+        "--await-greeting",
+    ]);
+    expect_line(&mut late, "done");
+    let churn_count = CHURN.to_string();
+    let mut churn = healthy_ns.workload(&[
+        "churn-client",
+        connect[0],
+        connect[1],
+        "--rate",
+        "0",
+        "--count",
+        &churn_count,
+    ]);
+    expect_line(&mut churn, "done");
+    let [report, leaky_only, healthy_only] =
+        reports.map(|(child, stderr)| report_json(child, stderr));
+
+    // Exact, unless the kernel skipped runs of portwatch's programs (another eBPF
+    // program was running on that CPU: on a busy host, or with three portwatches
+    // attached): an event it never produced can only lower a count, by at most that many.
+    let near = |report: &Value, seen: u64, expected: u64| {
+        let skipped = report["events"]["skipped"].as_u64().unwrap_or(0);
+        assert!(
+            seen <= expected && seen + skipped >= expected,
+            "{seen}, expected {expected} ({skipped} skipped): {report:#}"
+        );
+    };
+    let leaker_row = process_row(&report, leaker.pid);
+    let echo_row = process_row(&report, echo.pid);
+    // All six leaks, early (from the startup snapshot) and late.
+    near(&report, close_waits(leaker_row), 6);
+    near(&report, count(leaker_row, "opened_passive"), 3);
+    assert_eq!(leaker_row.unwrap()["comm"], "leak-server", "{report:#}");
+    near(&report, count(echo_row, "opened_passive"), CHURN);
+    near(&report, count(echo_row, "closed_passive"), CHURN);
+    assert_eq!(close_waits(echo_row), 0, "{report:#}");
+    let leak = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "close_wait_leak" && f["pid"] == leaker.pid)
+        .unwrap_or_else(|| panic!("no leak finding: {report:#}"));
+    near(&report, leak["close_wait"].as_u64().unwrap(), 6);
+    assert!(
+        !report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["pid"] == echo.pid && f["kind"] == "close_wait_leak"),
+        "{report:#}"
+    );
+
+    // Each namespace's own report: its server only, and nothing charged to pid 0 (or
+    // at most what the kernel skipped).
+    for (own, server, other) in [
+        (&leaky_only, &leaker, &echo),
+        (&healthy_only, &echo, &leaker),
+    ] {
+        assert!(process_row(own, server.pid).is_some(), "{own:#}");
+        assert!(process_row(own, other.pid).is_none(), "{own:#}");
+        let unknown = process_row(own, 0);
+        let charged = count(unknown, "opened_passive") + close_waits(unknown);
+        near(own, CHURN + 6 - charged, CHURN + 6);
+        assert!(
+            !own["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["pid"] == 0),
+            "{own:#}"
+        );
+    }
+    near(
+        &healthy_only,
+        count(process_row(&healthy_only, echo.pid), "opened_passive"),
+        CHURN,
+    );
+    near(
+        &leaky_only,
+        close_waits(process_row(&leaky_only, leaker.pid)),
+        6,
+    );
+}
+
+/// `stream` stamps each transition with its socket's namespace.
+#[test]
+fn stream_lines_carry_the_namespace() {
+    require_privileges();
+    let (a, b) = (NetNs::new(), NetNs::new());
+    let server_a = a.workload(&["echo-server", "--listen", "127.0.0.1:8080"]);
+    let server_b = b.workload(&["echo-server", "--listen", "127.0.0.1:8080"]);
+    let (portwatch, stderr) = start_portwatch(
+        &[
+            "stream",
+            "--format",
+            "json",
+            "--duration",
+            "3s",
+            "--port",
+            "8080",
+        ],
+        Stdio::piped(),
+    );
+    for ns in [&a, &b] {
+        let mut client = ns.workload(&[
+            "churn-client",
+            "--connect",
+            "127.0.0.1:8080",
+            "--rate",
+            "0",
+            "--count",
+            "5",
+        ]);
+        expect_line(&mut client, "done");
+    }
+    let finished = wait_for_portwatch(portwatch, stderr);
+    assert!(finished.status.success(), "{}", finished.stderr);
+    let lines: Vec<Value> = finished
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    for (ns, server) in [(&a, &server_a), (&b, &server_b)] {
+        let accepted: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["sport"] == 8080 && l["new_state"] == "ESTABLISHED")
+            .filter(|l| l["netns"] == ns.inode())
+            .collect();
+        assert_eq!(accepted.len(), 5, "{}", finished.stdout);
+        assert!(
+            accepted.iter().all(|l| l["pid"] == server.pid),
+            "{}",
+            finished.stdout
+        );
+    }
+}
+
+/// A client in a namespace whose port range is 4 ports: the finding counts that
+/// namespace's capacity, not the host's.
+#[test]
+fn a_namespace_port_range_is_its_own_budget() {
+    require_privileges();
+    let ns = NetNs::new();
+    ns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let _server = ns.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
+    let (portwatch, stderr) = start_portwatch(
+        &["report", "--format", "json", "--duration", "3s"],
+        Stdio::piped(),
+    );
+    let mut client = ns.workload(&[
+        "hold-client",
+        "--connect",
+        "127.0.0.1:5000",
+        "--count",
+        "8",
+        "--count-no-local-port",
+    ]);
+    let held = expect_line(&mut client, "held");
+    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let report = report_json(portwatch, stderr);
+    let exhausted: Vec<&Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "port_exhaustion")
+        .collect();
+    assert_eq!(exhausted.len(), 1, "{report:#}");
+    let finding = exhausted[0];
+    assert_eq!(finding["pid"], client.pid, "{report:#}");
+    assert_eq!(finding["netns"], ns.inode(), "{report:#}");
+    assert_eq!(finding["port_capacity"], 4, "{report:#}");
+    assert_eq!(finding["ports_in_use"], 4, "{report:#}");
+    assert_eq!(finding["failed_connects"], 4, "{report:#}");
+    // The host's own range is untouched, and the report's header shows it.
+    assert_ne!(report["port_capacity"], 4, "{report:#}");
+}
+
+/// `snapshot` lists every namespace's sockets with their holders and namespace.
+#[test]
+fn snapshot_lists_every_namespace() {
+    require_privileges();
+    let (a, b) = (NetNs::new(), NetNs::new());
+    let mut leaker = a.workload(&[
+        "leak-server",
+        "--listen",
+        "127.0.0.1:8080",
+        "--leak",
+        "2",
+        "--keep-listening",
+    ]);
+    let mut client = a.workload(&["leak-client", "--connect", "127.0.0.1:8080", "--count", "2"]);
+    expect_line(&mut client, "done");
+    expect_line(&mut leaker, "done");
+    let server_b = b.workload(&["echo-server", "--listen", "127.0.0.1:8080"]);
+    let output = Command::new(PORTWATCH)
+        .args(["snapshot", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let snapshot: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let sockets_of = |pid: u32| -> Vec<Value> {
+        snapshot["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} missing: {snapshot:#}"))["sockets"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let leaked = sockets_of(leaker.pid);
+    assert_eq!(
+        leaked.iter().filter(|s| s["state"] == "CLOSE_WAIT").count(),
+        2,
+        "{snapshot:#}"
+    );
+    assert!(
+        leaked.iter().all(|s| s["netns"] == a.inode()),
+        "{snapshot:#}"
+    );
+    // `--netns PID`: only the namespace of that process.
+    let output = Command::new(PORTWATCH)
+        .args(["snapshot", "--format", "json", "--netns"])
+        .arg(server_b.pid.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let only_b: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let pids: Vec<&Value> = only_b["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["pid"])
+        .collect();
+    assert_eq!(pids, [server_b.pid], "{only_b:#}");
+    let listening = sockets_of(server_b.pid);
+    assert!(
+        listening
+            .iter()
+            .any(|s| s["state"] == "LISTEN" && s["sport"] == 8080 && s["netns"] == b.inode()),
+        "{snapshot:#}"
+    );
+}
+
+/// Connections nobody accepted: servers that accepted one connection and then stopped
+/// accepting, still listening. Later connections wait in the accept queue; their peers
+/// close, so they sit in CLOSE_WAIT with no file referring to them. In one namespace
+/// they queued before portwatch started (only the startup snapshot sees them), in the
+/// other after: both are their server's leak.
+#[test]
+fn connections_never_accepted_are_their_listeners_leak() {
+    require_privileges();
+    let stalled_server = |ns: &NetNs| {
+        let mut server = ns.workload(&[
+            "leak-server",
+            "--listen",
+            "127.0.0.1:8080",
+            "--leak",
+            "1",
+            "--keep-listening",
+        ]);
+        connect(ns, "1");
+        expect_line(&mut server, "done");
+        server
+    };
+    fn connect(ns: &NetNs, count: &str) {
+        let mut client = ns.workload(&[
+            "leak-client",
+            "--connect",
+            "127.0.0.1:8080",
+            "--count",
+            count,
+        ]);
+        expect_line(&mut client, "done");
+    }
+    let (before, after) = (NetNs::new(), NetNs::new());
+    let server_before = stalled_server(&before);
+    let server_after = stalled_server(&after);
+    connect(&before, "2");
+    let (portwatch, stderr) = start_portwatch(
+        &[
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "3s",
+            "--close-wait-age",
+            "1s",
+        ],
+        Stdio::piped(),
+    );
+    connect(&after, "2");
+    let report = report_json(portwatch, stderr);
+    let leak_of = |pid: u32| {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "close_wait_leak" && f["pid"] == pid)
+            .unwrap_or_else(|| panic!("no leak finding for {pid}: {report:#}"))["close_wait"]
+            .as_u64()
+            .unwrap()
+    };
+    // From the startup snapshot alone, no event involved: exact.
+    let row = process_row(&report, server_before.pid);
+    assert_eq!(close_waits(row), 3, "1 accepted, 2 queued: {report:#}");
+    assert_eq!(row.unwrap()["comm"], "leak-server", "{report:#}");
+    assert_eq!(leak_of(server_before.pid), 3, "{report:#}");
+    // Queued while portwatch watched: exact unless the kernel skipped runs.
+    let skipped = report["events"]["skipped"].as_u64().unwrap_or(0);
+    let held = close_waits(process_row(&report, server_after.pid));
+    assert!(
+        held <= 3 && held + skipped >= 3,
+        "1 accepted, 2 queued ({skipped} skipped): {report:#}"
+    );
+    assert_eq!(leak_of(server_after.pid), held, "{report:#}");
+}
