@@ -88,7 +88,7 @@ fn proc_state(pid: u32) -> Option<char> {
 /// view of the age is what to wait on).
 fn wait_for_close_wait_age(port: u16, count: usize, age: Duration) {
     wait_until("the CLOSE_WAIT sockets to age", WORKLOAD_TIMEOUT, || {
-        let snapshot = snapshot::take().unwrap();
+        let snapshot = snapshot::take(&TcpState::ALL).unwrap();
         let ages: Vec<u64> = snapshot
             .sockets
             .iter()
@@ -197,10 +197,14 @@ fn a_reused_pid_is_two_processes_each_with_its_own_connections() {
     expect_line(&mut reuser, "done");
     // Done once the echo-server has closed its side too: only TIME_WAIT left.
     wait_until("the connections to close", WORKLOAD_TIMEOUT, || {
-        snapshot::take().unwrap().sockets.iter().all(|s| {
-            let ours = s.socket.dport == echo.port || s.socket.sport == echo.port;
-            !ours || matches!(s.socket.state, TcpState::TimeWait | TcpState::Listen)
-        })
+        snapshot::take(&TcpState::ALL)
+            .unwrap()
+            .sockets
+            .iter()
+            .all(|s| {
+                let ours = s.socket.dport == echo.port || s.socket.sport == echo.port;
+                !ours || matches!(s.socket.state, TcpState::TimeWait | TcpState::Listen)
+            })
     });
 
     let finished = stop_and_finish(portwatch, stderr);

@@ -89,7 +89,8 @@ fn close_wait_on(snapshot: &Snapshot, port: u16) -> Vec<&SnapshotSocket> {
 fn snapshot_until(done: impl Fn(&Snapshot) -> bool) -> Snapshot {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let snapshot = snapshot::take().unwrap_or_else(|err| panic!("snapshot: {err:#}"));
+        let snapshot =
+            snapshot::take(&TcpState::ALL).unwrap_or_else(|err| panic!("snapshot: {err:#}"));
         if done(&snapshot) {
             return snapshot;
         }

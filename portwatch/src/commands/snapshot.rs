@@ -9,10 +9,18 @@ use crate::{
     commands::startup,
     output,
     sockets::snapshot::{self, group_by_process},
+    tcp_state::TcpState,
 };
 
 pub fn run(args: SnapshotArgs) -> Result<()> {
-    let snapshot = snapshot::take()?;
+    // The kernel filters by state: `--state CLOSE_WAIT` on a host with 200k TIME_WAIT
+    // sockets dumps only what it shows.
+    let states: &[TcpState] = if args.states.is_empty() {
+        &TcpState::ALL
+    } else {
+        &args.states
+    };
+    let snapshot = snapshot::take(states)?;
     let sockets = snapshot
         .sockets
         .iter()

@@ -79,17 +79,17 @@ pub enum DiagError {
     Decode(String),
 }
 
-/// Every TCP socket of the calling thread's network namespace, IPv4 then IPv6, in all
-/// states, with `netns` 0 (the caller knows which namespace it is in).
-pub fn dump_tcp_sockets() -> anyhow::Result<Vec<DiagSocket>> {
+/// Every TCP socket of the calling thread's network namespace in one of `states`, IPv4
+/// then IPv6, with `netns` 0 (the caller knows which namespace it is in).
+pub fn dump_tcp_sockets(states: &[TcpState]) -> anyhow::Result<Vec<DiagSocket>> {
     use anyhow::Context as _;
     let socket = open().context("listing TCP sockets with sock_diag")?;
     let mut sockets = Vec::new();
     let mut buffer = Vec::with_capacity(RECEIVE_BUFFER);
     for (sequence, family) in [(1, Family::Ipv4), (2, Family::Ipv6)] {
-        dump_family(&socket, family, sequence, &mut buffer, &mut sockets).with_context(|| {
-            format!("listing {} TCP sockets with sock_diag", family_name(family))
-        })?;
+        dump_family(&socket, family, sequence, states, &mut buffer, &mut sockets).with_context(
+            || format!("listing {} TCP sockets with sock_diag", family_name(family)),
+        )?;
     }
     // A dump that spans several batches resumes by position in the kernel's hash
     // chains, so a socket can be listed twice while connections come and go. The cookie
@@ -123,10 +123,11 @@ fn dump_family(
     socket: &Socket,
     family: Family,
     sequence: u32,
+    states: &[TcpState],
     buffer: &mut Vec<u8>,
     out: &mut Vec<DiagSocket>,
 ) -> Result<(), DiagError> {
-    let request = dump_request(family, sequence);
+    let request = dump_request(family, sequence, states);
     socket.send(&request, 0).map_err(DiagError::Send)?;
     loop {
         buffer.clear();
@@ -147,14 +148,14 @@ fn dump_family(
 }
 
 /// A dump request for every TCP socket of `family`, with tcp_info.
-fn dump_request(family: Family, sequence: u32) -> Vec<u8> {
+fn dump_request(family: Family, sequence: u32, states: &[TcpState]) -> Vec<u8> {
     let (af, socket_id) = match family {
         Family::Ipv4 => (AF_INET, SocketId::new_v4()),
         Family::Ipv6 => (AF_INET6, SocketId::new_v6()),
     };
-    // Every state portwatch knows, NEW_SYN_RECV included (StateFlags::all() stops at
-    // CLOSING), so half-open connections (SYN received) are listed too.
-    let states = TcpState::ALL
+    // A mask of state numbers, NEW_SYN_RECV included (StateFlags::all() stops at
+    // CLOSING), so half-open connections (SYN received) can be listed too.
+    let states = states
         .iter()
         .fold(0u32, |mask, state| mask | 1 << state.number());
     let mut header = NetlinkHeader::default();
@@ -507,7 +508,7 @@ mod tests {
 
     #[test]
     fn request_asks_for_every_state_and_tcp_info() {
-        let bytes = dump_request(Family::Ipv6, 5);
+        let bytes = dump_request(Family::Ipv6, 5, &TcpState::ALL);
         // The crate parses requests as responses, so check the raw fields.
         let buffer = NetlinkBuffer::new_checked(&bytes[..]).unwrap();
         assert_eq!(buffer.flags(), NLM_F_REQUEST | NLM_F_DUMP);

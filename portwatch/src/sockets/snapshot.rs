@@ -45,13 +45,13 @@ pub struct SnapshotSocket {
 /// holder or not at all. Leaked sockets, which stay for minutes, are not affected.
 /// portwatch's own namespace must dump; another that cannot (it vanished, or entering
 /// it is not permitted) is listed in `failed_namespaces`.
-pub fn take() -> anyhow::Result<Snapshot> {
+pub fn take(states: &[TcpState]) -> anyhow::Result<Snapshot> {
     let own = netns::own().context("reading /proc/self/ns/net")?;
     let mut sockets = Vec::new();
     let mut namespaces = Vec::new();
     let mut failed_namespaces = Vec::new();
     for ns in netns::all() {
-        let dumped = netns::run_in(&ns, dump_tcp_sockets)
+        let dumped = netns::run_in(&ns, || dump_tcp_sockets(states))
             .map_err(anyhow::Error::from)
             .and_then(|dump| dump);
         match dumped {
