@@ -46,6 +46,12 @@ pub struct Features {
 /// Runs every check and fixes what portwatch may fix itself (mounting tracefs, raising
 /// the memlock limit). Returns the tracefs mount point and the optional hooks this
 /// kernel supports.
+/// Whether this process may load and attach eBPF at all: the first thing to know, before
+/// a command creates files or starts processes for a run it could not make.
+pub fn check_privileges() -> Result<()> {
+    check_capabilities(effective_capabilities()?)
+}
+
 pub fn prepare() -> Result<(PathBuf, Features)> {
     check_capabilities(effective_capabilities()?)?;
     // Before the probes: on kernels before 5.11 the probes' maps count against it too.

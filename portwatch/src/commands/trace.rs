@@ -54,6 +54,7 @@ pub async fn trace(
     sink: &mut impl Sink,
 ) -> Result<Traced> {
     let mut stop = super::StopSignal::install(duration).context("installing signal handlers")?;
+    crate::bpf::environment::check_privileges()?;
     sink.prepare()?;
     let (mut tracer, mut reader) = Tracer::start(&kernel.options())?;
     super::warn_about_missing_features(tracer.features());
