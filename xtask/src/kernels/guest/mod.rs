@@ -3,6 +3,7 @@
 //! (`xtask guest workload leak-server`, ... from the workload library). One binary, so
 //! the initramfs needs nothing else.
 mod checks;
+mod netns_checks;
 mod portwatch;
 mod scenario;
 

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::{
     checks::{self, Checks, Churn, Exhaustion, Leak},
-    portwatch,
+    netns_checks, portwatch,
 };
 
 /// Connections the leak client makes and closes (half accepted with accept4(), half
@@ -319,7 +319,7 @@ fn netns_pass(binary: &Path, checks: &mut Checks) -> Result<()> {
     thread::sleep(Duration::from_millis(1000));
     let stream = stream.stop()?;
     let report = report.stop()?;
-    let servers = checks::NetnsServers {
+    let servers = netns_checks::NetnsServers {
         leaker: (leaker.pid, netns_inode(leaker.pid)?),
         echo: (echo.pid, netns_inode(echo.pid)?),
         connections: NETNS_CONNECTIONS,
@@ -329,12 +329,12 @@ fn netns_pass(binary: &Path, checks: &mut Checks) -> Result<()> {
     match checks::json_lines(&stream.stdout) {
         Ok(events) => checks.record(
             "netns: events",
-            checks::netns_events(&events, &servers, skipped),
+            netns_checks::netns_events(&events, &servers, skipped),
         ),
         Err(problem) => checks.record("netns: stream JSON", Err(problem)),
     }
     match serde_json::from_str::<Value>(&report.stdout) {
-        Ok(json) => checks.record("netns: report", checks::netns_report(&json, &servers)),
+        Ok(json) => checks.record("netns: report", netns_checks::netns_report(&json, &servers)),
         Err(err) => checks.record(
             "netns: report JSON",
             Err(format!("{err}: {}", report.stdout)),
