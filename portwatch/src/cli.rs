@@ -154,13 +154,20 @@ pub struct ServeArgs {
 /// range the Prometheus exporter port list allocated and has filled (docs/serve.md).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:10479";
 
+impl ModelLimitArgs {
+    /// The model's limits; its socket table shares the kernel's `--max-sockets`.
+    pub fn with_sockets(&self, kernel: &KernelArgs) -> Limits {
+        Limits {
+            max_sockets: kernel.max_sockets as usize,
+            max_processes: self.max_processes as usize,
+            max_destinations: self.max_destinations as usize,
+        }
+    }
+}
+
 impl ServeArgs {
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_sockets: self.kernel.max_sockets as usize,
-            max_processes: self.limits.max_processes as usize,
-            max_destinations: self.limits.max_destinations as usize,
-        }
+        self.limits.with_sockets(&self.kernel)
     }
 
     pub fn series_limits(&self) -> crate::output::metrics::SeriesLimits {
@@ -186,11 +193,7 @@ impl DetectionArgs {
 
 impl ReportArgs {
     pub fn limits(&self) -> Limits {
-        Limits {
-            max_sockets: self.kernel.max_sockets as usize,
-            max_processes: self.limits.max_processes as usize,
-            max_destinations: self.limits.max_destinations as usize,
-        }
+        self.limits.with_sockets(&self.kernel)
     }
 
     pub fn thresholds(&self) -> Thresholds {

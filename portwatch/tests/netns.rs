@@ -79,15 +79,7 @@ fn report_json(
     child: std::process::Child,
     stderr: std::io::BufReader<std::process::ChildStderr>,
 ) -> Value {
-    let finished = wait_for_portwatch(child, stderr);
-    let code = finished.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 2,
-        "portwatch failed ({}): {}",
-        finished.status,
-        finished.stderr
-    );
-    serde_json::from_str(&finished.stdout).unwrap()
+    serde_json::from_str(&common::finish_report(child, stderr).1).unwrap()
 }
 
 fn process_row(report: &Value, pid: u32) -> Option<&Value> {

@@ -3,28 +3,12 @@
 //! exhaustion in a network namespace with a tiny port range.
 mod common;
 
-use std::{
-    io::BufReader,
-    process::{Child, ChildStderr, Command, Stdio},
-};
+use std::process::{Command, Stdio};
 
 use common::{
-    PORTWATCH, require_privileges, start_portwatch, wait_for_portwatch, workload, workload_binary,
+    PORTWATCH, finish_report, require_privileges, start_portwatch, workload, workload_binary,
 };
 use serde_json::Value;
-
-/// Waits for portwatch to finish; returns its exit code and stdout.
-fn finish(child: Child, stderr: BufReader<ChildStderr>) -> (i32, String) {
-    let finished = wait_for_portwatch(child, stderr);
-    let code = finished.status.code().unwrap_or(-1);
-    assert!(
-        code == 0 || code == 2,
-        "portwatch failed ({}): {}",
-        finished.status,
-        finished.stderr
-    );
-    (code, finished.stdout)
-}
 
 fn findings_for(report: &Value, pid: u32) -> Vec<&Value> {
     report["findings"]
@@ -86,7 +70,7 @@ fn report_names_the_leaker_and_the_churner_and_not_the_healthy_client() {
         &LEAKS.to_string(),
     ]);
     feeder.wait_line("done").unwrap();
-    let (code, stdout) = finish(portwatch, stderr);
+    let (code, stdout) = finish_report(portwatch, stderr);
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
     assert_eq!(code, 2, "--fail-on warning with findings exits 2");
 
@@ -195,7 +179,7 @@ sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
     let (pid, failed): (u32, u64) = (words[1].parse().unwrap(), words[6].parse().unwrap());
     assert_eq!(failed, 4, "the namespace ran out of ports: {said}");
 
-    let (_, stdout) = finish(portwatch, stderr);
+    let (_, stdout) = finish_report(portwatch, stderr);
     let report: Value = serde_json::from_str(&stdout).unwrap();
     let exhausted: Vec<&Value> = findings_for(&report, pid)
         .into_iter()

@@ -259,3 +259,17 @@ pub fn replay(path: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+/// Waits for a `portwatch report` to finish, which must have reported (exit 0, or 2
+/// for `--fail-on`); returns its exit code and stdout.
+pub fn finish_report(child: Child, stderr: BufReader<ChildStderr>) -> (i32, String) {
+    let finished = wait_for_portwatch(child, stderr);
+    let code = finished.status.code().unwrap_or(-1);
+    assert!(
+        code == 0 || code == 2,
+        "portwatch failed ({}): {}",
+        finished.status,
+        finished.stderr
+    );
+    (code, finished.stdout)
+}
