@@ -220,10 +220,16 @@ pub enum Counter {
     SocketTableFull = 1,
     /// A listener, accept or peer entry found its table full: an owner may be missed.
     OwnerTableFull = 2,
+    /// Counting path: a transition could not be counted in `FLOWS` (full), so it went
+    /// to the ring buffer as a record instead: nothing lost, but it cost a record.
+    FlowTableFull = 3,
+    /// Counting path: a socket entering CLOSE_WAIT found `CLOSE_WAITS` full, so it (and
+    /// every later transition of it) went to the ring buffer as records instead.
+    CloseWaitTableFull = 4,
 }
 
 /// Number of slots in the `COUNTERS` array.
-pub const COUNTER_SLOTS: u32 = 3;
+pub const COUNTER_SLOTS: u32 = 5;
 
 /// What the kernel remembers about a socket between two of its transitions.
 /// Value type of the `SOCKETS` hash map, keyed by [`StateEvent::sock`].
@@ -235,9 +241,267 @@ pub struct SocketEntry {
     /// When portwatch saw it open, 0 if it did not.
     pub opened_ns: u64,
     pub owner: Owner,
+    /// `ENTRY_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<SocketEntry>() == 48);
+const _: () = assert!(size_of::<SocketEntry>() == 56);
+
+/// [`SocketEntry::flags`], counting path: userspace follows this socket record by
+/// record (a count or a CLOSE_WAIT entry had no room), so every later transition of it
+/// goes to the ring buffer too, or userspace's copy would never see it close.
+pub const ENTRY_REPORTED: u32 = 1 << 0;
+/// [`SocketEntry::flags`]: the socket reached ESTABLISHED, so its CLOSE ends a
+/// connection (counted in [`FlowCounts::closed`] and its lifetime).
+pub const ENTRY_ESTABLISHED: u32 = 1 << 1;
+
+/// How the state program hands transitions to userspace, chosen at load time (the
+/// `COLLECT` global): the path a mode does not use costs nothing.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Collect {
+    /// One ring-buffer record per transition (`stream`, `record`).
+    Records = 0,
+    /// Counts per owner and destination in `FLOWS`, live CLOSE_WAIT sockets in
+    /// `CLOSE_WAITS`, and records only for what userspace must see one at a time
+    /// (`report`, `serve`, `top`).
+    Counts = 1,
+}
+
+/// Buckets of [`FlowCounts::lifetime_log2`]: bucket `i` holds lifetimes in
+/// `[2^(i + LIFETIME_MIN_LOG2), 2^(i + 1 + LIFETIME_MIN_LOG2))` ns; the first also holds
+/// everything shorter (under 2 us), the last everything longer (over 6.5 days).
+pub const LIFETIME_BUCKETS: usize = 40;
+/// log2 of the first bucket's lower bound, in ns (1.024 us).
+pub const LIFETIME_MIN_LOG2: u32 = 10;
+
+/// The bucket of a lifetime in ns: `floor(log2(ns)) - LIFETIME_MIN_LOG2`, clamped.
+/// Written as a branchy binary search, which the eBPF verifier accepts everywhere
+/// (no loops, no `ctlz` instruction before BPF v4).
+#[inline(always)]
+pub const fn lifetime_bucket(ns: u64) -> usize {
+    let mut log2 = 0u32;
+    let mut value = ns;
+    if value >= 1 << 32 {
+        value >>= 32;
+        log2 += 32;
+    }
+    if value >= 1 << 16 {
+        value >>= 16;
+        log2 += 16;
+    }
+    if value >= 1 << 8 {
+        value >>= 8;
+        log2 += 8;
+    }
+    if value >= 1 << 4 {
+        value >>= 4;
+        log2 += 4;
+    }
+    if value >= 1 << 2 {
+        value >>= 2;
+        log2 += 2;
+    }
+    if value >= 1 << 1 {
+        log2 += 1;
+    }
+    if log2 <= LIFETIME_MIN_LOG2 {
+        0
+    } else if log2 - LIFETIME_MIN_LOG2 >= LIFETIME_BUCKETS as u32 {
+        LIFETIME_BUCKETS - 1
+    } else {
+        (log2 - LIFETIME_MIN_LOG2) as usize
+    }
+}
+
+/// Key of the `FLOWS` map: one owner's connections toward one destination (sockets it
+/// opened: the remote address and port, with the local address, whose ephemeral ports
+/// they use) or at one local address and port (sockets a listener created), in one
+/// network namespace. The same grouping as userspace's TIME_WAIT groups.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Local address, laid out like [`StateEvent::saddr`].
+    pub saddr: [u8; 16],
+    /// Remote address for an active socket; all zero for a passive one.
+    pub daddr: [u8; 16],
+    /// Network namespace inode, as in [`StateEvent::netns`].
+    pub netns: u32,
+    /// The owner's thread group id; 0 when unknown.
+    pub tgid: u32,
+    /// Local port for a passive socket; 0 for an active one (ephemeral).
+    pub sport: u16,
+    /// Remote port for an active socket; 0 for a passive one.
+    pub dport: u16,
+    pub family: u16,
+    /// The socket's [`Origin`] as `u8`.
+    pub origin: u8,
+    pub _pad: u8,
+}
+
+const _: () = assert!(size_of::<FlowKey>() == 48);
+
+/// Value of the `FLOWS` map: monotonic counts since the key was created, updated with
+/// atomic adds (several CPUs count for one key). Userspace takes differences.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCounts {
+    /// Connections that reached ESTABLISHED.
+    pub opened: u64,
+    /// Connections that reached CLOSE after ESTABLISHED.
+    pub closed: u64,
+    /// This side closed first (ESTABLISHED or SYN_RECV -> FIN_WAIT1).
+    pub closed_first: u64,
+    /// The peer closed first (ESTABLISHED -> CLOSE_WAIT).
+    pub peer_closed_first: u64,
+    /// CLOSE_WAIT -> LAST_ACK or CLOSE.
+    pub close_wait_left: u64,
+    /// Sockets that became TIME_WAIT (FIN_WAIT2 or CLOSING -> CLOSE).
+    pub time_wait: u64,
+    /// Lifetimes (ESTABLISHED to CLOSE, ns) of closed connections whose open was seen:
+    /// the count per log2 bucket (see [`lifetime_bucket`]) and the exact sum.
+    pub lifetime_sum_ns: u64,
+    pub lifetime_log2: [u64; LIFETIME_BUCKETS],
+    /// The owner's cgroup and comm when the key was created.
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+const _: () = assert!(size_of::<FlowCounts>() == 8 * 7 + 8 * LIFETIME_BUCKETS + 8 + 16);
+
+impl FlowCounts {
+    pub const ZERO: FlowCounts = FlowCounts {
+        opened: 0,
+        closed: 0,
+        closed_first: 0,
+        peer_closed_first: 0,
+        close_wait_left: 0,
+        time_wait: 0,
+        lifetime_sum_ns: 0,
+        lifetime_log2: [0; LIFETIME_BUCKETS],
+        cgroup_id: 0,
+        comm: [0; COMM_LEN],
+    };
+}
+
+/// Value of the `CLOSE_WAITS` map, keyed by the socket's `struct sock` address: a
+/// socket in CLOSE_WAIT now, as the counting path knows it. Userspace reads the whole
+/// map on an interval: sockets that stay are leak candidates, and the map holds few
+/// others (a healthy one stays microseconds).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CloseWaitEntry {
+    /// When it entered CLOSE_WAIT (`bpf_ktime_get_ns()`).
+    pub since_ns: u64,
+    /// When portwatch saw it open, 0 if it did not.
+    pub opened_ns: u64,
+    /// Laid out like [`StateEvent::saddr`].
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub _pad: u16,
+    pub netns: u32,
+    pub _pad2: u32,
+    pub owner: Owner,
+}
+
+const _: () = assert!(size_of::<CloseWaitEntry>() == 96);
+
+/// The first 88 bytes of the kernel's `struct sock_common` (the start of every `struct
+/// sock`), as 5.8 through 6.18 lay them out with IPv6 and network namespaces built in.
+/// The BTF-typed state program copies them in one read; userspace checks every field
+/// it uses against the running kernel's BTF before choosing that program, and uses the
+/// classic tracepoint where they differ.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockCommonHead {
+    /// `skc_daddr`, network order.
+    pub daddr: u32,
+    /// `skc_rcv_saddr`, network order.
+    pub rcv_saddr: u32,
+    pub hash: u32,
+    /// `skc_dport`, network order.
+    pub dport: u16,
+    /// `skc_num`: the local port, host order.
+    pub num: u16,
+    /// `skc_family`.
+    pub family: u16,
+    pub state: u8,
+    pub bits: u8,
+    pub bound_dev_if: i32,
+    pub bind_node: [u64; 2],
+    pub prot: u64,
+    /// `skc_net.net`: the `struct net *`.
+    pub net: u64,
+    /// `skc_v6_daddr`, network order.
+    pub v6_daddr: [u64; 2],
+    /// `skc_v6_rcv_saddr`, network order.
+    pub v6_rcv_saddr: [u64; 2],
+}
+
+const _: () = assert!(size_of::<SockCommonHead>() == 88);
+
+impl SockCommonHead {
+    /// The fields the program reads, as `(BTF member path in struct sock, offset here,
+    /// size)`, for userspace's check against the kernel's BTF.
+    pub const FIELDS: [(&'static str, usize, usize); 8] = [
+        (
+            "__sk_common.skc_daddr",
+            core::mem::offset_of!(SockCommonHead, daddr),
+            4,
+        ),
+        (
+            "__sk_common.skc_rcv_saddr",
+            core::mem::offset_of!(SockCommonHead, rcv_saddr),
+            4,
+        ),
+        (
+            "__sk_common.skc_dport",
+            core::mem::offset_of!(SockCommonHead, dport),
+            2,
+        ),
+        (
+            "__sk_common.skc_num",
+            core::mem::offset_of!(SockCommonHead, num),
+            2,
+        ),
+        (
+            "__sk_common.skc_family",
+            core::mem::offset_of!(SockCommonHead, family),
+            2,
+        ),
+        (
+            "__sk_common.skc_net",
+            core::mem::offset_of!(SockCommonHead, net),
+            8,
+        ),
+        (
+            "__sk_common.skc_v6_daddr",
+            core::mem::offset_of!(SockCommonHead, v6_daddr),
+            16,
+        ),
+        (
+            "__sk_common.skc_v6_rcv_saddr",
+            core::mem::offset_of!(SockCommonHead, v6_rcv_saddr),
+            16,
+        ),
+    ];
+}
+
+/// Where the BTF-typed state program finds what the classic tracepoint's record holds
+/// but `struct sock_common`'s head does not. Set at load time (`SOCK_LAYOUT` global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockLayout {
+    /// `struct sock` -> `sk_protocol` (a `u16` since Linux 5.6).
+    pub protocol: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<SockLayout>() == 8);
 
 /// Key of the `PEERS` map: the remote end of a passive socket that has not been
 /// accepted yet, as accept() reports it to the process, in the socket's network
@@ -310,7 +574,15 @@ pub mod names {
     pub const WAKEUP_BYTES: &str = "WAKEUP_BYTES";
     /// The load-time global: a [`NetnsOffsets`](super::NetnsOffsets).
     pub const NETNS_OFFSETS: &str = "NETNS_OFFSETS";
+    /// The load-time global: a [`Collect`](super::Collect) as `u32`.
+    pub const COLLECT: &str = "COLLECT";
+    /// The load-time global: a [`SockLayout`](super::SockLayout).
+    pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
+    pub const FLOWS: &str = "FLOWS";
+    pub const CLOSE_WAITS: &str = "CLOSE_WAITS";
     pub const PROG_INET_SOCK_SET_STATE: &str = "inet_sock_set_state";
+    /// The same program on the BTF-typed (`tp_btf`) tracepoint.
+    pub const PROG_INET_SOCK_SET_STATE_BTF: &str = "inet_sock_set_state_btf";
     pub const PROG_ACCEPT_ENTER: &str = "accept_enter";
     pub const PROG_ACCEPT_EXIT: &str = "accept_exit";
     pub const PROG_PROCESS_EXIT: &str = "process_exit";
@@ -481,7 +753,10 @@ pub const IPPROTO_TCP: u16 = 6;
 
 #[cfg(feature = "user")]
 mod user {
-    use super::{ListenerKey, NetnsOffsets, Owner, PeerKey, SocketEntry};
+    use super::{
+        CloseWaitEntry, FlowCounts, FlowKey, ListenerKey, NetnsOffsets, Owner, PeerKey, SockLayout,
+        SocketEntry,
+    };
 
     // SAFETY (all of them): plain-old-data, `#[repr(C)]`, no implicit padding (sizes
     // asserted above), every bit pattern valid.
@@ -495,4 +770,12 @@ mod user {
     unsafe impl aya::Pod for ListenerKey {}
     // SAFETY: see above.
     unsafe impl aya::Pod for NetnsOffsets {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for SockLayout {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for FlowCounts {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for CloseWaitEntry {}
 }

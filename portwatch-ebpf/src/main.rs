@@ -1,15 +1,20 @@
 //! portwatch's kernel side. Programs on stable tracepoints only (no kprobes, no fentry):
-//! - `state`: `sock:inet_sock_set_state`, one record per TCP transition, and the live
-//!   socket table that carries each socket's owner;
+//! - `state`: `sock:inet_sock_set_state` (BTF-typed or classic), the live socket table
+//!   that carries each socket's owner, and either one record per TCP transition or,
+//!   on the counting path (`counting`), counts per owner and destination;
 //! - `accept`: `syscalls:sys_{enter,exit}_accept{,4}`, which names the process that
 //!   accepted a socket;
 //! - `connect`: `syscalls:sys_exit_connect`, for connect() failing with EADDRNOTAVAIL;
 //! - `exit`: `sched:sched_process_exit`, so userspace never blames a reused PID.
 #![no_std]
 #![no_main]
+// `atomic_xadd` (see `counting::bump`); the crate is built with -Z build-std already.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod accept;
 mod connect;
+mod counting;
 mod exit;
 mod state;
 
@@ -25,8 +30,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use portwatch_common::{
-    COMM_LEN, COUNTER_SLOTS, Counter, ListenerKey, NetnsOffsets, Owner, PeerKey, READER_ASLEEP,
-    SocketEntry,
+    COMM_LEN, COUNTER_SLOTS, CloseWaitEntry, Counter, FlowCounts, FlowKey, ListenerKey,
+    NetnsOffsets, Owner, PeerKey, READER_ASLEEP, SockLayout, SocketEntry,
 };
 
 /// Ring buffer to userspace. Its size is set at load time (`--ring-buffer-size`).
@@ -56,6 +61,20 @@ static NETNS_OFFSETS: NetnsOffsets = NetnsOffsets {
     nsproxy_net: 0,
     _pad: 0,
 };
+
+/// Where the BTF-typed state program finds `sk_protocol`. Set at load time when that
+/// program is the one attached.
+#[unsafe(no_mangle)]
+static SOCK_LAYOUT: SockLayout = SockLayout {
+    protocol: 0,
+    _pad: 0,
+};
+
+#[inline(always)]
+fn sock_layout() -> SockLayout {
+    // SAFETY: as in `netns_offsets`.
+    unsafe { core::ptr::read_volatile(&SOCK_LAYOUT) }
+}
 
 #[inline(always)]
 fn netns_offsets() -> NetnsOffsets {
@@ -95,6 +114,20 @@ fn read_kernel_u32(address: u64) -> u32 {
     if failed != 0 { 0 } else { value }
 }
 
+#[inline(always)]
+fn read_kernel_u16(address: u64) -> u16 {
+    let mut value: u16 = 0;
+    // SAFETY: as in `read_kernel_u64`, with 2 writable bytes.
+    let failed = unsafe {
+        bpf_probe_read_kernel(
+            (&mut value as *mut u16).cast(),
+            2,
+            address as *const core::ffi::c_void,
+        )
+    };
+    if failed != 0 { 0 } else { value }
+}
+
 /// The network namespace inode of the socket at `sock` (`sk->__sk_common.skc_net.net->
 /// ns.inum`); 0 when unknown.
 #[inline(always)]
@@ -103,8 +136,14 @@ fn sock_netns(sock: u64) -> u32 {
     if offsets.enabled == 0 || sock == 0 {
         return 0;
     }
-    let net = read_kernel_u64(sock + u64::from(offsets.sock_net));
-    if net == 0 {
+    netns_of(read_kernel_u64(sock + u64::from(offsets.sock_net)))
+}
+
+/// The inode of the `struct net` at `net` (`net->ns.inum`); 0 when unknown.
+#[inline(always)]
+fn netns_of(net: u64) -> u32 {
+    let offsets = netns_offsets();
+    if offsets.enabled == 0 || net == 0 {
         return 0;
     }
     read_kernel_u32(net + u64::from(offsets.net_inum))
@@ -178,6 +217,22 @@ static LISTENERS: HashMap<ListenerKey, Owner> = HashMap::with_max_entries(8192, 
 #[map]
 static PEERS: HashMap<PeerKey, u64> = HashMap::with_max_entries(65536, 0);
 
+/// Counting path: counts per owner and destination (see `counting`). A plain hash, not
+/// LRU, so no count is ever evicted: a full map sends what it cannot count as records.
+/// Size set at load time.
+#[map]
+static FLOWS: HashMap<FlowKey, FlowCounts> = HashMap::with_max_entries(16384, 0);
+
+/// One zeroed [`FlowCounts`] per CPU to create a flow from: 400 bytes do not fit the
+/// eBPF stack beside everything else.
+#[map]
+static FLOW_SCRATCH: PerCpuArray<FlowCounts> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counting path: sockets in CLOSE_WAIT now, by `struct sock` address. Size set at
+/// load time.
+#[map]
+static CLOSE_WAITS: HashMap<u64, CloseWaitEntry> = HashMap::with_max_entries(65536, 0);
+
 /// Threads inside accept(), with the user buffer that will receive the peer address.
 #[map]
 static ACCEPTS: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
@@ -240,6 +295,18 @@ fn count<C: EbpfContext>(ctx: &C, counter: Counter) {
             warn!(
                 ctx,
                 "listener, accept or peer table full: an owner may be missed"
+            );
+        }
+        Counter::FlowTableFull => {
+            debug!(
+                ctx,
+                "flow table full: a transition goes to the ring buffer instead"
+            );
+        }
+        Counter::CloseWaitTableFull => {
+            warn!(
+                ctx,
+                "CLOSE_WAIT table full: a socket goes to the ring buffer instead"
             );
         }
     }

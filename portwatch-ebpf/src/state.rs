@@ -1,5 +1,10 @@
 //! `sock:inet_sock_set_state`: every TCP transition, with the socket's owner.
 //!
+//! Two hooks run the same code: the BTF-typed tracepoint (`tp_btf`, which hands the
+//! program the kernel's `struct sock *` with little glue), and the classic tracepoint
+//! (whose record the kernel fills for the program first), for kernels without BTF or
+//! whose `struct sock_common` is laid out differently. Userspace attaches one of them.
+//!
 //! Who owns a socket is learned only where it is certain, and then carried with the
 //! socket in `SOCKETS`:
 //! - transitions that only a system call on the socket makes (connect: CLOSE ->
@@ -13,39 +18,51 @@
 //!   first 8 bytes of the record with a pt_regs pointer for BPF programs.)
 //! - a passive socket starts with its listener's owner (provisional), until the accept
 //!   hook sees a process accept it.
+//!
+//! What happens next depends on `COLLECT` (see `counting`): one record per transition,
+//! or counts, with records only for what userspace must see one at a time.
 use aya_ebpf::{
-    EbpfContext as _,
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use portwatch_common::{
-    AF_INET6, Counter, EventKind, FLAG_BY_SYSCALL, FLAG_IN_STATE_KNOWN, IPPROTO_TCP, ListenerKey,
-    Origin, Owner, OwnerSource, PeerKey, SocketEntry, StateEvent, tcp_state,
-    tracepoint::InetSockSetState,
+    AF_INET6, Counter, ENTRY_ESTABLISHED, ENTRY_REPORTED, EventKind, FLAG_BY_SYSCALL,
+    FLAG_IN_STATE_KNOWN, IPPROTO_TCP, ListenerKey, Origin, Owner, OwnerSource, PeerKey,
+    SockCommonHead, SocketEntry, StateEvent, tcp_state, tracepoint::InetSockSetState,
 };
 
-use crate::{EVENTS, LISTENERS, PEERS, SOCKETS, count, current_owner, field, sock_netns};
+use crate::{
+    EVENTS, LISTENERS, PEERS, SOCKETS, count, counting, current_owner, field, netns_of,
+    read_kernel_u16, sock_layout, sock_netns,
+};
+
+/// One transition, from either hook.
+pub(crate) struct Change {
+    pub sock: u64,
+    pub old_state: u8,
+    pub new_state: u8,
+    /// Local port, host order.
+    pub sport: u16,
+    /// Remote port, host order.
+    pub dport: u16,
+    pub family: u16,
+    /// Addresses as two native words each: an IPv4 address's 4 network-order bytes
+    /// first, the rest zero.
+    pub saddr: [u64; 2],
+    pub daddr: [u64; 2],
+    pub netns: u32,
+}
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
-    on_state_change(&ctx);
-    0
-}
-
-fn on_state_change(ctx: &TracePointContext) {
     // The record's layout is checked by userspace against tracefs before loading.
     let args = ctx.as_ptr().cast::<InetSockSetState>().cast_const();
     if field!(args.protocol) != IPPROTO_TCP {
-        return;
+        return 0;
     }
-    // SAFETY: bpf_ktime_get_ns has no preconditions; aya marks all raw helpers unsafe.
-    let now = unsafe { bpf_ktime_get_ns() };
     let sock = field!(args.skaddr);
-    let old_state = field!(args.oldstate) as u8;
-    let new_state = field!(args.newstate) as u8;
-    let sport = field!(args.sport);
-    let dport = field!(args.dport);
     let family = field!(args.family);
     let (saddr, daddr) = if family == AF_INET6 {
         (
@@ -59,42 +76,94 @@ fn on_state_change(ctx: &TracePointContext) {
             [field!(args.daddr) as u64, 0],
         )
     };
-    // Two kernel reads per event rather than a copy in SOCKETS: the namespace is needed
-    // before the socket's entry is found (a new passive socket's listener) and for
-    // sockets the table has no room for.
-    let netns = sock_netns(sock);
+    let change = Change {
+        sock,
+        old_state: field!(args.oldstate) as u8,
+        new_state: field!(args.newstate) as u8,
+        sport: field!(args.sport),
+        dport: field!(args.dport),
+        family,
+        saddr,
+        daddr,
+        // Two kernel reads per event rather than a copy in SOCKETS: the namespace is
+        // needed before the socket's entry is found (a new passive socket's listener)
+        // and for sockets the table has no room for.
+        netns: sock_netns(sock),
+    };
+    on_change(&ctx, &change);
+    0
+}
+
+/// `TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)`.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
+    let sock: u64 = ctx.arg(0);
+    if sock == 0 || read_kernel_u16(sock + u64::from(sock_layout().protocol)) != IPPROTO_TCP {
+        return 0;
+    }
+    let mut head = SockCommonHead::default();
+    // SAFETY: bpf_probe_read_kernel checks the kernel address and fails cleanly;
+    // `head` is size_of::<SockCommonHead>() writable bytes. Userspace attached this
+    // program only after checking the kernel's layout of these bytes against it.
+    let failed = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            (&mut head as *mut SockCommonHead).cast(),
+            core::mem::size_of::<SockCommonHead>() as u32,
+            sock as *const core::ffi::c_void,
+        )
+    };
+    if failed != 0 {
+        return 0;
+    }
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    let (saddr, daddr) = if head.family == AF_INET6 {
+        (head.v6_rcv_saddr, head.v6_daddr)
+    } else {
+        ([head.rcv_saddr as u64, 0], [head.daddr as u64, 0])
+    };
+    let change = Change {
+        sock,
+        old_state: old_state as u8,
+        new_state: new_state as u8,
+        sport: head.num,
+        dport: u16::from_be(head.dport),
+        family: head.family,
+        saddr,
+        daddr,
+        netns: netns_of(head.net),
+    };
+    on_change(&ctx, &change);
+    0
+}
+
+fn on_change<C: EbpfContext>(ctx: &C, change: &Change) {
+    // SAFETY: bpf_ktime_get_ns has no preconditions; aya marks all raw helpers unsafe.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (old_state, new_state) = (change.old_state, change.new_state);
+    if counting::enabled() && counting::ignores(old_state, new_state) {
+        return;
+    }
     let listener = ListenerKey {
-        netns,
-        port: sport,
+        netns: change.netns,
+        port: change.sport,
         _pad: 0,
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let by_syscall = made_by_syscall(old_state, new_state);
     let actor = by_syscall && (pid_tgid >> 32) != 0;
 
-    let tracked = track(ctx, sock, old_state, new_state, &listener, now, actor);
+    let tracked = track(ctx, change, &listener, now, actor);
     if new_state == tcp_state::LISTEN {
         remember_listener(ctx, &listener, &tracked.owner);
     } else if old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE {
         let _ = LISTENERS.remove(listener);
     }
-    let peer = PeerKey {
-        addr: addr_bytes(daddr),
-        port: dport,
-        family,
-        netns,
-    };
-    if learns_peer(old_state, new_state, dport, &tracked.owner) {
-        if PEERS.insert(peer, sock, 0).is_err() {
-            count(ctx, Counter::OwnerTableFull);
-        }
-    } else if new_state == tcp_state::CLOSE
-        && tracked.owner.origin == Origin::Passive as u8
-        && tracked.owner.source != OwnerSource::Accept as u8
-    {
-        // A socket that was accepted left PEERS then (see `accept`); only one never
-        // seen accepted may still be there.
-        let _ = PEERS.remove(peer);
+    if !counting::enabled() {
+        // Only the accept hook (attached with records) reads PEERS.
+        remember_peer(ctx, change, &tracked.owner);
+    } else if !tracked.report {
+        return;
     }
 
     let Some(mut entry) = EVENTS.reserve::<StateEvent>(0) else {
@@ -117,24 +186,47 @@ fn on_state_change(ctx: &TracePointContext) {
         (*event).kind = EventKind::State as u32;
         (*event).flags = flags;
         (*event).ts_ns = now;
-        (*event).sock = sock;
+        (*event).sock = change.sock;
         (*event).in_state_ns = tracked.in_state_ns;
         (*event).opened_ns = tracked.opened_ns;
         (*event).tgid = (pid_tgid >> 32) as u32;
         (*event).tid = pid_tgid as u32;
-        *(*event).saddr.as_mut_ptr().cast::<[u64; 2]>() = saddr;
-        *(*event).daddr.as_mut_ptr().cast::<[u64; 2]>() = daddr;
+        *(*event).saddr.as_mut_ptr().cast::<[u64; 2]>() = change.saddr;
+        *(*event).daddr.as_mut_ptr().cast::<[u64; 2]>() = change.daddr;
         crate::current_comm(&mut (*event).comm);
-        (*event).sport = sport;
-        (*event).dport = dport;
-        (*event).family = family;
+        (*event).sport = change.sport;
+        (*event).dport = change.dport;
+        (*event).family = change.family;
         (*event).old_state = old_state;
         (*event).new_state = new_state;
-        (*event).netns = netns;
+        (*event).netns = change.netns;
         (*event)._pad = 0;
         (*event).owner = tracked.owner;
     }
     entry.submit(crate::submit_flags());
+}
+
+/// Keeps `PEERS`, which the accept hook finds a not-yet-accepted socket by.
+#[inline(always)]
+fn remember_peer<C: EbpfContext>(ctx: &C, change: &Change, owner: &Owner) {
+    let peer = PeerKey {
+        addr: addr_bytes(change.daddr),
+        port: change.dport,
+        family: change.family,
+        netns: change.netns,
+    };
+    if learns_peer(change.old_state, change.new_state, change.dport, owner) {
+        if PEERS.insert(peer, change.sock, 0).is_err() {
+            count(ctx, Counter::OwnerTableFull);
+        }
+    } else if change.new_state == tcp_state::CLOSE
+        && owner.origin == Origin::Passive as u8
+        && owner.source != OwnerSource::Accept as u8
+    {
+        // A socket that was accepted left PEERS then (see `accept`); only one never
+        // seen accepted may still be there.
+        let _ = PEERS.remove(peer);
+    }
 }
 
 /// What the socket table says about a socket after a transition.
@@ -149,20 +241,22 @@ struct Tracked {
     in_state_known: bool,
     opened_ns: u64,
     owner: Owner,
+    /// Counting path: whether this transition goes to userspace as a record (it could
+    /// not be counted, or userspace follows the socket record by record).
+    report: bool,
 }
 
 /// Updates the socket's entry in `SOCKETS` for a transition at `now` and returns what
 /// the event should carry.
 #[inline(always)]
-fn track(
-    ctx: &TracePointContext,
-    sock: u64,
-    old_state: u8,
-    new_state: u8,
+fn track<C: EbpfContext>(
+    ctx: &C,
+    change: &Change,
     listener: &ListenerKey,
     now: u64,
     actor: bool,
 ) -> Tracked {
+    let (sock, old_state, new_state) = (change.sock, change.old_state, change.new_state);
     // A socket that is opening cannot have an entry (its last one went at CLOSE), so
     // the lookup is skipped: two of the ten a loopback connection costs. Should a
     // stale entry remain (its CLOSE never seen), the insert below replaces it, rather
@@ -182,11 +276,17 @@ fn track(
             let origin = entry.owner.origin;
             entry.owner = current_owner(OwnerSource::Syscall, origin);
         }
+        let report = if counting::enabled() {
+            counting::count_change(ctx, change, entry, now)
+        } else {
+            true
+        };
         let tracked = Tracked {
             in_state_ns,
             in_state_known: true,
             opened_ns: entry.opened_ns,
             owner: entry.owner,
+            report,
         };
         if new_state == tcp_state::CLOSE {
             // The socket is done (or became a time-wait mini-socket, which this
@@ -223,14 +323,23 @@ fn track(
             ..Owner::UNKNOWN
         }
     };
+    // Counting: userspace follows record by record every socket that did not open
+    // under portwatch's eyes (it knows them from its startup snapshot), and listeners
+    // (few, and it keeps them to charge never-accepted sockets to).
+    let followed = !opening || new_state == tcp_state::LISTEN;
+    let mut report = true;
     if new_state != tcp_state::CLOSE {
         let entry = SocketEntry {
             state_since_ns: now,
             opened_ns,
             owner,
+            flags: if followed { ENTRY_REPORTED } else { 0 },
+            _pad: 0,
         };
         if SOCKETS.insert(sock, entry, 0).is_err() {
             count(ctx, Counter::SocketTableFull);
+        } else if !followed {
+            report = false;
         }
     }
     Tracked {
@@ -238,6 +347,7 @@ fn track(
         in_state_known: false,
         opened_ns,
         owner,
+        report,
     }
 }
 
@@ -300,16 +410,28 @@ fn inherited_from_listener(listener: &ListenerKey) -> Owner {
 }
 
 #[inline(always)]
-fn remember_listener(ctx: &TracePointContext, listener: &ListenerKey, owner: &Owner) {
+fn remember_listener<C: EbpfContext>(ctx: &C, listener: &ListenerKey, owner: &Owner) {
     if owner.tgid != 0 && LISTENERS.insert(listener, *owner, 0).is_err() {
         count(ctx, Counter::OwnerTableFull);
     }
 }
 
 #[inline(always)]
-fn addr_bytes(words: [u64; 2]) -> [u8; 16] {
+pub(crate) fn addr_bytes(words: [u64; 2]) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     bytes[..8].copy_from_slice(&words[0].to_ne_bytes());
     bytes[8..].copy_from_slice(&words[1].to_ne_bytes());
     bytes
+}
+
+/// Marks the entry as followed by userspace record by record from now on.
+#[inline(always)]
+pub(crate) fn follow(entry: &mut SocketEntry) {
+    entry.flags |= ENTRY_REPORTED;
+}
+
+/// Whether the entry's socket reached ESTABLISHED.
+#[inline(always)]
+pub(crate) fn established(entry: &SocketEntry) -> bool {
+    entry.flags & ENTRY_ESTABLISHED != 0
 }

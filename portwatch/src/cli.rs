@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use portwatch_workload::{self as workload, parse_duration};
 
 use crate::{
-    bpf::{EbpfLogLevel, TracerOptions},
+    bpf::{EbpfLogLevel, StateHook, TracerOptions},
     detect::{
         model::Limits,
         report::{Severity, Thresholds},
@@ -103,9 +103,15 @@ pub struct ReportArgs {
     pub replay: Option<std::path::PathBuf>,
 
     /// Also save the traced window to FILE, like `portwatch record`, so it can be
-    /// replayed later with --replay.
+    /// replayed later with --replay. Implies --collect records.
     #[arg(long, value_name = "FILE")]
     pub record: Option<std::path::PathBuf>,
+
+    /// How the kernel hands transitions over: `counts` (the default) costs a churning
+    /// host least and hooks no system call; `records` is one record per transition, as
+    /// `stream` gets them (see docs/kernels.md).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = CollectMode::Counts)]
+    pub collect: CollectMode,
 
     #[command(flatten)]
     pub detection: DetectionArgs,
@@ -139,6 +145,12 @@ pub struct ServeArgs {
     /// the most ports in use); the rest fold into destination="other".
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_series_destinations: u32,
+
+    /// How the kernel hands transitions over: `counts` (the default) costs a churning
+    /// host least and hooks no system call; `records` is one record per transition, as
+    /// `stream` gets them (see docs/kernels.md).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = CollectMode::Counts)]
+    pub collect: CollectMode,
 
     #[command(flatten)]
     pub detection: DetectionArgs,
@@ -345,14 +357,46 @@ pub struct KernelArgs {
     /// from this level up. Off by default, when they cost nothing.
     #[arg(long, value_enum, value_name = "LEVEL", default_value_t = EbpfLogLevel::Off)]
     pub ebpf_log: EbpfLogLevel,
+
+    /// Which form of the kernel's TCP state tracepoint to attach: `auto` takes the
+    /// BTF-typed one (less overhead per transition) where the kernel's BTF shows the
+    /// socket laid out as portwatch reads it, else the classic one; `classic` forces
+    /// the classic one.
+    #[arg(long, value_enum, value_name = "HOOK", default_value_t = StateHook::Auto)]
+    pub state_hook: StateHook,
 }
 
 impl KernelArgs {
+    /// The tracer's options; the sink decides how transitions are collected.
     pub fn options(&self) -> TracerOptions {
         TracerOptions {
             ring_buffer_bytes: self.ring_buffer_size,
             max_sockets: self.max_sockets,
             ebpf_log: self.ebpf_log,
+            state_hook: self.state_hook,
+            ..TracerOptions::default()
+        }
+    }
+}
+
+/// How a summarising command (`report`, `serve`) gets transitions from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CollectMode {
+    /// Counts per process and destination in the kernel, read every second; records
+    /// only for listeners, failed connects and sockets that predate portwatch. A few
+    /// percent of a churning host's connections per second, and no system-call hooks.
+    Counts,
+    /// One record per transition, as `stream` gets them, with the accept() and
+    /// connect() hooks (exact owners of accepted sockets as they are accepted; every
+    /// process's system calls take the kernel's slow path while attached).
+    Records,
+}
+
+impl CollectMode {
+    pub fn kernel(self) -> portwatch_common::Collect {
+        match self {
+            CollectMode::Counts => portwatch_common::Collect::Counts,
+            CollectMode::Records => portwatch_common::Collect::Records,
         }
     }
 }

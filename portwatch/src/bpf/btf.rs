@@ -9,7 +9,7 @@
 //! ~150-line reader of the format (Documentation/bpf/btf.rst), tested on the host's BTF.
 use std::{fs, path::Path};
 
-use portwatch_common::NetnsOffsets;
+use portwatch_common::{NetnsOffsets, SockCommonHead, SockLayout};
 
 const BTF_MAGIC: u16 = 0xeb9f;
 
@@ -46,6 +46,8 @@ pub enum BtfError {
     NoStruct(String),
     #[error("struct {0} has no member {1}")]
     NoMember(String, String),
+    #[error("struct sock's {0} is at offset {1} in this kernel, not {2}")]
+    Moved(String, u32, usize),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -232,6 +234,22 @@ impl Btf {
         Ok(bits / 8)
     }
 
+    /// Whether `struct sock` starts as [`SockCommonHead`] says (what the BTF-typed state
+    /// program copies in one read), and where its `sk_protocol` is, for `SOCK_LAYOUT`.
+    pub fn sock_layout(&self) -> Result<SockLayout, BtfError> {
+        for (path, expected, _size) in SockCommonHead::FIELDS {
+            let path: Vec<&str> = path.split('.').collect();
+            let found = self.offset_of("sock", &path)?;
+            if found as usize != expected {
+                return Err(BtfError::Moved(path.join("."), found, expected));
+            }
+        }
+        Ok(SockLayout {
+            protocol: self.offset_of("sock", &["sk_protocol"])?,
+            _pad: 0,
+        })
+    }
+
     /// Where the programs find network namespace inodes, for `NETNS_OFFSETS`.
     pub fn netns_offsets(&self) -> Result<NetnsOffsets, BtfError> {
         Ok(NetnsOffsets {
@@ -282,6 +300,9 @@ mod tests {
             offsets.task_nsproxy > 0 && offsets.nsproxy_net > 0,
             "{offsets:?}"
         );
+        // 5.8 through 6.18 lay out sock_common's head alike: the BTF-typed program's.
+        let layout = btf.sock_layout().unwrap();
+        assert!(layout.protocol > 88, "{layout:?}");
         assert!(matches!(
             btf.offset_of("sock", &["no_such_member"]),
             Err(BtfError::NoMember(..))

@@ -9,11 +9,14 @@ use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
-use portwatch_common::{COUNTER_SLOTS, Counter, ListenerKey, NetnsOffsets, Owner, names};
+use portwatch_common::{
+    COUNTER_SLOTS, Collect, Counter, ListenerKey, NetnsOffsets, Owner, SockLayout, names,
+};
 
 use super::{
+    counts::CountReader,
     ebpf_log::{self, EbpfLogLevel},
     environment::{self, Features},
     reader::EventReader,
@@ -32,6 +35,10 @@ pub struct TracerOptions {
     pub max_sockets: u32,
     /// The eBPF programs' diagnostics on stderr, from this level up; off by default.
     pub ebpf_log: EbpfLogLevel,
+    /// One record per transition, or counts (see portwatch-ebpf's `counting`).
+    pub collect: Collect,
+    /// Which form of the state tracepoint may be attached.
+    pub state_hook: StateHook,
 }
 
 impl Default for TracerOptions {
@@ -40,6 +47,38 @@ impl Default for TracerOptions {
             ring_buffer_bytes: 8 << 20,
             max_sockets: 65536,
             ebpf_log: EbpfLogLevel::Off,
+            collect: Collect::Records,
+            state_hook: StateHook::Auto,
+        }
+    }
+}
+
+/// Which form of `sock:inet_sock_set_state` to attach the state program to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StateHook {
+    /// The BTF-typed tracepoint where the kernel's BTF describes `struct sock` as the
+    /// program reads it and the kernel loads the program; else the classic one.
+    Auto,
+    /// The classic tracepoint, whatever the kernel offers.
+    Classic,
+}
+
+/// What was attached: the path the kernel's records and counts take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelPath {
+    pub collect: Collect,
+    /// True for the BTF-typed tracepoint (`tp_btf`), false for the classic one.
+    pub btf_hook: bool,
+}
+
+impl KernelPath {
+    /// As the report header and `--help` name it.
+    pub fn describe(&self) -> &'static str {
+        match (self.collect, self.btf_hook) {
+            (Collect::Counts, true) => "counts, BTF tracepoint",
+            (Collect::Counts, false) => "counts, classic tracepoint",
+            (Collect::Records, true) => "records, BTF tracepoint",
+            (Collect::Records, false) => "records, classic tracepoint",
         }
     }
 }
@@ -53,6 +92,12 @@ pub struct KernelCounters {
     pub socket_table_full: u64,
     /// Listener, accept or peer entries the kernel had no room for (owners missed).
     pub owner_table_full: u64,
+    /// Counting path: transitions sent as records because `FLOWS` was full (nothing
+    /// lost; each cost a record).
+    pub flow_table_full: u64,
+    /// Counting path: CLOSE_WAIT sockets followed by records because `CLOSE_WAITS` was
+    /// full (nothing lost).
+    pub close_wait_table_full: u64,
     /// Runs of portwatch's programs the kernel skipped because another eBPF program
     /// was running on that CPU (its recursion guard for kprobe and tracepoint programs,
     /// hit e.g. when a softirq interrupts one): each is an event that never existed.
@@ -77,6 +122,9 @@ pub struct Tracer {
     /// Whether events carry network namespaces (false: the kernel's BTF had no offsets
     /// for them, and every `netns` is 0).
     netns_known: bool,
+    path: KernelPath,
+    /// The counting path's maps; None on the records path.
+    counts: Option<CountReader>,
     /// Reads the eBPF log while `--ebpf-log` is on; stops when dropped.
     _log_task: Option<ebpf_log::LogTask>,
 }
@@ -97,7 +145,16 @@ impl Tracer {
         // back when freed (`report` peaked at 35 MiB without it, 24 with).
         // SAFETY: mallopt only changes the allocator's tuning; any value is valid.
         unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10) };
-        let netns_offsets = netns_offsets();
+        let (netns_offsets, sock_layout) = btf_offsets(options.state_hook);
+        let counting = options.collect == Collect::Counts;
+        let collect = options.collect as u32;
+        let sock_layout_global = sock_layout.as_ref().map_or(SockLayout::default(), |l| *l);
+        // The path a mode does not use costs nothing: its maps shrink to one entry.
+        let (peers, flows, close_waits) = if counting {
+            (1, flow_capacity(options.max_sockets), options.max_sockets)
+        } else {
+            (options.max_sockets, 1, 1)
+        };
         // The loader holds the kernel's BTF, parsed (about 15 MB): it goes as soon as the
         // object is loaded, before anything else portwatch allocates adds to the peak.
         let mut ebpf = {
@@ -105,9 +162,16 @@ impl Tracer {
             loader
                 .override_global(names::WAKEUP_BYTES, &wakeup_bytes, true)
                 .override_global(names::NETNS_OFFSETS, &netns_offsets, true)
+                .override_global(names::COLLECT, &collect, true)
+                .override_global(names::SOCK_LAYOUT, &sock_layout_global, true)
                 .map_max_entries(names::EVENTS, options.ring_buffer_bytes)
                 .map_max_entries(names::SOCKETS, options.max_sockets)
-                .map_max_entries(names::PEERS, options.max_sockets);
+                .map_max_entries(names::PEERS, peers)
+                .map_max_entries(names::FLOWS, flows)
+                .map_max_entries(names::CLOSE_WAITS, close_waits);
+            if counting {
+                loader.map_max_entries(names::ACCEPTS, 1);
+            }
             ebpf_log::configure(&mut loader, options.ebpf_log, &log_level);
             loader.load(EBPF_OBJECT)
         }
@@ -117,8 +181,10 @@ impl Tracer {
         let log_task = ebpf_log::start(&mut ebpf, options.ebpf_log)?;
 
         // Attach the optional hooks first: the state program's events carry what they
-        // learn, so it should not run without them.
-        if features.accept_hook.is_ok() {
+        // learn, so it should not run without them. The counting path attaches no
+        // `syscalls:*` tracepoint: while one is attached, every system call of every
+        // process takes the kernel's slow path.
+        if !counting && features.accept_hook.is_ok() {
             attach(
                 &mut ebpf,
                 names::PROG_ACCEPT_ENTER,
@@ -137,19 +203,40 @@ impl Tracer {
                 &[environment::EXIT_TRACEPOINT],
             )?;
         }
-        if features.connect_hook.is_ok() {
+        if !counting && features.connect_hook.is_ok() {
             attach(
                 &mut ebpf,
                 names::PROG_CONNECT_EXIT,
                 &[environment::CONNECT_EXIT_TRACEPOINT],
             )?;
         }
-        attach(
-            &mut ebpf,
-            names::PROG_INET_SOCK_SET_STATE,
-            &[environment::STATE_TRACEPOINT],
-        )
-        .with_context(|| format!("tracefs at {}", tracefs.display()))?;
+        let btf_hook = match sock_layout {
+            Ok(_) => match attach_btf_state(&mut ebpf) {
+                Ok(()) => true,
+                Err(err) => {
+                    eprintln!(
+                        "portwatch: note: the BTF-typed TCP state tracepoint did not load \
+                         ({err:#}); using the classic one, which costs a little more per \
+                         transition"
+                    );
+                    false
+                }
+            },
+            Err(_) => false,
+        };
+        if !btf_hook {
+            attach(
+                &mut ebpf,
+                names::PROG_INET_SOCK_SET_STATE,
+                &[environment::STATE_TRACEPOINT],
+            )
+            .with_context(|| format!("tracefs at {}", tracefs.display()))?;
+        }
+        let counts = if counting {
+            Some(CountReader::new(&mut ebpf)?)
+        } else {
+            None
+        };
 
         let ring = RingBuf::try_from(ebpf.take_map(names::EVENTS).context("no EVENTS map")?)?;
         let counters =
@@ -163,6 +250,11 @@ impl Tracer {
                 counters,
                 features,
                 netns_known: netns_offsets.enabled != 0,
+                path: KernelPath {
+                    collect: options.collect,
+                    btf_hook,
+                },
+                counts,
                 _log_task: log_task,
             },
             reader,
@@ -177,6 +269,16 @@ impl Tracer {
     /// Whether events carry their socket's network namespace.
     pub fn netns_known(&self) -> bool {
         self.netns_known
+    }
+
+    /// Which path and hook were attached.
+    pub fn path(&self) -> KernelPath {
+        self.path
+    }
+
+    /// The counting path's maps; None on the records path.
+    pub fn counts(&mut self) -> Option<&mut CountReader> {
+        self.counts.as_mut()
     }
 
     /// Tells the kernel who owns a listening socket that predates portwatch (on `port`
@@ -204,11 +306,13 @@ impl Tracer {
             let per_cpu = self.counters.get(&(counter as u32), 0)?;
             Ok(per_cpu.iter().sum())
         };
-        debug_assert_eq!(COUNTER_SLOTS, 3);
+        debug_assert_eq!(COUNTER_SLOTS, 5);
         Ok(KernelCounters {
             ring_buffer_full: sum(Counter::RingBufFull)?,
             socket_table_full: sum(Counter::SocketTableFull)?,
             owner_table_full: sum(Counter::OwnerTableFull)?,
+            flow_table_full: sum(Counter::FlowTableFull)?,
+            close_wait_table_full: sum(Counter::CloseWaitTableFull)?,
             skipped: self.skipped_runs(),
         })
     }
@@ -249,15 +353,47 @@ fn recursion_misses(fdinfo: &str) -> Option<u64> {
         .and_then(|count| count.trim().parse().ok())
 }
 
-/// The offsets the programs read network namespaces through, from the kernel's BTF;
-/// without BTF or the fields, disabled with one warning: events then carry netns 0 and
-/// sockets of different namespaces are told apart only by their kernel address.
-fn netns_offsets() -> NetnsOffsets {
-    let found = match super::btf::Btf::from_sys_fs() {
-        Ok(Ok(btf)) => btf.netns_offsets().map_err(anyhow::Error::from),
+/// How many flows (owner and destination) the counting path's `FLOWS` holds: a quarter
+/// of the sockets, at least 4096. Past it, transitions go to the ring buffer as
+/// records, so a full map costs records rather than counts.
+fn flow_capacity(max_sockets: u32) -> u32 {
+    (max_sockets / 4).max(4096)
+}
+
+/// From the kernel's BTF, in one reading: where the programs find network namespaces,
+/// and (unless `hook` says classic) whether `struct sock` is laid out as the BTF-typed
+/// state program reads it (Err says why not, and the classic tracepoint is used).
+fn btf_offsets(hook: StateHook) -> (NetnsOffsets, Result<SockLayout>) {
+    let btf = match super::btf::Btf::from_sys_fs() {
+        Ok(Ok(btf)) => Ok(btf),
         Ok(Err(err)) => Err(anyhow::Error::from(err)),
         Err(err) => Err(anyhow::Error::from(err).context("reading /sys/kernel/btf/vmlinux")),
     };
+    let sock_layout = match (&btf, hook) {
+        (_, StateHook::Classic) => Err(anyhow::anyhow!("--state-hook classic")),
+        (Ok(btf), StateHook::Auto) => btf.sock_layout().map_err(anyhow::Error::from),
+        (Err(err), StateHook::Auto) => Err(anyhow::anyhow!("{err:#}")),
+    };
+    let netns = btf.and_then(|btf| btf.netns_offsets().map_err(anyhow::Error::from));
+    (netns_offsets(netns), sock_layout)
+}
+
+/// Loads the state program on the BTF-typed tracepoint and attaches it.
+fn attach_btf_state(ebpf: &mut Ebpf) -> Result<()> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(names::PROG_INET_SOCK_SET_STATE_BTF)
+        .context("the eBPF object has no BTF-typed state program")?
+        .try_into()?;
+    program.load("inet_sock_set_state", &btf)?;
+    program.attach()?;
+    Ok(())
+}
+
+/// The offsets the programs read network namespaces through, from the kernel's BTF;
+/// without BTF or the fields, disabled with one warning: events then carry netns 0 and
+/// sockets of different namespaces are told apart only by their kernel address.
+fn netns_offsets(found: Result<NetnsOffsets>) -> NetnsOffsets {
     found.unwrap_or_else(|err| {
         eprintln!(
             "portwatch: warning: cannot find where the kernel keeps a socket's network \

@@ -57,6 +57,20 @@ impl Sink for DemoSink {
     fn record(&mut self, bytes: &[u8]) {
         self.inner.record(bytes);
     }
+
+    fn collect(&self) -> portwatch_common::Collect {
+        self.inner.collect()
+    }
+
+    fn counts(
+        &mut self,
+        from_ns: u64,
+        to_ns: u64,
+        flows: &[crate::event::FlowCount],
+        close_waits: &[crate::event::CloseWaitSocket],
+    ) {
+        self.inner.counts(from_ns, to_ns, flows, close_waits);
+    }
 }
 
 fn spawn_actors() -> Result<Vec<WorkloadProcess>> {
@@ -107,7 +121,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
                 max_sockets: args.kernel.max_sockets as usize,
                 ..Limits::default()
             },
-        )),
+        ))
+        .collecting(portwatch_common::Collect::Counts),
         actors: Vec::new(),
     };
     let traced = trace::trace(

@@ -10,11 +10,19 @@ pub mod trace;
 
 use std::time::Duration;
 
-use crate::bpf::Features;
+use portwatch_common::Collect;
+
+use crate::bpf::{Features, KernelPath};
 
 /// Tells the user, once, which optional hooks this kernel cannot serve and what that
-/// costs.
-pub fn warn_about_missing_features(features: &Features) {
+/// costs. The counting path uses neither syscall hook.
+pub fn warn_about_missing_features(features: &Features, path: KernelPath) {
+    if path.collect == Collect::Counts {
+        if let Err(why) = &features.exit_hook {
+            eprintln!("portwatch: warning: {why}; owners that exit are not marked as such");
+        }
+        return;
+    }
     if let Err(why) = &features.accept_hook {
         eprintln!(
             "portwatch: warning: {why}; accepted sockets keep their listener's owner until \

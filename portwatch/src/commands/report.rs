@@ -3,6 +3,7 @@
 use std::io::{self, Write as _};
 
 use anyhow::{Context as _, Result, bail};
+use portwatch_common::Collect;
 
 use crate::{
     cli::{ReportArgs, ReportFormat},
@@ -15,7 +16,7 @@ use crate::{
         ports::PortBudget,
         report::{self, Context, Report},
     },
-    event::{DecodeError, Event, decode},
+    event::{CloseWaitSocket, DecodeError, Event, FlowCount, decode},
     output,
     record::{self, Recording},
     sockets::table::Seed,
@@ -35,6 +36,8 @@ pub struct ModelSink {
     pub first_error: Option<DecodeError>,
     /// `--netns`: only this namespace's sockets go into the model.
     pub netns: Option<u32>,
+    /// How the kernel hands transitions over.
+    pub collect: Collect,
 }
 
 impl ModelSink {
@@ -44,7 +47,14 @@ impl ModelSink {
             undecodable: 0,
             first_error: None,
             netns: None,
+            collect: Collect::Records,
         }
+    }
+
+    /// Counts rather than records (see portwatch-ebpf's `counting`).
+    pub fn collecting(mut self, collect: Collect) -> Self {
+        self.collect = collect;
+        self
     }
 
     /// Only the sockets of network namespace `netns`, if given.
@@ -58,6 +68,9 @@ impl Sink for ModelSink {
     fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
         self.model.start_ns = start_ns;
         self.model.last_ns = start_ns;
+        if self.collect == Collect::Counts {
+            self.model.count_portless_closes_as_failed_connects();
+        }
         for seed in seeds {
             if self.netns.is_none_or(|netns| netns == seed.tuple.netns) {
                 self.model.seed(seed);
@@ -74,6 +87,33 @@ impl Sink for ModelSink {
             Err(err) => {
                 self.undecodable += 1;
                 self.first_error.get_or_insert(err);
+            }
+        }
+    }
+
+    fn collect(&self) -> Collect {
+        self.collect
+    }
+
+    fn counts(
+        &mut self,
+        from_ns: u64,
+        to_ns: u64,
+        flows: &[FlowCount],
+        close_waits: &[CloseWaitSocket],
+    ) {
+        match self.netns {
+            None => self.model.apply_counts(from_ns, to_ns, flows, close_waits),
+            Some(netns) => {
+                let flows: Vec<FlowCount> =
+                    flows.iter().filter(|f| f.netns == netns).cloned().collect();
+                let close_waits: Vec<CloseWaitSocket> = close_waits
+                    .iter()
+                    .filter(|c| c.netns == netns)
+                    .copied()
+                    .collect();
+                self.model
+                    .apply_counts(from_ns, to_ns, &flows, &close_waits);
             }
         }
     }
@@ -135,12 +175,32 @@ impl Sink for LiveSink {
     fn batch_done(&mut self) -> bool {
         self.file.as_mut().is_none_or(FileSink::batch_done)
     }
+
+    /// A recording needs every record.
+    fn collect(&self) -> Collect {
+        match self.file {
+            Some(_) => Collect::Records,
+            None => self.model.collect(),
+        }
+    }
+
+    fn counts(
+        &mut self,
+        from_ns: u64,
+        to_ns: u64,
+        flows: &[FlowCount],
+        close_waits: &[CloseWaitSocket],
+    ) {
+        self.model.counts(from_ns, to_ns, flows, close_waits);
+    }
 }
 
 async fn live(args: &ReportArgs) -> Result<Report> {
     let mut settings = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
     let mut live = LiveSink {
-        model: ModelSink::new(Model::with_limits(0, args.limits())).in_netns(args.netns),
+        model: ModelSink::new(Model::with_limits(0, args.limits()))
+            .in_netns(args.netns)
+            .collecting(args.collect.kernel()),
         file: args
             .record
             .as_deref()

@@ -4,12 +4,18 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 
+use portwatch_common::Collect;
+
 use crate::{
-    bpf::{KernelCounters, Tracer},
+    bpf::{KernelCounters, KernelPath, Tracer},
     cli::KernelArgs,
     clock::monotonic_ns,
+    event::{CloseWaitSocket, DecodeError, FlowCount},
     sockets::table::Seed,
 };
+
+/// How often the counting path's maps are read: the resolution of its rates.
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
 
 /// What a traced window was, besides its records.
 pub struct Traced {
@@ -18,6 +24,7 @@ pub struct Traced {
     pub counters: KernelCounters,
     /// Whether the kernel's records carried network namespaces (see `Tracer`).
     pub netns_known: bool,
+    pub path: KernelPath,
 }
 
 /// Where a traced window goes.
@@ -44,6 +51,69 @@ pub trait Sink {
     }
     /// The kernel's loss counters now, every [`Sink::counters_every`].
     fn counters(&mut self, _counters: &KernelCounters) {}
+    /// How the kernel hands transitions over: one record each (the default), or counts
+    /// for a sink that only summarises (see portwatch-ebpf's `counting`).
+    fn collect(&self) -> Collect {
+        Collect::Records
+    }
+    /// Counting path: what the flows did over `(from_ns, to_ns]`, and the sockets in
+    /// CLOSE_WAIT at `to_ns`; every second, and once more after the last record.
+    fn counts(
+        &mut self,
+        _from_ns: u64,
+        _to_ns: u64,
+        _flows: &[FlowCount],
+        _close_waits: &[CloseWaitSocket],
+    ) {
+    }
+}
+
+/// Reads the counting path's maps and hands what changed to the sink.
+#[derive(Default)]
+struct Counts {
+    last_ns: u64,
+    readings: Vec<crate::bpf::FlowReading>,
+    close_wait_entries: Vec<(u64, portwatch_common::CloseWaitEntry)>,
+    flows: Vec<FlowCount>,
+    close_waits: Vec<CloseWaitSocket>,
+    warned: bool,
+}
+
+impl Counts {
+    fn read(&mut self, tracer: &mut Tracer, sink: &mut impl Sink) {
+        let Some(reader) = tracer.counts() else {
+            return;
+        };
+        let now_ns = monotonic_ns();
+        let read = reader
+            .read_flows(&mut self.readings)
+            .and_then(|()| reader.read_close_waits(&mut self.close_wait_entries));
+        if let Err(err) = read {
+            if !std::mem::replace(&mut self.warned, true) {
+                eprintln!("portwatch: warning: {err:#}; counts are missing from this reading");
+            }
+            return;
+        }
+        let decoded: Result<(), DecodeError> = (|| {
+            self.flows.clear();
+            for (key, now, before) in &self.readings {
+                self.flows.push(FlowCount::between(key, now, before)?);
+            }
+            self.close_waits.clear();
+            for (sock, entry) in &self.close_wait_entries {
+                self.close_waits
+                    .push(CloseWaitSocket::decode(*sock, entry)?);
+            }
+            Ok(())
+        })();
+        if let Err(err) = decoded {
+            // The kernel writes only what portwatch-common defines: this is a bug.
+            eprintln!("portwatch: warning: undecodable kernel counts ({err}); skipped");
+            return;
+        }
+        sink.counts(self.last_ns, now_ns, &self.flows, &self.close_waits);
+        self.last_ns = now_ns;
+    }
 }
 
 /// Traces until Ctrl-C, SIGTERM or `duration`, feeding `sink`.
@@ -56,9 +126,17 @@ pub async fn trace(
     let mut stop = super::StopSignal::install(duration).context("installing signal handlers")?;
     crate::bpf::environment::check_privileges()?;
     sink.prepare()?;
-    let (mut tracer, mut reader) = Tracer::start(&kernel.options())?;
-    super::warn_about_missing_features(tracer.features());
+    let options = crate::bpf::TracerOptions {
+        collect: sink.collect(),
+        ..kernel.options()
+    };
+    let (mut tracer, mut reader) = Tracer::start(&options)?;
+    super::warn_about_missing_features(tracer.features(), tracer.path());
     let start_ns = monotonic_ns();
+    let mut counts = Counts {
+        last_ns: start_ns,
+        ..Counts::default()
+    };
     // After attaching, so no socket falls between the snapshot and the first event.
     let seeds = super::startup::seeds(&mut tracer);
     // Attached, and the listeners' owners written: what only loading needed can go,
@@ -75,6 +153,9 @@ pub async fn trace(
         None => eprintln!("portwatch: {what} until Ctrl-C"),
     }
     let mut counters_tick = sink.counters_every().map(tokio::time::interval);
+    let mut counts_tick = (tracer.path().collect == Collect::Counts).then(|| {
+        tokio::time::interval_at(tokio::time::Instant::now() + COUNTS_EVERY, COUNTS_EVERY)
+    });
     let counters_due = async |tick: &mut Option<tokio::time::Interval>| match tick {
         Some(tick) => {
             tick.tick().await;
@@ -85,6 +166,7 @@ pub async fn trace(
         tokio::select! {
             biased;
             () = stop.requested() => break,
+            () = counters_due(&mut counts_tick) => counts.read(&mut tracer, sink),
             () = counters_due(&mut counters_tick) => match tracer.counters() {
                 Ok(counters) => sink.counters(&counters),
                 Err(err) => eprintln!("portwatch: warning: reading the kernel's counters: {err:#}"),
@@ -98,15 +180,18 @@ pub async fn trace(
         }
     }
     reader.drain(|bytes| sink.record(bytes));
+    counts.read(&mut tracer, sink);
     sink.batch_done();
     let end_ns = monotonic_ns();
     let counters = tracer.counters()?;
     let netns_known = tracer.netns_known();
+    let path = tracer.path();
     drop(tracer);
     Ok(Traced {
         start_ns,
         end_ns,
         counters,
         netns_known,
+        path,
     })
 }

@@ -23,6 +23,27 @@ impl Histogram {
         self.sum += u128::from(value);
     }
 
+    /// Records `count` values, each taken as `value` (the counting path knows lifetimes
+    /// only per log2 bucket; see [`Histogram::correct_sum`] for their exact sum).
+    pub fn record_many(&mut self, value: u64, count: u64) {
+        if count == 0 {
+            return;
+        }
+        let index = bucket(value);
+        if self.counts.len() <= index {
+            self.counts.resize(index + 1, 0);
+        }
+        self.counts[index] += count;
+        self.total += count;
+        self.sum += u128::from(value) * u128::from(count);
+    }
+
+    /// Replaces what [`Histogram::record_many`] added to the sum as bucket values
+    /// (`approximate`) with the exact sum the kernel kept (`exact`).
+    pub fn correct_sum(&mut self, approximate: u128, exact: u128) {
+        self.sum = self.sum - approximate.min(self.sum) + exact;
+    }
+
     /// The sum of every recorded value.
     pub fn sum(&self) -> u128 {
         self.sum

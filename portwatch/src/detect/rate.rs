@@ -90,6 +90,33 @@ impl Occurrences {
         slot.count += 1;
     }
 
+    /// Counts `n` that happened in `(from_ns, to_ns]` (the counting path reads the
+    /// kernel's counts on an interval and knows no finer): taken as evenly spread over
+    /// it, so the active span and its rate come out as for `n` separate records, to
+    /// within one interval.
+    pub fn record_many(&mut self, n: u64, from_ns: u64, to_ns: u64, window_start_ns: u64) {
+        if n == 0 {
+            return;
+        }
+        let from_ns = from_ns.min(to_ns);
+        let first = from_ns + (to_ns - from_ns) / n;
+        if self.count == 0 {
+            self.first_ns = first;
+        }
+        self.count += n;
+        self.first_ns = self.first_ns.min(first);
+        self.last_ns = self.last_ns.max(to_ns);
+        let number = to_ns.saturating_sub(window_start_ns) / NS_PER_S + 1;
+        let slot = &mut self.recent[(number % RECENT_S) as usize];
+        if slot.number != number {
+            if slot.number > number {
+                return;
+            }
+            *slot = Second { number, count: 0 };
+        }
+        slot.count += n;
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -259,6 +286,34 @@ mod tests {
         let rates = one.rates(&w);
         assert_eq!(rates.active_s, 10.0);
         assert!(close(rates.active_per_s, 0.1), "{rates:?}");
+    }
+
+    #[test]
+    fn counts_read_on_an_interval_rate_as_the_records_would() {
+        // The counting path: 200/s for 5 s of an 8 s window, read once a second.
+        let w = window(8.0);
+        let mut counted = Occurrences::default();
+        for second in 2..7 {
+            counted.record_many(200, T0 + (second - 1) * S, T0 + second * S, w.start_ns);
+        }
+        let records = paced(200, 1.0, 6.0, &w).rates(&w);
+        let rates = counted.rates(&w);
+        assert_eq!(counted.count(), 1000);
+        assert!(
+            close(rates.active_per_s, records.active_per_s),
+            "{rates:?} {records:?}"
+        );
+        assert!(
+            close(rates.active_s, records.active_s),
+            "{rates:?} {records:?}"
+        );
+        assert!(
+            close(rates.recent_per_s, records.recent_per_s),
+            "{rates:?} {records:?}"
+        );
+        // Nothing counted changes nothing.
+        counted.record_many(0, T0, T0 + 8 * S, w.start_ns);
+        assert_eq!(counted.count(), 1000);
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl TryFrom<&StateEvent> for Transition {
     }
 }
 
-fn owner(raw: &RawOwner) -> Result<Option<Owner>, DecodeError> {
+pub(super) fn owner(raw: &RawOwner) -> Result<Option<Owner>, DecodeError> {
     let source = match raw.source {
         s if s == RawSource::Unknown as u8 => return Ok(None),
         s if s == RawSource::Connect as u8 => OwnerSource::Connect,
@@ -158,7 +158,7 @@ fn owner(raw: &RawOwner) -> Result<Option<Owner>, DecodeError> {
     }))
 }
 
-fn origin(raw: u8) -> Result<Option<Origin>, DecodeError> {
+pub(super) fn origin(raw: u8) -> Result<Option<Origin>, DecodeError> {
     Ok(match raw {
         o if o == RawOrigin::Unknown as u8 => None,
         o if o == RawOrigin::Active as u8 => Some(Origin::Active),
@@ -168,7 +168,7 @@ fn origin(raw: u8) -> Result<Option<Origin>, DecodeError> {
     })
 }
 
-fn ipv4(bytes: &[u8; 16]) -> IpAddr {
+pub(super) fn ipv4(bytes: &[u8; 16]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
 }
 

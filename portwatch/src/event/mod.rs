@@ -6,10 +6,12 @@ use serde::{Serialize, Serializer};
 
 use crate::tcp_state::TcpState;
 
+mod counts;
 mod decode;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use counts::{CloseWaitSocket, FlowCount, lifetime_bucket_ns};
 pub use decode::{DecodeError, decode, ipv6, unmap};
 
 /// Address family of a socket.

@@ -22,9 +22,9 @@ use crate::{
         ports::PortBudget,
         report::{self, Context, Evidence, FindingKind, Severity, Thresholds},
     },
-    event::{Comm, DecodeError, Origin, decode},
+    event::{Comm, DecodeError, decode},
     process::Process,
-    sockets::{table::Seed, time_wait::TIME_WAIT_NS},
+    sockets::table::Seed,
     tcp_state::TcpState,
 };
 
@@ -233,23 +233,9 @@ fn oldest_close_wait(model: &Model, now_ns: u64) -> FxHashMap<Process, f64> {
     oldest
 }
 
-/// Local ports taken now per destination: live connections this host opened, plus
-/// TIME_WAIT sockets younger than 60 s (as the exhaustion detector counts them).
+/// Local ports taken now per destination (as the exhaustion detector counts them).
 fn ports_in_use(model: &Model, now_ns: u64) -> FxHashMap<Destination, usize> {
-    let mut in_use: FxHashMap<Destination, usize> = FxHashMap::default();
-    for (_, socket) in model.table.live() {
-        if socket.origin == Some(Origin::Active) && socket.tuple.sport != 0 {
-            let t = socket.tuple;
-            *in_use.entry(Destination::of_tuple(&t)).or_default() += 1;
-        }
-    }
-    for tw in model.table.time_wait() {
-        if now_ns.saturating_sub(tw.since_ns) < TIME_WAIT_NS {
-            let t = tw.tuple;
-            *in_use.entry(Destination::of_tuple(&t)).or_default() += tw.count as usize;
-        }
-    }
-    in_use
+    model.ports_in_use(now_ns)
 }
 
 pub fn kind_name(kind: FindingKind) -> &'static str {

@@ -94,6 +94,24 @@ impl TimeWaits {
         owner: Option<OwnerId>,
         process: Option<Process>,
     ) {
+        self.add_many(tuple, origin, ts_ns, owner, process, 1);
+    }
+
+    /// Counts `count` sockets that entered TIME_WAIT at `ts_ns` (as [`TimeWaits::add`]).
+    pub fn add_many(
+        &mut self,
+        tuple: Tuple,
+        origin: Option<Origin>,
+        ts_ns: u64,
+        owner: Option<OwnerId>,
+        process: Option<Process>,
+        count: u64,
+    ) {
+        // A group of more than 4 billion in one second: more than a host can make.
+        let count = u32::try_from(count).unwrap_or(u32::MAX);
+        if count == 0 {
+            return;
+        }
         let tuple = match origin {
             Some(Origin::Passive) => Tuple {
                 daddr: unspecified(tuple.daddr),
@@ -116,7 +134,7 @@ impl TimeWaits {
                 .checked_sub(self.expired)
                 .and_then(|index| self.groups.get_mut(index as usize))
         {
-            group.count += 1;
+            group.count += count;
             return;
         }
         let position = self.expired + self.groups.len() as u64;
@@ -124,7 +142,7 @@ impl TimeWaits {
         self.groups.push_back(StoredTimeWait {
             tuple,
             owner,
-            count: 1,
+            count,
             since_ns: ts_ns,
         });
         if self.groups.len() > self.max_groups {

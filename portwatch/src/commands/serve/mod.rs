@@ -62,6 +62,7 @@ impl Collector for MetricsCollector {
 }
 
 struct ServeSink {
+    collect: portwatch_common::Collect,
     shared: Arc<Shared>,
     listener: Option<std::net::TcpListener>,
     server: Option<http::Server>,
@@ -69,7 +70,13 @@ struct ServeSink {
 
 impl Sink for ServeSink {
     fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
-        lock(&self.shared.live).start(start_ns, seeds);
+        {
+            let mut live = lock(&self.shared.live);
+            live.start(start_ns, seeds);
+            if self.collect == portwatch_common::Collect::Counts {
+                live.model.count_portless_closes_as_failed_connects();
+            }
+        }
         let listener = self
             .listener
             .take()
@@ -86,6 +93,22 @@ impl Sink for ServeSink {
     fn record(&mut self, bytes: &[u8]) {
         // Undecodable records are counted in the model and shown as a counter.
         let _ = lock(&self.shared.live).apply(bytes);
+    }
+
+    fn collect(&self) -> portwatch_common::Collect {
+        self.collect
+    }
+
+    fn counts(
+        &mut self,
+        from_ns: u64,
+        to_ns: u64,
+        flows: &[crate::event::FlowCount],
+        close_waits: &[crate::event::CloseWaitSocket],
+    ) {
+        lock(&self.shared.live)
+            .model
+            .apply_counts(from_ns, to_ns, flows, close_waits);
     }
 
     fn counters_every(&self) -> Option<Duration> {
@@ -117,6 +140,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         thresholds: args.detection.thresholds(),
     });
     let mut sink = ServeSink {
+        collect: args.collect.kernel(),
         shared,
         listener: Some(listener),
         server: None,

@@ -2,6 +2,8 @@
 //! stream, so live runs, replays and tests all go through it.
 use std::net::IpAddr;
 
+mod counts;
+
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::{
@@ -75,6 +77,10 @@ pub struct Activity {
     pub close_wait_left: u64,
     /// connect() calls that failed with EADDRNOTAVAIL.
     pub failed_connects: u64,
+    /// Counting path: connections the kernel counted open and not yet closed (opened
+    /// minus closed), which no socket in the table stands for unless it is one of the
+    /// CLOSE_WAIT sockets a reading put there.
+    pub counted_open: u64,
     /// Active connections opened, per destination.
     pub destinations: FxHashMap<Destination, u64>,
     /// Its latest event, for eviction: the longest idle goes first.
@@ -90,6 +96,9 @@ pub struct DestinationActivity {
     pub lifetimes: Histogram,
     /// Connections opened (or failed) per process.
     pub consumers: FxHashMap<Process, u64>,
+    /// Counting path: connections toward it counted open and not yet closed (see
+    /// [`Activity::counted_open`]).
+    pub counted_open: u64,
     /// Its latest event, for eviction.
     pub last_ns: u64,
 }
@@ -160,6 +169,9 @@ pub struct Model {
     /// The last portless SYN_SENT -> CLOSE per thread, to give a following
     /// EADDRNOTAVAIL its destination.
     portless: FxHashMap<u32, PortlessClose>,
+    /// Whether a portless SYN_SENT -> CLOSE is itself the failed connect (the counting
+    /// path attaches no connect() hook, so no EADDRNOTAVAIL record follows it).
+    portless_is_failure: bool,
     pub start_ns: u64,
     pub last_ns: u64,
     /// Records seen, of every kind.
@@ -191,6 +203,7 @@ impl Model {
             processes: FxHashMap::default(),
             destinations: FxHashMap::default(),
             portless: FxHashMap::default(),
+            portless_is_failure: false,
             start_ns,
             last_ns: start_ns,
             seen: 0,
@@ -198,6 +211,14 @@ impl Model {
             evicted_processes: 0,
             evicted_destinations: 0,
         }
+    }
+
+    /// Counts each portless SYN_SENT -> CLOSE as a failed connect (EADDRNOTAVAIL), for
+    /// records from the counting path, where no connect() hook sends its own record.
+    /// inet_hash_connect() failing to find a local port is the only way a connect()
+    /// leaves SYN_SENT without one (the kernel matrix checks it against connect()).
+    pub fn count_portless_closes_as_failed_connects(&mut self) {
+        self.portless_is_failure = true;
     }
 
     pub fn evictions(&self) -> Evictions {
@@ -227,7 +248,11 @@ impl Model {
             Event::Exited(_) => self.prune_exits(),
             Event::Accepted(_) => {}
         }
-        // One comparison per event; the work is in batches (see `evict_processes`).
+        self.enforce_limits();
+    }
+
+    /// One comparison per table; the work is in batches (see `evict_processes`).
+    fn enforce_limits(&mut self) {
         if self.processes.len() > self.limits.max_processes {
             self.evict_processes();
         }
@@ -318,6 +343,36 @@ impl Model {
         self.evicted_destinations += excess as u64;
     }
 
+    /// Local ports taken now per destination: live connections this host opened, plus
+    /// TIME_WAIT sockets younger than 60 s; on the counting path also the connections
+    /// counted open toward it that the table does not hold.
+    pub fn ports_in_use(&self, now_ns: u64) -> FxHashMap<Destination, usize> {
+        let mut in_use: FxHashMap<Destination, usize> = FxHashMap::default();
+        let mut counted_in_table: FxHashMap<Destination, u64> = FxHashMap::default();
+        for (sock, socket) in self.table.live() {
+            if socket.origin == Some(Origin::Active) && socket.tuple.sport != 0 {
+                let destination = Destination::of_tuple(&socket.tuple);
+                *in_use.entry(destination).or_default() += 1;
+                if self.table.is_counted(sock) {
+                    *counted_in_table.entry(destination).or_default() += 1;
+                }
+            }
+        }
+        for tw in self.table.time_wait() {
+            if now_ns.saturating_sub(tw.since_ns) < crate::sockets::time_wait::TIME_WAIT_NS {
+                *in_use.entry(Destination::of_tuple(&tw.tuple)).or_default() += tw.count as usize;
+            }
+        }
+        for (destination, toward) in &self.destinations {
+            let in_table = counted_in_table.get(destination).copied().unwrap_or(0);
+            let untabled = toward.counted_open.saturating_sub(in_table);
+            if untabled > 0 {
+                *in_use.entry(*destination).or_default() += untabled as usize;
+            }
+        }
+        in_use
+    }
+
     /// The processes holding live sockets or TIME_WAIT now, and whether any of those
     /// sockets is in CLOSE_WAIT.
     fn holding(&self) -> FxHashMap<Process, Holding> {
@@ -382,6 +437,10 @@ impl Model {
                 activity.close_wait_entered += 1;
             }
             (CloseWait, LastAck | Close) => activity.close_wait_left += 1,
+            (SynSent, Close) if event.sport == 0 && self.portless_is_failure => {
+                self.failed_connect(ts_ns, Some(Destination::of(event)), owner, event.task.comm);
+                return;
+            }
             (SynSent, Close) if event.sport == 0 => {
                 // connect() found no local port; its EADDRNOTAVAIL record follows.
                 self.portless.insert(
@@ -425,16 +484,32 @@ impl Model {
     fn connect_failed(&mut self, failed: &ConnectFailed) {
         let portless = self.portless.remove(&failed.task.tid);
         let owner = portless.and_then(|p| p.owner);
+        self.failed_connect(
+            failed.ts_ns,
+            portless.map(|p| p.destination),
+            owner,
+            failed.task.comm,
+        );
+    }
+
+    /// A connect() that failed for want of a local port toward `destination`.
+    fn failed_connect(
+        &mut self,
+        ts_ns: u64,
+        destination: Option<Destination>,
+        owner: Option<SocketOwner>,
+        comm: Comm,
+    ) {
         let process = owner.map_or(UNKNOWN, |owner| owner.process);
         let activity = self.activity(owner.as_ref());
-        activity.last_ns = activity.last_ns.max(failed.ts_ns);
+        activity.last_ns = activity.last_ns.max(ts_ns);
         activity.failed_connects += 1;
         if activity.comm.is_empty() {
-            activity.comm = failed.task.comm;
+            activity.comm = comm;
         }
-        if let Some(portless) = portless {
-            let toward = self.destinations.entry(portless.destination).or_default();
-            toward.last_ns = failed.ts_ns;
+        if let Some(destination) = destination {
+            let toward = self.destinations.entry(destination).or_default();
+            toward.last_ns = ts_ns;
             toward.failed_connects += 1;
             *toward.consumers.entry(process).or_default() += 1;
         }

@@ -1,15 +1,9 @@
 //! Port exhaustion: destinations whose local ports run out at the rate connections to
 //! them are opened, or already have (connect() failing with EADDRNOTAVAIL).
-use std::collections::HashMap;
-
 use super::{Context, Evidence, Finding, FindingKind, Severity, Who};
-use crate::{
-    detect::{
-        model::{Destination, Model, UNKNOWN},
-        rate::Window,
-    },
-    event::Origin,
-    sockets::time_wait::TIME_WAIT_NS,
+use crate::detect::{
+    model::{Model, UNKNOWN},
+    rate::Window,
 };
 
 pub(super) fn findings(
@@ -18,20 +12,7 @@ pub(super) fn findings(
     window: &Window,
     context: &Context<'_>,
 ) -> Vec<Finding> {
-    // Ports in use now per destination: live active sockets plus TIME_WAIT.
-    let mut in_use: HashMap<Destination, usize> = HashMap::new();
-    for (_, socket) in model.table.live() {
-        if socket.origin == Some(Origin::Active) && socket.tuple.sport != 0 {
-            *in_use
-                .entry(Destination::of_tuple(&socket.tuple))
-                .or_default() += 1;
-        }
-    }
-    for tw in model.table.time_wait() {
-        if now_ns.saturating_sub(tw.since_ns) < TIME_WAIT_NS {
-            *in_use.entry(Destination::of_tuple(&tw.tuple)).or_default() += tw.count as usize;
-        }
-    }
+    let in_use = model.ports_in_use(now_ns);
     let mut findings = Vec::new();
     for (destination, toward) in &model.destinations {
         let used = in_use.get(destination).copied().unwrap_or(0);

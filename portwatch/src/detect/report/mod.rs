@@ -442,8 +442,12 @@ fn ms(ns: u64) -> f64 {
 
 fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
     let mut holdings: HashMap<Process, Holdings> = HashMap::new();
-    for (_, socket) in model.table.live() {
+    let mut counted_in_table: HashMap<Process, u64> = HashMap::new();
+    for (sock, socket) in model.table.live() {
         let key = socket.owner.map_or(UNKNOWN, |o| o.process);
+        if model.table.is_counted(sock) {
+            *counted_in_table.entry(key).or_default() += 1;
+        }
         let held = holdings.entry(key).or_default();
         held.comm = held.comm.or(socket.owner.map(|o| o.comm));
         *held.states.entry(socket.state.name()).or_default() += 1;
@@ -455,6 +459,20 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
             };
             let peer = (socket.tuple.daddr, service_port);
             held.close_waits.push((age, socket.state_since_exact, peer));
+        }
+    }
+    // Counting path: connections counted open that the table does not hold (it holds
+    // their CLOSE_WAIT ones) are established, or closing on their way out.
+    for (process, activity) in &model.processes {
+        let in_table = counted_in_table.get(process).copied().unwrap_or(0);
+        let untabled = activity.counted_open.saturating_sub(in_table);
+        if untabled > 0 {
+            *holdings
+                .entry(*process)
+                .or_default()
+                .states
+                .entry(TcpState::Established.name())
+                .or_default() += untabled as usize;
         }
     }
     for seed in model.table.unmatched_seeds() {

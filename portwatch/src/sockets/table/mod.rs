@@ -14,7 +14,9 @@ use super::{
     tuple::Tuple,
 };
 use crate::{
-    event::{Accepted, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition},
+    event::{
+        Accepted, CloseWaitSocket, Comm, Event, Exited, Origin, Owner, OwnerSource, Transition,
+    },
     process::Process,
     tcp_state::TcpState,
 };
@@ -97,6 +99,9 @@ pub struct SocketTable {
     /// the key is a 4-tuple remote peers choose (see Cargo.toml on rustc-hash).
     seeds: HashMap<Tuple, Seed>,
     exits: Exits,
+    /// Counting path: the sockets in `live` that the last reading of the kernel's
+    /// CLOSE_WAIT sockets put there (the rest come from records).
+    counted_close_waits: FxHashSet<u64>,
 }
 
 impl Default for SocketTable {
@@ -124,6 +129,7 @@ impl SocketTable {
             owners: Owners::default(),
             seeds: HashMap::new(),
             exits: Exits::default(),
+            counted_close_waits: FxHashSet::default(),
         }
     }
 
@@ -243,6 +249,82 @@ impl SocketTable {
                 self.evicted_live_sockets += 1;
             }
         }
+    }
+
+    /// Counting path: the sockets in CLOSE_WAIT now, as the kernel's `CLOSE_WAITS` map
+    /// holds them, replace those the previous reading put in the table (gone from the
+    /// map: they left CLOSE_WAIT, which the kernel counted). An owner found in /proc
+    /// since is kept, as for sockets followed by records.
+    pub fn sync_close_waits(&mut self, sockets: &[CloseWaitSocket], now_ns: u64) {
+        let mut current = FxHashSet::default();
+        for socket in sockets {
+            current.insert(socket.sock);
+            let learned = socket.owner.map(|owner| self.owner_from(&owner));
+            let tuple = Tuple {
+                netns: socket.netns,
+                saddr: socket.saddr,
+                sport: socket.sport,
+                daddr: socket.daddr,
+                dport: socket.dport,
+            };
+            let existing = self.live.get(&socket.sock).copied();
+            let mut owner = existing.and_then(|s| s.owner);
+            if let Some(learned) = learned
+                && should_replace(owner.map(|id| self.owners.get(id)).as_ref(), &learned)
+            {
+                owner = Some(self.owners.intern(learned));
+            }
+            self.live.insert(
+                socket.sock,
+                Stored {
+                    tuple,
+                    state: TcpState::CloseWait,
+                    state_since_exact: true,
+                    origin: socket.origin,
+                    owner,
+                    state_since_ns: socket.since_ns,
+                    opened_ns: socket.opened_ns.and_then(NonZeroU64::new),
+                },
+            );
+        }
+        for sock in self.counted_close_waits.drain() {
+            if !current.contains(&sock) {
+                self.live.remove(&sock);
+            }
+        }
+        self.counted_close_waits = current;
+        if self.live.len() > self.max_sockets {
+            self.evict(now_ns);
+        }
+        self.compact_owners();
+    }
+
+    /// Counting path: `count` sockets of `owner` that entered TIME_WAIT by `ts_ns`,
+    /// grouped as [`SocketTable::apply`] groups them.
+    pub fn add_time_waits(
+        &mut self,
+        tuple: Tuple,
+        origin: Option<Origin>,
+        ts_ns: u64,
+        owner: Option<SocketOwner>,
+        count: u64,
+    ) {
+        let id = owner.map(|owner| self.owners.intern(owner));
+        let process = owner.map(|owner| owner.process);
+        self.time_wait
+            .add_many(tuple, origin, ts_ns, id, process, count);
+        self.compact_owners();
+    }
+
+    /// Whether a reading of the kernel's CLOSE_WAIT sockets put this socket here (rather
+    /// than a record).
+    pub fn is_counted(&self, sock: u64) -> bool {
+        self.counted_close_waits.contains(&sock)
+    }
+
+    /// The process a PID names now (its current life).
+    pub fn process(&self, pid: u32) -> Process {
+        self.exits.process(pid)
     }
 
     /// What the table forgot because it was full.

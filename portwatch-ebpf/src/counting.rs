@@ -1,0 +1,248 @@
+//! The counting path (`COLLECT == Collect::Counts`), for the modes that summarise
+//! (`report`, `serve`, `top`): each transition adds to its owner's and destination's
+//! counts in `FLOWS`, and a socket in CLOSE_WAIT is kept in `CLOSE_WAITS` for as long
+//! as it stays there. Userspace reads both maps on an interval. A healthy short
+//! connection sends no record at all.
+//!
+//! Records still go to the ring buffer for what userspace must see one at a time:
+//! listeners, a connect() that found no local port, sockets that did not open under
+//! portwatch's eyes (userspace knows them from its startup snapshot), and any
+//! transition that could not be counted because a map was full. A socket with one
+//! record goes on with records to its CLOSE (`ENTRY_REPORTED`), so userspace's copy of
+//! it never goes stale; every transition is counted exactly once, in the kernel or by
+//! userspace from its record.
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST};
+use portwatch_common::{
+    CloseWaitEntry, Collect, Counter, ENTRY_ESTABLISHED, ENTRY_REPORTED, FlowKey, LIFETIME_BUCKETS,
+    Origin, SocketEntry, lifetime_bucket, tcp_state,
+};
+
+use crate::{
+    CLOSE_WAITS, FLOW_SCRATCH, FLOWS, count,
+    state::{Change, addr_bytes, established, follow},
+};
+
+/// Set at load time; the default (records) serves an object loaded without it.
+#[unsafe(no_mangle)]
+static COLLECT: u32 = Collect::Records as u32;
+
+#[inline(always)]
+pub(crate) fn enabled() -> bool {
+    // SAFETY: a plain read of a load-time constant; volatile, so that the compiler does
+    // not fold in the default the loader replaces.
+    unsafe { core::ptr::read_volatile(&COLLECT) == Collect::Counts as u32 }
+}
+
+/// Transitions the counting path needs nothing from: FIN_WAIT1 -> FIN_WAIT2 counts
+/// nothing and changes no owner, so it costs no lookup. (A socket userspace follows
+/// record by record then shows FIN_WAIT1 until its CLOSE, whose record says it was in
+/// FIN_WAIT2.)
+#[inline(always)]
+pub(crate) fn ignores(old_state: u8, new_state: u8) -> bool {
+    old_state == tcp_state::FIN_WAIT1 && new_state == tcp_state::FIN_WAIT2
+}
+
+/// What one transition adds to its flow's counts.
+#[derive(Default)]
+struct Delta {
+    opened: bool,
+    closed: bool,
+    closed_first: bool,
+    peer_closed_first: bool,
+    close_wait_left: bool,
+    time_wait: bool,
+    /// Lifetime in ns of a closed connection whose open was seen; 0 if none.
+    lifetime_ns: u64,
+}
+
+/// Counts a transition of a socket with an entry. Returns whether it must go to
+/// userspace as a record instead.
+#[inline(always)]
+pub(crate) fn count_change<C: EbpfContext>(
+    ctx: &C,
+    change: &Change,
+    entry: &mut SocketEntry,
+    now: u64,
+) -> bool {
+    if entry.flags & ENTRY_REPORTED != 0 {
+        return true;
+    }
+    use tcp_state::*;
+    let mut delta = Delta::default();
+    match (change.old_state, change.new_state) {
+        (SYN_SENT | SYN_RECV, ESTABLISHED) => {
+            entry.flags |= ENTRY_ESTABLISHED;
+            delta.opened = true;
+        }
+        (ESTABLISHED | SYN_RECV, FIN_WAIT1) => delta.closed_first = true,
+        (ESTABLISHED, CLOSE_WAIT) => {
+            if !remember_close_wait(ctx, change, entry, now) {
+                follow(entry);
+                return true;
+            }
+            delta.peer_closed_first = true;
+        }
+        (CLOSE_WAIT, LAST_ACK) => {
+            let _ = CLOSE_WAITS.remove(change.sock);
+            delta.close_wait_left = true;
+        }
+        // connect() found no free local port (EADDRNOTAVAIL): userspace counts it.
+        (SYN_SENT, CLOSE) if change.sport == 0 => return true,
+        (old, CLOSE) => {
+            if old == CLOSE_WAIT {
+                let _ = CLOSE_WAITS.remove(change.sock);
+                delta.close_wait_left = true;
+            }
+            if established(entry) {
+                delta.closed = true;
+                if entry.opened_ns != 0 {
+                    delta.lifetime_ns = now.saturating_sub(entry.opened_ns);
+                }
+            }
+            delta.time_wait = old == FIN_WAIT2 || old == CLOSING;
+        }
+        _ => return false,
+    }
+    if add(ctx, change, entry, &delta) {
+        false
+    } else {
+        follow(entry);
+        true
+    }
+}
+
+/// Adds `delta` to the socket's flow. False if `FLOWS` had no room for a new flow.
+#[inline(always)]
+fn add<C: EbpfContext>(ctx: &C, change: &Change, entry: &SocketEntry, delta: &Delta) -> bool {
+    let passive = entry.owner.origin == Origin::Passive as u8;
+    let key = FlowKey {
+        saddr: addr_bytes(change.saddr),
+        daddr: if passive {
+            [0; 16]
+        } else {
+            addr_bytes(change.daddr)
+        },
+        netns: change.netns,
+        tgid: entry.owner.tgid,
+        sport: if passive { change.sport } else { 0 },
+        dport: if passive { 0 } else { change.dport },
+        family: change.family,
+        origin: entry.owner.origin,
+        _pad: 0,
+    };
+    let counts = match FLOWS.get_ptr_mut(&key) {
+        Some(counts) => counts,
+        None => {
+            let Some(initial) = FLOW_SCRATCH.get_ptr_mut(0) else {
+                return false;
+            };
+            // SAFETY: a per-CPU slot, so only this program on this CPU writes it, and
+            // preemption is disabled while a tracepoint program runs. Every field the
+            // kernel copies is written (the counts stay zero from the map's creation:
+            // nothing writes them).
+            unsafe {
+                (*initial).cgroup_id = entry.owner.cgroup_id;
+                (*initial).comm = entry.owner.comm;
+            }
+            // SAFETY: `initial` is a valid FlowCounts for the insert to copy.
+            let inserted = FLOWS.insert(&key, unsafe { &*initial }, u64::from(BPF_NOEXIST));
+            if inserted.is_err() {
+                // Another CPU may have created it meanwhile; otherwise the map is full.
+                match FLOWS.get_ptr_mut(&key) {
+                    Some(counts) => counts,
+                    None => {
+                        count(ctx, Counter::FlowTableFull);
+                        return false;
+                    }
+                }
+            } else {
+                match FLOWS.get_ptr_mut(&key) {
+                    Some(counts) => counts,
+                    None => return false,
+                }
+            }
+        }
+    };
+    // SAFETY: `counts` points at the map's value, which outlives this program run (hash
+    // map values are freed after an RCU grace period). Several CPUs add to one flow, so
+    // every add is atomic; the result is unused, which compiles to BPF's atomic add
+    // (BPF_XADD), available on every kernel portwatch runs on.
+    unsafe {
+        let counts = &*counts;
+        if delta.opened {
+            bump(&counts.opened, 1);
+        }
+        if delta.closed {
+            bump(&counts.closed, 1);
+        }
+        if delta.closed_first {
+            bump(&counts.closed_first, 1);
+        }
+        if delta.peer_closed_first {
+            bump(&counts.peer_closed_first, 1);
+        }
+        if delta.close_wait_left {
+            bump(&counts.close_wait_left, 1);
+        }
+        if delta.time_wait {
+            bump(&counts.time_wait, 1);
+        }
+        if delta.lifetime_ns != 0 {
+            bump(&counts.lifetime_sum_ns, delta.lifetime_ns);
+            let bucket = lifetime_bucket(delta.lifetime_ns);
+            if bucket < LIFETIME_BUCKETS {
+                bump(&counts.lifetime_log2[bucket], 1);
+            }
+        }
+    }
+    true
+}
+
+/// Atomically adds `value` to the counter at `counter`.
+///
+/// The intrinsic rather than `AtomicU64::fetch_add`: the BPF target declares no
+/// compare-and-swap, so core offers no atomic read-modify-write methods on it, while
+/// LLVM lowers an add whose result is unused to BPF's own atomic add.
+///
+/// # Safety
+/// `counter` must be a map value's field, valid and 8-byte aligned.
+#[inline(always)]
+unsafe fn bump(counter: &u64, value: u64) {
+    // SAFETY: per this function's contract.
+    let _ = unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            counter as *const u64 as *mut u64,
+            value,
+        )
+    };
+}
+
+/// Keeps a socket that entered CLOSE_WAIT in `CLOSE_WAITS`. False if it had no room.
+#[inline(always)]
+fn remember_close_wait<C: EbpfContext>(
+    ctx: &C,
+    change: &Change,
+    entry: &SocketEntry,
+    now: u64,
+) -> bool {
+    let value = CloseWaitEntry {
+        since_ns: now,
+        opened_ns: entry.opened_ns,
+        saddr: addr_bytes(change.saddr),
+        daddr: addr_bytes(change.daddr),
+        sport: change.sport,
+        dport: change.dport,
+        family: change.family,
+        _pad: 0,
+        netns: change.netns,
+        _pad2: 0,
+        owner: entry.owner,
+    };
+    if CLOSE_WAITS.insert(change.sock, value, 0).is_err() {
+        count(ctx, Counter::CloseWaitTableFull);
+        return false;
+    }
+    true
+}

@@ -1,0 +1,116 @@
+//! The counting path's numbers into the model: what each flow did over an interval
+//! adds to its process's and destination's activity exactly as its transitions'
+//! records would have, and the sockets in CLOSE_WAIT now replace the ones the last
+//! reading showed.
+use super::{Destination, Model, UNKNOWN, activity_of};
+use crate::{
+    event::{CloseWaitSocket, FlowCount, Origin, OwnerSource},
+    sockets::{owners::SocketOwner, tuple::Tuple},
+};
+
+impl Model {
+    /// One reading of the kernel's counts: `flows` changed over `(from_ns, to_ns]`, and
+    /// `close_waits` is every socket in CLOSE_WAIT at `to_ns`.
+    pub fn apply_counts(
+        &mut self,
+        from_ns: u64,
+        to_ns: u64,
+        flows: &[FlowCount],
+        close_waits: &[CloseWaitSocket],
+    ) {
+        self.last_ns = self.last_ns.max(to_ns);
+        self.table.expire_time_wait(to_ns);
+        for flow in flows {
+            self.flow(flow, from_ns, to_ns);
+        }
+        self.table.sync_close_waits(close_waits, to_ns);
+        self.enforce_limits();
+    }
+
+    fn flow(&mut self, flow: &FlowCount, from_ns: u64, to_ns: u64) {
+        let owner = (flow.pid != 0).then(|| SocketOwner {
+            process: self.table.process(flow.pid),
+            comm: flow.comm,
+            cgroup_id: flow.cgroup_id,
+            // The kernel learned it in a system call, or from the listener (passive
+            // sockets it saw no process act on): which one, a flow does not say.
+            source: OwnerSource::Syscall,
+        });
+        let process = owner.map_or(UNKNOWN, |owner| owner.process);
+        let start_ns = self.start_ns;
+        let activity = activity_of(&mut self.processes, owner.as_ref());
+        activity.last_ns = activity.last_ns.max(to_ns);
+        let active = flow.origin == Some(Origin::Active);
+        let destination = Destination {
+            netns: flow.netns,
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+            dport: flow.dport,
+        };
+        activity
+            .opens
+            .record_many(flow.opened, from_ns, to_ns, start_ns);
+        if active {
+            activity
+                .opened_active
+                .record_many(flow.opened, from_ns, to_ns, start_ns);
+        } else {
+            activity.opened_passive += flow.opened;
+        }
+        activity
+            .closes
+            .record_many(flow.closed, from_ns, to_ns, start_ns);
+        if active {
+            activity.closed_active += flow.closed;
+        } else {
+            activity.closed_passive += flow.closed;
+        }
+        activity.counted_open = (activity.counted_open + flow.opened).saturating_sub(flow.closed);
+        activity.closed_first += flow.closed_first;
+        activity.peer_closed_first += flow.peer_closed_first;
+        activity.close_wait_entered += flow.peer_closed_first;
+        activity.close_wait_left += flow.close_wait_left;
+        activity
+            .time_wait_created
+            .record_many(flow.time_wait, from_ns, to_ns, start_ns);
+        let mut approximate = 0u128;
+        for (lifetime, count) in flow.lifetime_counts() {
+            activity.lifetimes.record_many(lifetime, count);
+            approximate += u128::from(lifetime) * u128::from(count);
+        }
+        activity
+            .lifetimes
+            .correct_sum(approximate, u128::from(flow.lifetime_sum_ns));
+        if active && (flow.opened > 0 || flow.closed > 0) {
+            if flow.opened > 0 {
+                *activity.destinations.entry(destination).or_default() += flow.opened;
+            }
+            let toward = self.destinations.entry(destination).or_default();
+            toward.last_ns = to_ns;
+            toward.counted_open = (toward.counted_open + flow.opened).saturating_sub(flow.closed);
+            toward
+                .opened
+                .record_many(flow.opened, from_ns, to_ns, start_ns);
+            if flow.opened > 0 {
+                *toward.consumers.entry(process).or_default() += flow.opened;
+            }
+            for (lifetime, count) in flow.lifetime_counts() {
+                toward.lifetimes.record_many(lifetime, count);
+            }
+            toward
+                .lifetimes
+                .correct_sum(approximate, u128::from(flow.lifetime_sum_ns));
+        }
+        if flow.time_wait > 0 {
+            let tuple = Tuple {
+                netns: flow.netns,
+                saddr: flow.saddr,
+                sport: flow.sport,
+                daddr: flow.daddr,
+                dport: flow.dport,
+            };
+            self.table
+                .add_time_waits(tuple, flow.origin, to_ns, owner, flow.time_wait);
+        }
+    }
+}
