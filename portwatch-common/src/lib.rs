@@ -498,7 +498,10 @@ impl SockCommonHead {
 pub struct SockLayout {
     /// `struct sock` -> `sk_protocol` (a `u16` since Linux 5.6).
     pub protocol: u32,
-    pub _pad: u32,
+    /// `struct inet_sock` -> `inet_sport` (network order): the local port the classic
+    /// tracepoint reports. `skc_num` says the same except while the kernel unhashes the
+    /// socket, as when it swaps it for a time-wait socket: then it is already 0.
+    pub inet_sport: u32,
 }
 
 const _: () = assert!(size_of::<SockLayout>() == 8);

@@ -67,7 +67,7 @@ static NETNS_OFFSETS: NetnsOffsets = NetnsOffsets {
 #[unsafe(no_mangle)]
 static SOCK_LAYOUT: SockLayout = SockLayout {
     protocol: 0,
-    _pad: 0,
+    inet_sport: 0,
 };
 
 #[inline(always)]

@@ -122,11 +122,18 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     } else {
         ([head.rcv_saddr as u64, 0], [head.daddr as u64, 0])
     };
+    // What the classic tracepoint reports: `inet_sport`, which `skc_num` equals but
+    // while the socket is being unhashed (then one more read).
+    let sport = if head.num != 0 {
+        head.num
+    } else {
+        u16::from_be(read_kernel_u16(sock + u64::from(sock_layout().inet_sport)))
+    };
     let change = Change {
         sock,
         old_state: old_state as u8,
         new_state: new_state as u8,
-        sport: head.num,
+        sport,
         dport: u16::from_be(head.dport),
         family: head.family,
         saddr,

@@ -246,7 +246,7 @@ impl Btf {
         }
         Ok(SockLayout {
             protocol: self.offset_of("sock", &["sk_protocol"])?,
-            _pad: 0,
+            inet_sport: self.offset_of("inet_sock", &["inet_sport"])?,
         })
     }
 
@@ -303,6 +303,7 @@ mod tests {
         // 5.8 through 6.18 lay out sock_common's head alike: the BTF-typed program's.
         let layout = btf.sock_layout().unwrap();
         assert!(layout.protocol > 88, "{layout:?}");
+        assert!(layout.inet_sport > layout.protocol, "{layout:?}");
         assert!(matches!(
             btf.offset_of("sock", &["no_such_member"]),
             Err(BtfError::NoMember(..))

@@ -14,8 +14,9 @@ use std::{
 use serde_json::Value;
 
 /// The names portwatch's programs have in the kernel (`bpftool prog show`).
-pub const PROGRAM_NAMES: [&str; 5] = [
+pub const PROGRAM_NAMES: [&str; 6] = [
     "inet_sock_set_state",
+    "inet_sock_set_state_btf",
     "accept_enter",
     "accept_exit",
     "process_exit",

@@ -2,11 +2,26 @@
 //! adds to its process's and destination's activity exactly as its transitions'
 //! records would have, and the sockets in CLOSE_WAIT now replace the ones the last
 //! reading showed.
+use std::net::IpAddr;
+
 use super::{Destination, Model, UNKNOWN, activity_of};
 use crate::{
     event::{CloseWaitSocket, FlowCount, Origin, OwnerSource},
+    process::{Life, Process},
     sockets::{owners::SocketOwner, tuple::Tuple},
 };
+
+/// A flow as the kernel keys it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) struct FlowId {
+    pid: u32,
+    netns: u32,
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    origin: Option<Origin>,
+}
 
 impl Model {
     /// One reading of the kernel's counts: `flows` changed over `(from_ns, to_ns]`, and
@@ -23,13 +38,53 @@ impl Model {
         for flow in flows {
             self.flow(flow, from_ns, to_ns);
         }
-        self.table.sync_close_waits(close_waits, to_ns);
+        self.table
+            .sync_close_waits(close_waits, &self.exits_since_reading, to_ns);
+        self.exits_since_reading.clear();
         self.enforce_limits();
     }
 
+    /// The process a flow's counts go to: the life its PID had when the flow was first
+    /// read, not counting exits recorded since the previous reading (a process that
+    /// made connections and exited within one interval is read after its exit record).
+    /// Later counts of the flow (its orphaned sockets closing) stay with that life, as
+    /// records keep a socket's owner. A PID reused toward the same destination adds to
+    /// the old life: the kernel's key cannot tell the two apart.
+    fn flow_process(&mut self, flow: &FlowCount) -> Process {
+        let id = FlowId {
+            pid: flow.pid,
+            netns: flow.netns,
+            saddr: flow.saddr,
+            sport: flow.sport,
+            daddr: flow.daddr,
+            dport: flow.dport,
+            origin: flow.origin,
+        };
+        if let Some(&process) = self.flow_owners.get(&id) {
+            return process;
+        }
+        let now = self.table.process(flow.pid);
+        let exited = self
+            .exits_since_reading
+            .get(&flow.pid)
+            .copied()
+            .unwrap_or(0);
+        let process = match now.life {
+            Life::AfterExits(exits) => Process::after_exits(flow.pid, exits.saturating_sub(exited)),
+            Life::StartedAt(_) => now,
+        };
+        if self.flow_owners.len() >= self.limits.max_destinations {
+            // Bounded like the tables it feeds; forgetting only costs a re-derivation.
+            self.flow_owners.clear();
+        }
+        self.flow_owners.insert(id, process);
+        process
+    }
+
     fn flow(&mut self, flow: &FlowCount, from_ns: u64, to_ns: u64) {
+        let process = self.flow_process(flow);
         let owner = (flow.pid != 0).then(|| SocketOwner {
-            process: self.table.process(flow.pid),
+            process,
             comm: flow.comm,
             cgroup_id: flow.cgroup_id,
             // The kernel learned it in a system call, or from the listener (passive

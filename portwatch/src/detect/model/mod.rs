@@ -172,6 +172,11 @@ pub struct Model {
     /// Whether a portless SYN_SENT -> CLOSE is itself the failed connect (the counting
     /// path attaches no connect() hook, so no EADDRNOTAVAIL record follows it).
     portless_is_failure: bool,
+    /// Counting path: the process each flow's counts go to, fixed when the flow is first
+    /// read (see `counts`).
+    flow_owners: FxHashMap<counts::FlowId, Process>,
+    /// Counting path: exits per PID recorded since the last reading of the counts.
+    exits_since_reading: FxHashMap<u32, u32>,
     pub start_ns: u64,
     pub last_ns: u64,
     /// Records seen, of every kind.
@@ -204,6 +209,8 @@ impl Model {
             destinations: FxHashMap::default(),
             portless: FxHashMap::default(),
             portless_is_failure: false,
+            flow_owners: FxHashMap::default(),
+            exits_since_reading: FxHashMap::default(),
             start_ns,
             last_ns: start_ns,
             seen: 0,
@@ -245,7 +252,12 @@ impl Model {
                 self.last_ns = self.last_ns.max(failed.ts_ns);
                 self.connect_failed(failed);
             }
-            Event::Exited(_) => self.prune_exits(),
+            Event::Exited(exited) => {
+                if self.portless_is_failure {
+                    *self.exits_since_reading.entry(exited.pid).or_default() += 1;
+                }
+                self.prune_exits();
+            }
             Event::Accepted(_) => {}
         }
         self.enforce_limits();
@@ -401,6 +413,7 @@ impl Model {
         for portless in self.portless.values() {
             pids.extend(portless.owner.map(|o| o.process.pid));
         }
+        pids.extend(self.flow_owners.values().map(|p| p.pid));
         self.table.prune_exits(|pid| pids.contains(&pid));
     }
 

@@ -255,11 +255,27 @@ impl SocketTable {
     /// holds them, replace those the previous reading put in the table (gone from the
     /// map: they left CLOSE_WAIT, which the kernel counted). An owner found in /proc
     /// since is kept, as for sockets followed by records.
-    pub fn sync_close_waits(&mut self, sockets: &[CloseWaitSocket], now_ns: u64) {
+    ///
+    /// `recent_exits` are the exits per PID recorded since the previous reading: an
+    /// owner learned before them is their earlier life.
+    pub fn sync_close_waits(
+        &mut self,
+        sockets: &[CloseWaitSocket],
+        recent_exits: &FxHashMap<u32, u32>,
+        now_ns: u64,
+    ) {
         let mut current = FxHashSet::default();
         for socket in sockets {
             current.insert(socket.sock);
-            let learned = socket.owner.map(|owner| self.owner_from(&owner));
+            let learned = socket.owner.map(|owner| {
+                let mut learned = self.owner_from(&owner);
+                if let (Some(&exited), crate::process::Life::AfterExits(exits)) =
+                    (recent_exits.get(&owner.pid), learned.process.life)
+                {
+                    learned.process = Process::after_exits(owner.pid, exits.saturating_sub(exited));
+                }
+                learned
+            });
             let tuple = Tuple {
                 netns: socket.netns,
                 saddr: socket.saddr,

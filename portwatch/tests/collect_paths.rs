@@ -1,0 +1,236 @@
+//! PRIVILEGED: the counting path (`report`'s default) and the per-record path (`report
+//! --collect records`, `stream`'s) say the same about one workload of real processes:
+//! a CLOSE_WAIT leaker, a churner, a destination out of ports in a namespace, and an
+//! owner that exits with its connection open. Both reports run at once over the same
+//! window, on the BTF-typed hook; a third, on the classic hook, keeps the fallback
+//! tested.
+mod common;
+
+use std::{
+    collections::BTreeSet,
+    process::{Command, Stdio},
+};
+
+use common::{finish_report, require_privileges, start_portwatch, workload, workload_binary};
+use serde_json::Value;
+
+const LEAKS: u64 = 6;
+const CHURNS: u64 = 300;
+
+fn start_report(
+    collect: &str,
+    hook: &str,
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    start_portwatch(
+        &[
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "1h",
+            "--close-wait-age",
+            "1s",
+            "--collect",
+            collect,
+            "--state-hook",
+            hook,
+        ],
+        Stdio::piped(),
+    )
+}
+
+fn stop(child: &std::process::Child) {
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+}
+
+/// The process entry of `pid` in a JSON report.
+fn process<'a>(report: &'a Value, pid: u32) -> &'a Value {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("no process {pid} in {report:#}"))
+}
+
+fn findings(report: &Value) -> BTreeSet<(String, u64)> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_owned(),
+                f["pid"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The numbers both paths must agree on exactly, for one process.
+fn counts(report: &Value, pid: u32) -> Vec<(&'static str, Value)> {
+    let p = process(report, pid);
+    [
+        "connections_opened",
+        "connections_closed",
+        "opened_active",
+        "opened_passive",
+        "closed_first",
+        "peer_closed_first",
+        "time_wait_created",
+        "failed_connects",
+    ]
+    .into_iter()
+    .map(|field| (field, p[field].clone()))
+    .collect()
+}
+
+#[test]
+fn counts_and_records_give_the_same_report() {
+    require_privileges();
+    let (counting, counting_err) = start_report("counts", "auto");
+    let (records, records_err) = start_report("records", "auto");
+    let (classic, classic_err) = start_report("counts", "classic");
+
+    // A leak: every accepted connection stays in CLOSE_WAIT.
+    let leaker = workload(&["leak-server", "--listen", "127.0.0.1:0", "--leak-all"]);
+    let leak_addr = format!("127.0.0.1:{}", leaker.port);
+    let mut feeder = workload(&[
+        "leak-client",
+        "--connect",
+        &leak_addr,
+        "--count",
+        &LEAKS.to_string(),
+    ]);
+    feeder.wait_line("done").unwrap();
+    // An owner that exits with its connection to the leaker open.
+    let mut quitter = workload(&["connect-and-exit", "--connect", &leak_addr]);
+    let quitter_pid = quitter.pid;
+    quitter
+        .wait_success(std::time::Duration::from_secs(10))
+        .unwrap();
+
+    // Churn: short connections, this side closing first (TIME_WAIT).
+    let echo = workload(&["echo-server", "--listen", "127.0.0.1:0"]);
+    let mut churner = workload(&[
+        "churn-client",
+        "--connect",
+        &format!("127.0.0.1:{}", echo.port),
+        "--rate",
+        "150",
+        "--count",
+        &CHURNS.to_string(),
+    ]);
+    churner.wait_line("done").unwrap();
+
+    // A destination out of ports, in a namespace of its own with 4 of them.
+    let script = r#"
+ip link set lo up
+sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
+"$WORKLOAD" leak-server --listen 127.0.0.1:5000 | {
+    read -r ready server_pid port
+    "$WORKLOAD" hold-client --connect 127.0.0.1:5000 --count 8 --count-no-local-port \
+        --exit-when-held
+    status=$?
+    kill "$server_pid"
+    exit "$status"
+}
+"#;
+    let output = Command::new("unshare")
+        .args(["--net", "sh", "-c", script])
+        .env("WORKLOAD", workload_binary())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let said = String::from_utf8(output.stdout).unwrap();
+    let words: Vec<&str> = said.split_whitespace().collect();
+    let exhauster: u32 = words[1].parse().unwrap();
+    assert_eq!(words[6], "4", "the namespace ran out of ports: {said}");
+
+    // Past the close-wait age, so the leak is a finding on both.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stop(&counting);
+    stop(&records);
+    stop(&classic);
+    let reports: Vec<Value> = [
+        (counting, counting_err),
+        (records, records_err),
+        (classic, classic_err),
+    ]
+    .into_iter()
+    .map(|(child, stderr)| {
+        let (_, stdout) = finish_report(child, stderr);
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    })
+    .collect();
+    let [counted, recorded, classic] = &reports[..] else {
+        unreachable!()
+    };
+
+    // What each path is: the counting path sent a handful of records, not thousands.
+    assert!(
+        counted["events"]["seen"].as_u64().unwrap()
+            < recorded["events"]["seen"].as_u64().unwrap() / 10,
+        "counts: {}, records: {}",
+        counted["events"],
+        recorded["events"]
+    );
+    for report in &reports {
+        assert_eq!(report["events"]["dropped"], 0, "{report:#}");
+    }
+
+    let expected: BTreeSet<(String, u64)> = [
+        ("close_wait_leak".to_owned(), u64::from(leaker.pid)),
+        ("connection_churn".to_owned(), u64::from(churner.pid)),
+        ("port_exhaustion".to_owned(), u64::from(exhauster)),
+    ]
+    .into();
+    for report in &reports {
+        assert!(
+            findings(report).is_superset(&expected),
+            "{:?} lacks some of {expected:?}",
+            findings(report)
+        );
+    }
+    assert_eq!(findings(counted), findings(recorded));
+    assert_eq!(findings(classic), findings(recorded));
+
+    let leak = |report: &Value| -> Value {
+        report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "close_wait_leak")
+            .unwrap()["close_wait"]
+            .clone()
+    };
+    assert_eq!(leak(counted), LEAKS + 1);
+    assert_eq!(leak(recorded), LEAKS + 1);
+    assert_eq!(leak(classic), LEAKS + 1);
+
+    for pid in [
+        leaker.pid,
+        churner.pid,
+        echo.pid,
+        exhauster,
+        feeder.pid,
+        quitter_pid,
+    ] {
+        assert_eq!(counts(counted, pid), counts(recorded, pid), "pid {pid}");
+        assert_eq!(counts(classic, pid), counts(recorded, pid), "pid {pid}");
+    }
+    assert_eq!(process(recorded, churner.pid)["connections_opened"], CHURNS);
+    assert_eq!(process(recorded, churner.pid)["time_wait_created"], CHURNS);
+    assert_eq!(process(counted, exhauster)["failed_connects"], 4);
+    // The quitter's connection outlived it: both paths know it exited.
+    assert_eq!(process(counted, quitter_pid)["alive"], false);
+    assert_eq!(process(recorded, quitter_pid)["alive"], false);
+}
