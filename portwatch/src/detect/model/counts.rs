@@ -83,7 +83,7 @@ impl Model {
 
     fn flow(&mut self, flow: &FlowCount, from_ns: u64, to_ns: u64) {
         let process = self.flow_process(flow);
-        let owner = (flow.pid != 0).then(|| SocketOwner {
+        let owner = (flow.pid != 0).then_some(SocketOwner {
             process,
             comm: flow.comm,
             cgroup_id: flow.cgroup_id,
