@@ -48,7 +48,7 @@ fn stop(child: &std::process::Child) {
 }
 
 /// The process entry of `pid` in a JSON report.
-fn process<'a>(report: &'a Value, pid: u32) -> &'a Value {
+fn process(report: &Value, pid: u32) -> &Value {
     report["processes"]
         .as_array()
         .unwrap()
