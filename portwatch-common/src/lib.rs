@@ -366,9 +366,12 @@ pub struct FlowCounts {
     /// The owner's cgroup and comm when the key was created.
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
+    /// When the key was created (`bpf_ktime_get_ns()`): tells which life of a PID the
+    /// counts belong to when it exited, and another process got it, in one interval.
+    pub created_ns: u64,
 }
 
-const _: () = assert!(size_of::<FlowCounts>() == 8 * 7 + 8 * LIFETIME_BUCKETS + 8 + 16);
+const _: () = assert!(size_of::<FlowCounts>() == 8 * 7 + 8 * LIFETIME_BUCKETS + 8 + 16 + 8);
 
 impl FlowCounts {
     pub const ZERO: FlowCounts = FlowCounts {
@@ -382,6 +385,7 @@ impl FlowCounts {
         lifetime_log2: [0; LIFETIME_BUCKETS],
         cgroup_id: 0,
         comm: [0; COMM_LEN],
+        created_ns: 0,
     };
 }
 

@@ -105,7 +105,7 @@ pub(crate) fn count_change<C: EbpfContext>(
         }
         _ => return false,
     }
-    if add(ctx, change, entry, &delta) {
+    if add(ctx, change, entry, &delta, now) {
         false
     } else {
         follow(entry);
@@ -115,7 +115,13 @@ pub(crate) fn count_change<C: EbpfContext>(
 
 /// Adds `delta` to the socket's flow. False if `FLOWS` had no room for a new flow.
 #[inline(always)]
-fn add<C: EbpfContext>(ctx: &C, change: &Change, entry: &SocketEntry, delta: &Delta) -> bool {
+fn add<C: EbpfContext>(
+    ctx: &C,
+    change: &Change,
+    entry: &SocketEntry,
+    delta: &Delta,
+    now: u64,
+) -> bool {
     let passive = entry.owner.origin == Origin::Passive as u8;
     let key = FlowKey {
         saddr: addr_bytes(change.saddr),
@@ -145,6 +151,7 @@ fn add<C: EbpfContext>(ctx: &C, change: &Change, entry: &SocketEntry, delta: &De
             unsafe {
                 (*initial).cgroup_id = entry.owner.cgroup_id;
                 (*initial).comm = entry.owner.comm;
+                (*initial).created_ns = now;
             }
             // SAFETY: `initial` is a valid FlowCounts for the insert to copy.
             let inserted = FLOWS.insert(&key, unsafe { &*initial }, u64::from(BPF_NOEXIST));

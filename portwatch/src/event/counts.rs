@@ -39,6 +39,8 @@ pub struct FlowCount {
     pub lifetimes: [u64; LIFETIME_BUCKETS],
     /// Their exact sum, ns.
     pub lifetime_sum_ns: u64,
+    /// When the kernel created the flow (CLOCK_MONOTONIC ns).
+    pub created_ns: u64,
 }
 
 impl FlowCount {
@@ -75,6 +77,7 @@ impl FlowCount {
             time_wait: now.time_wait.wrapping_sub(before.time_wait),
             lifetimes,
             lifetime_sum_ns: now.lifetime_sum_ns.wrapping_sub(before.lifetime_sum_ns),
+            created_ns: now.created_ns,
         })
     }
 

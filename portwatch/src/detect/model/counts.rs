@@ -44,12 +44,12 @@ impl Model {
         self.enforce_limits();
     }
 
-    /// The process a flow's counts go to: the life its PID had when the flow was first
-    /// read, not counting exits recorded since the previous reading (a process that
-    /// made connections and exited within one interval is read after its exit record).
-    /// Later counts of the flow (its orphaned sockets closing) stay with that life, as
-    /// records keep a socket's owner. A PID reused toward the same destination adds to
-    /// the old life: the kernel's key cannot tell the two apart.
+    /// The process a flow's counts go to: the life its PID had when the kernel created
+    /// the flow (a process that made connections and exited within one interval is read
+    /// after its exit record; another may have its PID by then). Later counts of the
+    /// flow (its orphaned sockets closing) stay with that life, as records keep a
+    /// socket's owner. A PID reused toward the same destination within the flow's
+    /// life adds to the old life: the kernel's key cannot tell the two apart.
     fn flow_process(&mut self, flow: &FlowCount) -> Process {
         let id = FlowId {
             pid: flow.pid,
@@ -64,11 +64,7 @@ impl Model {
             return process;
         }
         let now = self.table.process(flow.pid);
-        let exited = self
-            .exits_since_reading
-            .get(&flow.pid)
-            .copied()
-            .unwrap_or(0);
+        let exited = exits_after(&self.exits_since_reading, flow.pid, flow.created_ns);
         let process = match now.life {
             Life::AfterExits(exits) => Process::after_exits(flow.pid, exits.saturating_sub(exited)),
             Life::StartedAt(_) => now,
@@ -168,4 +164,15 @@ impl Model {
                 .add_time_waits(tuple, flow.origin, to_ns, owner, flow.time_wait);
         }
     }
+}
+
+/// How many of the exits of `pid` recorded since the last reading came after `ts_ns`.
+pub(crate) fn exits_after(
+    recent: &rustc_hash::FxHashMap<u32, Vec<u64>>,
+    pid: u32,
+    ts_ns: u64,
+) -> u32 {
+    recent.get(&pid).map_or(0, |exits| {
+        exits.iter().filter(|&&exit| exit > ts_ns).count() as u32
+    })
 }

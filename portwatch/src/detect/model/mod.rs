@@ -175,8 +175,9 @@ pub struct Model {
     /// Counting path: the process each flow's counts go to, fixed when the flow is first
     /// read (see `counts`).
     flow_owners: FxHashMap<counts::FlowId, Process>,
-    /// Counting path: exits per PID recorded since the last reading of the counts.
-    exits_since_reading: FxHashMap<u32, u32>,
+    /// Counting path: when each PID exited, for exits recorded since the last reading
+    /// of the counts.
+    exits_since_reading: FxHashMap<u32, Vec<u64>>,
     pub start_ns: u64,
     pub last_ns: u64,
     /// Records seen, of every kind.
@@ -254,7 +255,10 @@ impl Model {
             }
             Event::Exited(exited) => {
                 if self.portless_is_failure {
-                    *self.exits_since_reading.entry(exited.pid).or_default() += 1;
+                    self.exits_since_reading
+                        .entry(exited.pid)
+                        .or_default()
+                        .push(exited.ts_ns);
                 }
                 self.prune_exits();
             }

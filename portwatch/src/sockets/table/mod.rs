@@ -256,12 +256,13 @@ impl SocketTable {
     /// map: they left CLOSE_WAIT, which the kernel counted). An owner found in /proc
     /// since is kept, as for sockets followed by records.
     ///
-    /// `recent_exits` are the exits per PID recorded since the previous reading: an
-    /// owner learned before them is their earlier life.
+    /// `recent_exits` are when each PID exited, for exits recorded since the previous
+    /// reading: the owner of a socket that entered CLOSE_WAIT before one is its
+    /// earlier life.
     pub fn sync_close_waits(
         &mut self,
         sockets: &[CloseWaitSocket],
-        recent_exits: &FxHashMap<u32, u32>,
+        recent_exits: &FxHashMap<u32, Vec<u64>>,
         now_ns: u64,
     ) {
         let mut current = FxHashSet::default();
@@ -269,9 +270,10 @@ impl SocketTable {
             current.insert(socket.sock);
             let learned = socket.owner.map(|owner| {
                 let mut learned = self.owner_from(&owner);
-                if let (Some(&exited), crate::process::Life::AfterExits(exits)) =
-                    (recent_exits.get(&owner.pid), learned.process.life)
-                {
+                let exited = recent_exits.get(&owner.pid).map_or(0, |times| {
+                    times.iter().filter(|&&exit| exit > socket.since_ns).count() as u32
+                });
+                if let crate::process::Life::AfterExits(exits) = learned.process.life {
                     learned.process = Process::after_exits(owner.pid, exits.saturating_sub(exited));
                 }
                 learned
