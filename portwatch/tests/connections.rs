@@ -169,9 +169,11 @@ fn connections_with(close_first: CloseFirst) {
                 "duration {duration} ns not within the test's {run_time:?}: {c}"
             );
             assert_eq!(c["netns"], netns, "{c}");
-            assert_eq!(c["owner_alive"], true, "{c}");
         }
     }
+    // The server runs on; the churner may have exited before its last socket finished
+    // closing (it waits for no FIN when it closes first).
+    assert!(server_side.iter().all(|c| c["owner_alive"] == true));
     // Both ends of each connection: the client's local port is the server's remote one.
     let mut client_ports: Vec<u64> = client_side
         .iter()
