@@ -27,6 +27,7 @@ use crate::{
                   portwatch stream                      every transition, until Ctrl-C\n  \
                   portwatch stream --state CLOSE_WAIT   sockets entering or leaving CLOSE_WAIT\n  \
                   portwatch stream --port 5432 --format json --duration 30s > events.jsonl\n  \
+                  portwatch stream --connections        one line per finished connection\n  \
                   portwatch snapshot --state CLOSE_WAIT sockets in CLOSE_WAIT now, per process"
 )]
 pub struct Cli {
@@ -42,7 +43,8 @@ pub enum Command {
     /// Start a leaking server, a churning client and a healthy client as child processes,
     /// trace them for a few seconds, and report: what portwatch finds, in 10 seconds.
     Demo(DemoArgs),
-    /// Print one line per TCP state transition, as it happens.
+    /// Print one line per TCP state transition as it happens, or with --connections one
+    /// per finished connection.
     Stream(StreamArgs),
     /// Save a window of events (with the sockets open at the start) for
     /// `report --replay`, which needs no root.
@@ -291,7 +293,14 @@ pub struct StreamArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
 
-    /// Only transitions whose task has this PID (repeatable).
+    /// One line per finished connection instead of per transition, like tcplife: its
+    /// owner, ends, duration, which side closed first and whether this side was left in
+    /// TIME_WAIT. Only connections that got past the handshake; failed attempts are
+    /// counted in the summary.
+    #[arg(long, conflicts_with = "states")]
+    pub connections: bool,
+
+    /// Only sockets whose owner has this PID (repeatable).
     #[arg(long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 

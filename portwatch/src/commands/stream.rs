@@ -1,4 +1,5 @@
-//! `portwatch stream`: every TCP state transition, printed as it happens.
+//! `portwatch stream`: every TCP state transition, printed as it happens; with
+//! `--connections`, every finished connection.
 use std::io::{self, BufWriter, Write};
 
 use anyhow::{Context as _, Result};
@@ -10,7 +11,11 @@ use crate::{
     event::{Event, decode},
     filter::Filter,
     output::{json_line::ShownOwner, stream::StreamPrinter},
-    sockets::table::{Seed, SocketTable},
+    process::Process,
+    sockets::{
+        connection::{self, Ending},
+        table::{Seed, SocketTable},
+    },
 };
 
 pub async fn run(args: StreamArgs) -> Result<()> {
@@ -25,6 +30,8 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         printer: StreamPrinter::new(out, args.format, WallClock::now()),
         filter,
         table: SocketTable::with_limit(args.kernel.max_sockets as usize),
+        connections: args.connections.then(Connections::default),
+        start_ns: 0,
         seen: 0,
         shown: 0,
         undecodable: 0,
@@ -39,9 +46,16 @@ pub async fn run(args: StreamArgs) -> Result<()> {
     .await?;
     let counters = traced.counters;
 
+    let shown = match &sink.connections {
+        None => format!("{} shown", sink.shown),
+        Some(connections) => format!(
+            "{} connections shown, {} never established",
+            sink.shown, connections.never_established
+        ),
+    };
     let mut summary = format!(
-        "portwatch: {} events seen ({} shown), {} dropped (ring buffer full)",
-        sink.seen, sink.shown, counters.ring_buffer_full
+        "portwatch: {} events seen ({shown}), {} dropped (ring buffer full)",
+        sink.seen, counters.ring_buffer_full
     );
     if let Some(skipped) = counters.skipped.filter(|&n| n > 0) {
         summary += &format!(
@@ -92,6 +106,10 @@ struct Sink<W: Write> {
     printer: StreamPrinter<W>,
     filter: Filter,
     table: SocketTable,
+    /// Set with `--connections`: lines are finished connections, not transitions.
+    connections: Option<Connections>,
+    /// When tracing began (CLOCK_MONOTONIC ns).
+    start_ns: u64,
     seen: u64,
     shown: u64,
     undecodable: u64,
@@ -99,11 +117,16 @@ struct Sink<W: Write> {
 }
 
 impl<W: Write> trace::Sink for Sink<W> {
-    fn start(&mut self, _start_ns: u64, seeds: Vec<Seed>) -> anyhow::Result<()> {
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> anyhow::Result<()> {
+        self.start_ns = start_ns;
         for seed in seeds {
             self.table.seed(seed);
         }
-        self.write(|printer| printer.header());
+        if self.connections.is_some() {
+            self.write(|printer| printer.connections_header());
+        } else {
+            self.write(|printer| printer.header());
+        }
         self.flush();
         Ok(())
     }
@@ -114,23 +137,53 @@ impl<W: Write> trace::Sink for Sink<W> {
             self.undecodable += 1;
             return;
         };
-        let owner = self.table.apply(&event);
         let Event::Transition(transition) = event else {
+            self.table.apply(&event);
+            if let (Event::Exited(exited), Some(connections)) = (&event, &mut self.connections) {
+                connections.workloads.forget(exited.pid);
+            }
             if self.table.wants_exit_pruning() {
                 self.table.prune_exits(|_| false);
             }
             return;
         };
-        let shown = owner.map(|owner| ShownOwner {
+        let applied = self.table.apply_transition(&transition);
+        let shown = applied.owner.map(|owner| ShownOwner {
             owner,
             alive: self.table.is_alive(&owner.process),
         });
-        if self
-            .filter
-            .matches(&transition, shown.map(|shown| shown.owner.process.pid))
-        {
-            self.shown += 1;
-            self.write(|printer| printer.print(&transition, shown.as_ref()));
+        let pid = shown.map(|shown| shown.owner.process.pid);
+        let Some(connections) = &mut self.connections else {
+            if self.filter.matches(&transition, pid) {
+                self.shown += 1;
+                self.write(|printer| printer.print(&transition, shown.as_ref()));
+            }
+            return;
+        };
+        // A connection is shown once, when its socket closes.
+        let Some(closed) = applied.closed else {
+            return;
+        };
+        if !self.filter.matches(&transition, pid) {
+            return;
+        }
+        match connection::ended(&transition, &closed, applied.owner, self.start_ns) {
+            Ending::Connection(connection) => {
+                let workload = match shown {
+                    Some(shown) if shown.alive => connections.workloads.of(shown.owner.process),
+                    _ => None,
+                };
+                self.shown += 1;
+                let printer = &mut self.printer;
+                if self.write_error.is_none()
+                    && let Err(err) =
+                        printer.print_connection(&connection, shown.as_ref(), workload)
+                {
+                    self.write_error = Some(err);
+                }
+            }
+            Ending::NeverEstablished => connections.never_established += 1,
+            Ending::Other => {}
         }
     }
 
@@ -138,6 +191,40 @@ impl<W: Write> trace::Sink for Sink<W> {
     fn batch_done(&mut self) -> bool {
         self.flush();
         self.write_error.is_none()
+    }
+}
+
+/// `--connections`' own state.
+#[derive(Default)]
+struct Connections {
+    /// Connection attempts that closed without getting past the handshake (shown by
+    /// the filter, but not connections).
+    never_established: u64,
+    workloads: Workloads,
+}
+
+/// Each owner's workload (container, systemd unit), read from /proc once per process
+/// rather than once per connection: a churning process would otherwise cost two reads
+/// of /proc per connection. Forgotten when the process exits, so it holds only live
+/// processes.
+#[derive(Default)]
+struct Workloads {
+    by_pid: rustc_hash::FxHashMap<u32, (Process, Option<String>)>,
+}
+
+impl Workloads {
+    /// `process`'s workload; it must be alive (else its PID may name another process).
+    fn of(&mut self, process: Process) -> Option<&str> {
+        let lookup = || (process, super::startup::workload(process.pid));
+        let entry = self.by_pid.entry(process.pid).or_insert_with(lookup);
+        if entry.0 != process {
+            *entry = lookup();
+        }
+        entry.1.as_deref()
+    }
+
+    fn forget(&mut self, pid: u32) {
+        self.by_pid.remove(&pid);
     }
 }
 

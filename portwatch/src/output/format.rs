@@ -1,6 +1,8 @@
 //! Small formatting helpers shared by the outputs.
 use std::{fmt, net::IpAddr};
 
+use super::json_line::ShownOwner;
+
 /// `addr:port`, with IPv6 addresses in brackets as in URLs: `[::1]:80`.
 pub struct Endpoint(pub IpAddr, pub u16);
 
@@ -44,6 +46,31 @@ impl fmt::Display for HumanDuration {
             }
         };
         f.pad(&text)
+    }
+}
+
+/// The owner's PID, or `-` when unknown.
+pub struct OwnerPid<'a>(pub Option<&'a ShownOwner>);
+
+impl std::fmt::Display for OwnerPid<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(shown) => shown.owner.process.pid.fmt(f),
+            None => f.pad("-"),
+        }
+    }
+}
+
+/// The owner's comm; `?` when unknown, a dagger suffix when it has exited.
+pub struct OwnerComm<'a>(pub Option<&'a ShownOwner>);
+
+impl std::fmt::Display for OwnerComm<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(shown) if shown.alive => shown.owner.comm.fmt(f),
+            Some(shown) => f.pad(&format!("{}\u{2020}", shown.owner.comm)),
+            None => f.pad("?"),
+        }
     }
 }
 

@@ -31,12 +31,8 @@ pub struct ShownOwner {
 #[derive(Serialize)]
 pub struct JsonTransition {
     pub ts_ns: u64,
-    /// The socket's owner; null when portwatch does not know it.
-    pub pid: Option<u32>,
-    pub comm: Option<Comm>,
-    pub owner_source: Option<OwnerSource>,
-    pub owner_alive: Option<bool>,
-    pub cgroup_id: Option<u64>,
+    #[serde(flatten)]
+    pub owner: JsonOwner,
     /// The task that was on the CPU; unless `by_syscall`, possibly a bystander.
     pub task_pid: u32,
     pub task_tid: u32,
@@ -61,11 +57,7 @@ impl JsonTransition {
     pub fn new(event: &Transition, owner: Option<&ShownOwner>) -> Self {
         JsonTransition {
             ts_ns: event.ts_ns,
-            pid: owner.map(|o| o.owner.process.pid),
-            comm: owner.map(|o| o.owner.comm),
-            owner_source: owner.map(|o| o.owner.source),
-            owner_alive: owner.map(|o| o.alive),
-            cgroup_id: owner.map(|o| o.owner.cgroup_id).filter(|&id| id != 0),
+            owner: JsonOwner::new(owner),
             task_pid: event.task.pid,
             task_tid: event.task.tid,
             task_comm: event.task.comm,
@@ -81,6 +73,30 @@ impl JsonTransition {
             new_state: event.new_state,
             sock: Hex(event.sock),
             in_state_ns: event.in_state_ns,
+        }
+    }
+}
+
+/// A socket's owner as the JSON lines about sockets (transitions, connections) carry
+/// it; every field is null when portwatch does not know the owner.
+#[derive(Serialize)]
+pub struct JsonOwner {
+    pub pid: Option<u32>,
+    pub comm: Option<Comm>,
+    pub owner_source: Option<OwnerSource>,
+    pub owner_alive: Option<bool>,
+    /// Null when unknown (0).
+    pub cgroup_id: Option<u64>,
+}
+
+impl JsonOwner {
+    pub fn new(owner: Option<&ShownOwner>) -> Self {
+        JsonOwner {
+            pid: owner.map(|o| o.owner.process.pid),
+            comm: owner.map(|o| o.owner.comm),
+            owner_source: owner.map(|o| o.owner.source),
+            owner_alive: owner.map(|o| o.alive),
+            cgroup_id: owner.map(|o| o.owner.cgroup_id).filter(|&id| id != 0),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! How portwatch shows what it saw.
 pub mod advice;
+pub mod connections;
 #[cfg(test)]
 mod doc_schema;
 pub mod format;

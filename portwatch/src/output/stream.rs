@@ -5,9 +5,11 @@ use crate::{
     clock::WallClock,
     event::Transition,
     output::{
-        format::{Endpoint, HumanDuration},
+        connections,
+        format::{Endpoint, HumanDuration, OwnerComm, OwnerPid},
         json_line::{self, ShownOwner},
     },
+    sockets::connection::Connection,
     tcp_state::TcpState,
 };
 
@@ -82,6 +84,35 @@ impl<W: Write> StreamPrinter<W> {
         }
     }
 
+    /// The header of `--connections` lines (text only).
+    pub fn connections_header(&mut self) -> io::Result<()> {
+        if self.format == Format::Text {
+            connections::write_text_header(&mut self.out)?;
+        }
+        Ok(())
+    }
+
+    /// One finished connection (`--connections`).
+    pub fn print_connection(
+        &mut self,
+        connection: &Connection,
+        owner: Option<&ShownOwner>,
+        workload: Option<&str>,
+    ) -> io::Result<()> {
+        match self.format {
+            Format::Json => {
+                connections::write_json(&mut self.pending, connection, owner, workload);
+                if self.pending.len() >= PENDING_BYTES {
+                    self.write_pending()?;
+                }
+                Ok(())
+            }
+            Format::Text => {
+                connections::write_text(&mut self.out, &self.clock, connection, owner, workload)
+            }
+        }
+    }
+
     pub fn flush(&mut self) -> io::Result<()> {
         self.write_pending()?;
         self.out.flush()
@@ -101,31 +132,6 @@ impl<W: Write> StreamPrinter<W> {
             written?;
         }
         Ok(())
-    }
-}
-
-/// The owner's PID, or `-` when unknown.
-struct OwnerPid<'a>(Option<&'a ShownOwner>);
-
-impl std::fmt::Display for OwnerPid<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(shown) => shown.owner.process.pid.fmt(f),
-            None => f.pad("-"),
-        }
-    }
-}
-
-/// The owner's comm; `?` when unknown, a dagger suffix when it has exited.
-struct OwnerComm<'a>(Option<&'a ShownOwner>);
-
-impl std::fmt::Display for OwnerComm<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(shown) if shown.alive => shown.owner.comm.fmt(f),
-            Some(shown) => f.pad(&format!("{}\u{2020}", shown.owner.comm)),
-            None => f.pad("?"),
-        }
     }
 }
 

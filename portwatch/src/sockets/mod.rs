@@ -2,6 +2,7 @@
 //! kernel's socket table via sock_diag, the processes holding each socket via /proc,
 //! what those processes run as via cgroups), and the live table mirrored from the
 //! kernel's events.
+pub mod connection;
 pub mod diag;
 mod exits;
 pub mod holders;

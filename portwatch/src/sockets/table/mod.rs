@@ -49,6 +49,28 @@ pub struct LiveSocket {
     pub owner: Option<SocketOwner>,
 }
 
+/// What one transition did, for a caller that follows whole connections
+/// ([`SocketTable::apply_transition`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Applied {
+    /// The socket's owner afterwards (what [`SocketTable::apply`] returns).
+    pub owner: Option<SocketOwner>,
+    /// Set when the transition closed the socket (to CLOSE): what the table knew of it.
+    pub closed: Option<Closed>,
+}
+
+/// A socket as the table knew it when it closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closed {
+    /// When it opened (CLOCK_MONOTONIC ns): the kernel's record of it, or, when the
+    /// kernel's table had no room for the socket, the time its opening record carried.
+    /// None when portwatch did not see it open.
+    pub opened_ns: Option<u64>,
+    /// The startup snapshot listed it: it was open before portwatch attached.
+    pub predates_start: bool,
+    pub origin: Option<Origin>,
+}
+
 /// A live socket as the table stores it: 72 bytes, well under [`LiveSocket`]'s size, as
 /// a host may hold hundreds of thousands. The owner is an id into the table's
 /// [`Owners`], and a zero open time means unknown (the kernel sends 0 for that too).
@@ -57,6 +79,8 @@ struct Stored {
     tuple: Tuple,
     state: TcpState,
     state_since_exact: bool,
+    /// From the startup snapshot (see [`Closed::predates_start`]).
+    predates_start: bool,
     origin: Option<Origin>,
     owner: Option<OwnerId>,
     state_since_ns: u64,
@@ -142,7 +166,7 @@ impl SocketTable {
     /// Applies one event; for a transition, returns the socket's owner afterwards.
     pub fn apply(&mut self, event: &Event) -> Option<SocketOwner> {
         match event {
-            Event::Transition(transition) => self.transition(transition),
+            Event::Transition(transition) => self.transition(transition).owner,
             Event::Accepted(accepted) => {
                 self.accepted(accepted);
                 None
@@ -155,7 +179,13 @@ impl SocketTable {
         }
     }
 
-    fn transition(&mut self, event: &Transition) -> Option<SocketOwner> {
+    /// Applies one transition; returns the owner afterwards and, when it closed the
+    /// socket, what the table knew of it.
+    pub fn apply_transition(&mut self, event: &Transition) -> Applied {
+        self.transition(event)
+    }
+
+    fn transition(&mut self, event: &Transition) -> Applied {
         use std::collections::hash_map::Entry;
         self.expire_time_wait(event.ts_ns);
         let learned = event.owner.map(|owner| self.owner_from(&owner));
@@ -168,7 +198,7 @@ impl SocketTable {
                     // Still here, so the kernel skipped the earlier socket's last
                     // transitions (it does while another eBPF program runs on that CPU):
                     // that socket is gone, and its owner is not this one's.
-                    entry.insert(fresh(event, None));
+                    entry.insert(fresh(event, None, false));
                 }
                 entry
             }
@@ -182,7 +212,7 @@ impl SocketTable {
                 };
                 let owner =
                     seeded_owner(seed.as_ref(), &self.exits).map(|owner| self.owners.intern(owner));
-                entry.insert_entry(fresh(event, owner))
+                entry.insert_entry(fresh(event, owner, seed.is_some()))
             }
         };
         let socket = entry.get_mut();
@@ -201,6 +231,7 @@ impl SocketTable {
         if event.origin.is_some() {
             socket.origin = event.origin;
         }
+        let mut gone = None;
         if event.new_state == TcpState::Close {
             let closed = entry.remove();
             if event.enters_time_wait() {
@@ -208,12 +239,20 @@ impl SocketTable {
                 self.time_wait
                     .add(tuple, closed.origin, event.ts_ns, closed.owner, process);
             }
+            gone = Some(Closed {
+                opened_ns: closed.opened_ns.map(NonZeroU64::get),
+                predates_start: closed.predates_start,
+                origin: closed.origin,
+            });
         }
         if self.live.len() > self.max_sockets {
             self.evict(event.ts_ns);
         }
         self.compact_owners();
-        owner
+        Applied {
+            owner,
+            closed: gone,
+        }
     }
 
     /// Over the limit: forgets live sockets down to 1/16 below it, so one scan pays
@@ -526,11 +565,12 @@ fn starts_life(event: &Transition) -> bool {
 }
 
 /// A socket's entry before its first transition is applied.
-fn fresh(event: &Transition, owner: Option<OwnerId>) -> Stored {
+fn fresh(event: &Transition, owner: Option<OwnerId>, predates_start: bool) -> Stored {
     Stored {
         tuple: Tuple::of(event),
         state: event.old_state,
         state_since_exact: false,
+        predates_start,
         origin: event.origin,
         owner,
         state_since_ns: event.ts_ns,
