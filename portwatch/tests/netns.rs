@@ -481,3 +481,175 @@ fn connections_never_accepted_are_their_listeners_leak() {
     );
     assert_eq!(leak_of(server_after.pid), held, "{report:#}");
 }
+
+/// A fake Kubernetes pod's cgroup: a cgroup v2 directory named as the kubelet's systemd
+/// driver names a BestEffort pod's slice, under the host's cgroup2 mount; removed (with
+/// the slices above it) when dropped, once its processes are gone.
+struct PodCgroup {
+    /// The slices made, outermost first.
+    made: Vec<std::path::PathBuf>,
+}
+
+impl PodCgroup {
+    const UID: &str = "0f3c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8";
+
+    fn new() -> PodCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        // Field 5 is the mount point; the type follows the " - " separator.
+        let root = mountinfo
+            .lines()
+            .find_map(|line| {
+                let (mount, rest) = line.split_once(" - ")?;
+                rest.starts_with("cgroup2 ")
+                    .then(|| mount.split(' ').nth(4).map(str::to_owned))?
+            })
+            .expect("no cgroup2 mount");
+        let uid = Self::UID.replace('-', "_");
+        let mut path = std::path::PathBuf::from(root);
+        let mut made = Vec::new();
+        for slice in [
+            "kubepods.slice".to_owned(),
+            "kubepods-besteffort.slice".to_owned(),
+            format!("kubepods-besteffort-pod{uid}.slice"),
+        ] {
+            path.push(slice);
+            if !path.exists() {
+                std::fs::create_dir(&path).unwrap();
+                made.push(path.clone());
+            }
+        }
+        assert!(!made.is_empty(), "a kubepods slice exists already");
+        PodCgroup { made }
+    }
+
+    fn procs(&self) -> std::path::PathBuf {
+        self.made.last().unwrap().join("cgroup.procs")
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for dir in self.made.iter().rev() {
+            // A killed process leaves its cgroup a moment after it is reaped.
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A pod: a process in its own network and UTS namespaces (hostname `my-pod-7d9f`, as a
+/// pod's hostname is its name) inside a kubepods pod cgroup. `snapshot` and `report`
+/// name it by its pod, a process beside it in the host's UTS namespace and cgroup not.
+#[test]
+fn a_pods_process_is_named_by_its_pod() {
+    require_privileges();
+    let cgroup = PodCgroup::new();
+    let ns = NetNs::new();
+    // Sets the hostname and enters the cgroup (before `ip netns exec`, whose sysfs
+    // has no cgroup mounts), then becomes the workload in the namespace (same PID).
+    let script = format!(
+        "hostname my-pod-7d9f && echo $$ > {} && exec \"$0\" \"$@\"",
+        cgroup.procs().display()
+    );
+    let binary = workload_binary().to_str().unwrap();
+    let mut leaker = Launcher::new(
+        "unshare",
+        [
+            "--uts", "sh", "-c", &script, "ip", "netns", "exec", &ns.name, binary,
+        ],
+    )
+    .spawn(&[
+        "leak-server",
+        "--listen",
+        "127.0.0.1:8080",
+        "--leak",
+        "2",
+        "--keep-listening",
+    ])
+    .unwrap_or_else(|err| panic!("the pod's leak-server: {err:#}"));
+    let connect = |count: &str| {
+        let mut client = ns.workload(&[
+            "leak-client",
+            "--connect",
+            "127.0.0.1:8080",
+            "--count",
+            count,
+        ]);
+        expect_line(&mut client, "done");
+        client
+    };
+    let (report, stderr) = start_portwatch(
+        &[
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "3s",
+            "--close-wait-age",
+            "1s",
+        ],
+        Stdio::piped(),
+    );
+    let client = connect("2");
+    expect_line(&mut leaker, "done");
+
+    let output = Command::new(PORTWATCH)
+        .args(["snapshot", "--format", "json", "--netns", &ns.name])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let snapshot: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let workload_of = |pid: u32| {
+        snapshot["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} missing: {snapshot:#}"))["workload"]
+            .clone()
+    };
+    assert_eq!(
+        workload_of(leaker.pid),
+        serde_json::json!({"pod": {"uid": PodCgroup::UID, "name": "my-pod-7d9f"}}),
+        "{snapshot:#}"
+    );
+    let text = Command::new(PORTWATCH)
+        .args(["snapshot", "--netns", &ns.name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(&leaker.pid.to_string()))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(" pod:my-pod-7d9f "), "{text}");
+
+    let report = report_json(report, stderr);
+    let leak = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "close_wait_leak" && f["pid"] == leaker.pid)
+        .unwrap_or_else(|| panic!("no leak finding: {report:#}"));
+    assert_eq!(leak["workload"], "pod:my-pod-7d9f", "{report:#}");
+    assert_eq!(
+        process_row(&report, leaker.pid).unwrap()["workload"],
+        "pod:my-pod-7d9f",
+        "{report:#}"
+    );
+    // The clients ran in the host's cgroup and UTS namespace: no pod.
+    if let Some(row) = process_row(&report, client.pid) {
+        let workload = row["workload"].as_str().unwrap_or("");
+        assert!(!workload.starts_with("pod:"), "{report:#}");
+    }
+    drop(leaker);
+    drop(cgroup);
+}
