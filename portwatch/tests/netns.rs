@@ -653,3 +653,82 @@ fn a_pods_process_is_named_by_its_pod() {
     drop(leaker);
     drop(cgroup);
 }
+
+/// connect() failing with EADDRNOTAVAIL in one namespace: its record carries no
+/// namespace, so `--netns` takes it from the thread's portless SYN_SENT -> CLOSE just
+/// before it. The namespace's own report counts every failure, and its process's; the
+/// other namespace's report counts none (not even under the unknown owner).
+#[test]
+fn failed_connects_count_only_in_their_own_namespace() {
+    require_privileges();
+    let (full, other) = (NetNs::new(), NetNs::new());
+    full.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let _server = full.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
+    let _other_server = other.workload(&["echo-server", "--listen", "127.0.0.1:5000"]);
+    let reports = [&full, &other].map(|ns| {
+        start_portwatch(
+            &[
+                "report",
+                "--format",
+                "json",
+                "--duration",
+                "3s",
+                "--netns",
+                &ns.name,
+            ],
+            Stdio::piped(),
+        )
+    });
+    let mut client = full.workload(&[
+        "hold-client",
+        "--connect",
+        "127.0.0.1:5000",
+        "--count",
+        "8",
+        "--count-no-local-port",
+    ]);
+    let held = expect_line(&mut client, "held");
+    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let mut churn = other.workload(&[
+        "churn-client",
+        "--connect",
+        "127.0.0.1:5000",
+        "--rate",
+        "0",
+        "--count",
+        "5",
+    ]);
+    expect_line(&mut churn, "done");
+    let [full_only, other_only] = reports.map(|(child, stderr)| report_json(child, stderr));
+    let failed = |report: &Value| -> u64 {
+        report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["failed_connects"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        count(process_row(&full_only, client.pid), "failed_connects"),
+        4,
+        "{full_only:#}"
+    );
+    assert_eq!(failed(&full_only), 4, "{full_only:#}");
+    let exhausted = full_only["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "port_exhaustion")
+        .unwrap_or_else(|| panic!("{full_only:#}"));
+    assert_eq!(exhausted["failed_connects"], 4, "{full_only:#}");
+    assert_eq!(exhausted["pid"], client.pid, "{full_only:#}");
+    assert_eq!(failed(&other_only), 0, "{other_only:#}");
+    assert!(
+        !other_only["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "port_exhaustion"),
+        "{other_only:#}"
+    );
+}

@@ -16,6 +16,7 @@ use crate::{
         report::{self, Context, Report},
     },
     event::{DecodeError, Event, decode},
+    filter::{FailedConnectNetns, Filter},
     output,
     record::{self, Recording},
     sockets::table::Seed,
@@ -33,8 +34,10 @@ pub struct ModelSink {
     pub undecodable: u64,
     /// Why the first undecodable record was.
     pub first_error: Option<DecodeError>,
-    /// `--netns`: only this namespace's sockets go into the model.
-    pub netns: Option<u32>,
+    /// `--netns`: only this namespace's sockets (and failed connects) go into the model.
+    pub filter: Filter,
+    /// The namespace of each EADDRNOTAVAIL record, which carries none.
+    failed_connects: FailedConnectNetns,
 }
 
 impl ModelSink {
@@ -43,13 +46,14 @@ impl ModelSink {
             model,
             undecodable: 0,
             first_error: None,
-            netns: None,
+            filter: Filter::default(),
+            failed_connects: FailedConnectNetns::default(),
         }
     }
 
     /// Only the sockets of network namespace `netns`, if given.
     pub fn in_netns(mut self, netns: Option<u32>) -> Self {
-        self.netns = netns;
+        self.filter.netns = netns;
         self
     }
 }
@@ -59,7 +63,11 @@ impl Sink for ModelSink {
         self.model.start_ns = start_ns;
         self.model.last_ns = start_ns;
         for seed in seeds {
-            if self.netns.is_none_or(|netns| netns == seed.tuple.netns) {
+            if self
+                .filter
+                .netns
+                .is_none_or(|netns| netns == seed.tuple.netns)
+            {
                 self.model.seed(seed);
             }
         }
@@ -68,8 +76,23 @@ impl Sink for ModelSink {
 
     fn record(&mut self, bytes: &[u8]) {
         match decode(bytes) {
-            Ok(Event::Transition(transition))
-                if self.netns.is_some_and(|netns| netns != transition.netns) => {}
+            Ok(event) if self.filter.netns.is_some() => {
+                let wanted = match &event {
+                    Event::Transition(transition) => {
+                        self.failed_connects.note(transition);
+                        self.filter.netns == Some(transition.netns)
+                    }
+                    // Charged to the namespace its thread's portless SYN_SENT -> CLOSE
+                    // was in; the model pairs the two again for the destination.
+                    Event::ConnectFailed(failed) => self
+                        .filter
+                        .matches_failed_connect(self.failed_connects.of(failed)),
+                    Event::Accepted(_) | Event::Exited(_) => true,
+                };
+                if wanted {
+                    self.model.apply(&event);
+                }
+            }
             Ok(event) => self.model.apply(&event),
             Err(err) => {
                 self.undecodable += 1;
