@@ -732,3 +732,93 @@ fn failed_connects_count_only_in_their_own_namespace() {
         "{other_only:#}"
     );
 }
+
+/// `serve` reads the port settings of a namespace created after it started (a pod
+/// scheduled later): the destination's capacity in the scraped metrics is that
+/// namespace's narrowed range, not the host's.
+#[test]
+fn serve_reads_the_port_range_of_a_namespace_made_after_it_started() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    require_privileges();
+    let mut serve = Command::new(PORTWATCH)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let serve = Kill(serve);
+    let address: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "serve exited");
+        if let Some(rest) = line.strip_prefix("portwatch: serving http://") {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let scrape = || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    };
+    // A first scrape reads the settings as they are: the namespace does not exist yet.
+    assert!(scrape().contains("portwatch_build_info"));
+
+    let ns = NetNs::new();
+    ns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let _server = ns.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
+    let mut client = ns.workload(&[
+        "hold-client",
+        "--connect",
+        "127.0.0.1:5000",
+        "--count",
+        "8",
+        "--count-no-local-port",
+    ]);
+    let held = expect_line(&mut client, "held");
+    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let label = format!("netns=\"{}\"", ns.inode());
+    let value = |metrics: &str, name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .filter(|line| line.contains(&label))
+            .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = scrape();
+        if value(&metrics, "portwatch_ephemeral_ports_in_use") == Some(4.0) {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no destination in {}: {metrics}",
+            ns.inode()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(
+        value(&metrics, "portwatch_ephemeral_ports_capacity"),
+        Some(4.0),
+        "{metrics}"
+    );
+    // Connects already fail there: exhausted now, by that namespace's own count.
+    assert_eq!(
+        value(&metrics, "portwatch_port_exhaustion_eta_seconds"),
+        Some(0.0),
+        "{metrics}"
+    );
+    drop(serve);
+}
