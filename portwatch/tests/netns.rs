@@ -328,8 +328,17 @@ fn a_namespace_port_range_is_its_own_budget() {
     assert_eq!(finding["port_capacity"], 4, "{report:#}");
     assert_eq!(finding["ports_in_use"], 4, "{report:#}");
     assert_eq!(finding["failed_connects"], 4, "{report:#}");
-    // The host's own range is untouched, and the report's header shows it.
+    // The host's own range is untouched, and the report's header shows it; the
+    // namespace's own is listed beside it.
     assert_ne!(report["port_capacity"], 4, "{report:#}");
+    let listed = report["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["netns"] == ns.inode())
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(listed["port_capacity"], 4, "{report:#}");
+    assert_eq!(listed["port_range"], serde_json::json!([40000, 40003]));
 }
 
 /// `snapshot` lists every namespace's sockets with their holders and namespace.

@@ -87,6 +87,9 @@ pub struct PortBudget {
     pub host: PortSettings,
     /// By namespace inode.
     pub by_netns: BTreeMap<u32, PortSettings>,
+    /// portwatch's own namespace, whose settings `host` are (0: unknown, as in a
+    /// recording).
+    pub host_netns: u32,
 }
 
 impl PortBudget {
@@ -95,6 +98,7 @@ impl PortBudget {
         PortBudget {
             host,
             by_netns: BTreeMap::new(),
+            host_netns: 0,
         }
     }
 
@@ -108,6 +112,7 @@ impl PortBudget {
     /// namespace). A namespace that cannot be read keeps the host's settings.
     pub fn read() -> io::Result<Self> {
         let mut budget = PortBudget::host_only(PortSettings::read()?);
+        budget.host_netns = crate::sockets::netns::own().unwrap_or(0);
         budget.read_namespaces();
         Ok(budget)
     }
