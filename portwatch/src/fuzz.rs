@@ -53,14 +53,16 @@ pub fn ring_record(bytes: &[u8]) -> Result<(), DecodeError> {
         alive: transition.by_syscall,
     });
     let mut text = StreamPrinter::new(Vec::new(), Format::Text, WallClock::now());
-    text.print(&transition, owner.as_ref())
+    let workload = Some("pod:web-7d9f/3f2a9c1b7d4e");
+    text.print(&transition, owner.as_ref(), workload)
         .expect("printing to a Vec cannot fail");
     let mut fast = StreamPrinter::new(Vec::new(), Format::Json, WallClock::now());
-    fast.print(&transition, owner.as_ref())
+    fast.print(&transition, owner.as_ref(), workload)
         .expect("printing to a Vec cannot fail");
     let fast = fast.into_inner().expect("printing to a Vec cannot fail");
-    let mut reference = serde_json::to_vec(&JsonTransition::new(&transition, owner.as_ref()))
-        .expect("a transition always serializes");
+    let mut reference =
+        serde_json::to_vec(&JsonTransition::new(&transition, owner.as_ref(), workload))
+            .expect("a transition always serializes");
     reference.push(b'\n');
     assert_eq!(
         String::from_utf8_lossy(&fast),

@@ -84,6 +84,7 @@ impl Recording {
         PortBudget {
             host: self.header.settings.clone(),
             by_netns: self.trailer.netns_settings.clone(),
+            host_netns: 0,
         }
     }
 }

@@ -328,8 +328,17 @@ fn a_namespace_port_range_is_its_own_budget() {
     assert_eq!(finding["port_capacity"], 4, "{report:#}");
     assert_eq!(finding["ports_in_use"], 4, "{report:#}");
     assert_eq!(finding["failed_connects"], 4, "{report:#}");
-    // The host's own range is untouched, and the report's header shows it.
+    // The host's own range is untouched, and the report's header shows it; the
+    // namespace's own is listed beside it.
     assert_ne!(report["port_capacity"], 4, "{report:#}");
+    let listed = report["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["netns"] == ns.inode())
+        .unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(listed["port_capacity"], 4, "{report:#}");
+    assert_eq!(listed["port_range"], serde_json::json!([40000, 40003]));
 }
 
 /// `snapshot` lists every namespace's sockets with their holders and namespace.
@@ -480,4 +489,345 @@ fn connections_never_accepted_are_their_listeners_leak() {
         "1 accepted, 2 queued ({skipped} skipped): {report:#}"
     );
     assert_eq!(leak_of(server_after.pid), held, "{report:#}");
+}
+
+/// A fake Kubernetes pod's cgroup: a cgroup v2 directory named as the kubelet's systemd
+/// driver names a BestEffort pod's slice, under the host's cgroup2 mount; removed (with
+/// the slices above it) when dropped, once its processes are gone.
+struct PodCgroup {
+    /// The slices made, outermost first.
+    made: Vec<std::path::PathBuf>,
+}
+
+impl PodCgroup {
+    const UID: &str = "0f3c1a2b-4d5e-6f70-8192-a3b4c5d6e7f8";
+
+    fn new() -> PodCgroup {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        // Field 5 is the mount point; the type follows the " - " separator.
+        let root = mountinfo
+            .lines()
+            .find_map(|line| {
+                let (mount, rest) = line.split_once(" - ")?;
+                rest.starts_with("cgroup2 ")
+                    .then(|| mount.split(' ').nth(4).map(str::to_owned))?
+            })
+            .expect("no cgroup2 mount");
+        let uid = Self::UID.replace('-', "_");
+        let mut path = std::path::PathBuf::from(root);
+        let mut made = Vec::new();
+        for slice in [
+            "kubepods.slice".to_owned(),
+            "kubepods-besteffort.slice".to_owned(),
+            format!("kubepods-besteffort-pod{uid}.slice"),
+        ] {
+            path.push(slice);
+            if !path.exists() {
+                std::fs::create_dir(&path).unwrap();
+                made.push(path.clone());
+            }
+        }
+        assert!(!made.is_empty(), "a kubepods slice exists already");
+        PodCgroup { made }
+    }
+
+    fn procs(&self) -> std::path::PathBuf {
+        self.made.last().unwrap().join("cgroup.procs")
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for dir in self.made.iter().rev() {
+            // A killed process leaves its cgroup a moment after it is reaped.
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A pod: a process in its own network and UTS namespaces (hostname `my-pod-7d9f`, as a
+/// pod's hostname is its name) inside a kubepods pod cgroup. `snapshot` and `report`
+/// name it by its pod, a process beside it in the host's UTS namespace and cgroup not.
+#[test]
+fn a_pods_process_is_named_by_its_pod() {
+    require_privileges();
+    let cgroup = PodCgroup::new();
+    let ns = NetNs::new();
+    // Sets the hostname and enters the cgroup (before `ip netns exec`, whose sysfs
+    // has no cgroup mounts), then becomes the workload in the namespace (same PID).
+    let script = format!(
+        "hostname my-pod-7d9f && echo $$ > {} && exec \"$0\" \"$@\"",
+        cgroup.procs().display()
+    );
+    let binary = workload_binary().to_str().unwrap();
+    let mut leaker = Launcher::new(
+        "unshare",
+        [
+            "--uts", "sh", "-c", &script, "ip", "netns", "exec", &ns.name, binary,
+        ],
+    )
+    .spawn(&[
+        "leak-server",
+        "--listen",
+        "127.0.0.1:8080",
+        "--leak",
+        "2",
+        "--keep-listening",
+    ])
+    .unwrap_or_else(|err| panic!("the pod's leak-server: {err:#}"));
+    let connect = |count: &str| {
+        let mut client = ns.workload(&[
+            "leak-client",
+            "--connect",
+            "127.0.0.1:8080",
+            "--count",
+            count,
+        ]);
+        expect_line(&mut client, "done");
+        client
+    };
+    let (report, stderr) = start_portwatch(
+        &[
+            "report",
+            "--format",
+            "json",
+            "--duration",
+            "3s",
+            "--close-wait-age",
+            "1s",
+        ],
+        Stdio::piped(),
+    );
+    let client = connect("2");
+    expect_line(&mut leaker, "done");
+
+    let output = Command::new(PORTWATCH)
+        .args(["snapshot", "--format", "json", "--netns", &ns.name])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let snapshot: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let workload_of = |pid: u32| {
+        snapshot["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} missing: {snapshot:#}"))["workload"]
+            .clone()
+    };
+    assert_eq!(
+        workload_of(leaker.pid),
+        serde_json::json!({"pod": {"uid": PodCgroup::UID, "name": "my-pod-7d9f"}}),
+        "{snapshot:#}"
+    );
+    let text = Command::new(PORTWATCH)
+        .args(["snapshot", "--netns", &ns.name])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(&leaker.pid.to_string()))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains(" pod:my-pod-7d9f "), "{text}");
+
+    let report = report_json(report, stderr);
+    let leak = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "close_wait_leak" && f["pid"] == leaker.pid)
+        .unwrap_or_else(|| panic!("no leak finding: {report:#}"));
+    assert_eq!(leak["workload"], "pod:my-pod-7d9f", "{report:#}");
+    assert_eq!(
+        process_row(&report, leaker.pid).unwrap()["workload"],
+        "pod:my-pod-7d9f",
+        "{report:#}"
+    );
+    // The clients ran in the host's cgroup and UTS namespace: no pod.
+    if let Some(row) = process_row(&report, client.pid) {
+        let workload = row["workload"].as_str().unwrap_or("");
+        assert!(!workload.starts_with("pod:"), "{report:#}");
+    }
+    drop(leaker);
+    drop(cgroup);
+}
+
+/// connect() failing with EADDRNOTAVAIL in one namespace: its record carries no
+/// namespace, so `--netns` takes it from the thread's portless SYN_SENT -> CLOSE just
+/// before it. The namespace's own report counts every failure, and its process's; the
+/// other namespace's report counts none (not even under the unknown owner).
+#[test]
+fn failed_connects_count_only_in_their_own_namespace() {
+    require_privileges();
+    let (full, other) = (NetNs::new(), NetNs::new());
+    full.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let _server = full.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
+    let _other_server = other.workload(&["echo-server", "--listen", "127.0.0.1:5000"]);
+    let reports = [&full, &other].map(|ns| {
+        start_portwatch(
+            &[
+                "report",
+                "--format",
+                "json",
+                "--duration",
+                "3s",
+                "--netns",
+                &ns.name,
+            ],
+            Stdio::piped(),
+        )
+    });
+    let mut client = full.workload(&[
+        "hold-client",
+        "--connect",
+        "127.0.0.1:5000",
+        "--count",
+        "8",
+        "--count-no-local-port",
+    ]);
+    let held = expect_line(&mut client, "held");
+    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let mut churn = other.workload(&[
+        "churn-client",
+        "--connect",
+        "127.0.0.1:5000",
+        "--rate",
+        "0",
+        "--count",
+        "5",
+    ]);
+    expect_line(&mut churn, "done");
+    let [full_only, other_only] = reports.map(|(child, stderr)| report_json(child, stderr));
+    let failed = |report: &Value| -> u64 {
+        report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["failed_connects"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        count(process_row(&full_only, client.pid), "failed_connects"),
+        4,
+        "{full_only:#}"
+    );
+    assert_eq!(failed(&full_only), 4, "{full_only:#}");
+    let exhausted = full_only["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "port_exhaustion")
+        .unwrap_or_else(|| panic!("{full_only:#}"));
+    assert_eq!(exhausted["failed_connects"], 4, "{full_only:#}");
+    assert_eq!(exhausted["pid"], client.pid, "{full_only:#}");
+    assert_eq!(failed(&other_only), 0, "{other_only:#}");
+    assert!(
+        !other_only["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "port_exhaustion"),
+        "{other_only:#}"
+    );
+}
+
+/// `serve` reads the port settings of a namespace created after it started (a pod
+/// scheduled later): the destination's capacity in the scraped metrics is that
+/// namespace's narrowed range, not the host's.
+#[test]
+fn serve_reads_the_port_range_of_a_namespace_made_after_it_started() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    require_privileges();
+    let mut serve = Command::new(PORTWATCH)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stderr = std::io::BufReader::new(serve.stderr.take().unwrap());
+    let serve = Kill(serve);
+    let address: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert_ne!(stderr.read_line(&mut line).unwrap(), 0, "serve exited");
+        if let Some(rest) = line.strip_prefix("portwatch: serving http://") {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let scrape = || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    };
+    // A first scrape reads the settings as they are: the namespace does not exist yet.
+    assert!(scrape().contains("portwatch_build_info"));
+
+    let ns = NetNs::new();
+    ns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let _server = ns.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
+    let mut client = ns.workload(&[
+        "hold-client",
+        "--connect",
+        "127.0.0.1:5000",
+        "--count",
+        "8",
+        "--count-no-local-port",
+    ]);
+    let held = expect_line(&mut client, "held");
+    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let label = format!("netns=\"{}\"", ns.inode());
+    let value = |metrics: &str, name: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")))
+            .filter(|line| line.contains(&label))
+            .find_map(|line| line.rsplit(' ').next()?.parse().ok())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let metrics = loop {
+        let metrics = scrape();
+        if value(&metrics, "portwatch_ephemeral_ports_in_use") == Some(4.0) {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no destination in {}: {metrics}",
+            ns.inode()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    assert_eq!(
+        value(&metrics, "portwatch_ephemeral_ports_capacity"),
+        Some(4.0),
+        "{metrics}"
+    );
+    // Connects already fail there: exhausted now, by that namespace's own count.
+    assert_eq!(
+        value(&metrics, "portwatch_port_exhaustion_eta_seconds"),
+        Some(0.0),
+        "{metrics}"
+    );
+    drop(serve);
 }

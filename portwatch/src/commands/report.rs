@@ -17,6 +17,7 @@ use crate::{
         report::{self, Context, Report},
     },
     event::{CloseWaitSocket, DecodeError, Event, FlowCount, decode},
+    filter::{FailedConnectNetns, Filter},
     output,
     record::{self, Recording},
     sockets::table::Seed,
@@ -34,8 +35,10 @@ pub struct ModelSink {
     pub undecodable: u64,
     /// Why the first undecodable record was.
     pub first_error: Option<DecodeError>,
-    /// `--netns`: only this namespace's sockets go into the model.
-    pub netns: Option<u32>,
+    /// `--netns`: only this namespace's sockets (and failed connects) go into the model.
+    pub filter: Filter,
+    /// The namespace of each EADDRNOTAVAIL record, which carries none.
+    failed_connects: FailedConnectNetns,
     /// How the kernel hands transitions over.
     pub collect: Collect,
 }
@@ -46,7 +49,8 @@ impl ModelSink {
             model,
             undecodable: 0,
             first_error: None,
-            netns: None,
+            filter: Filter::default(),
+            failed_connects: FailedConnectNetns::default(),
             collect: Collect::Records,
         }
     }
@@ -59,7 +63,7 @@ impl ModelSink {
 
     /// Only the sockets of network namespace `netns`, if given.
     pub fn in_netns(mut self, netns: Option<u32>) -> Self {
-        self.netns = netns;
+        self.filter.netns = netns;
         self
     }
 }
@@ -72,7 +76,11 @@ impl Sink for ModelSink {
             self.model.count_portless_closes_as_failed_connects();
         }
         for seed in seeds {
-            if self.netns.is_none_or(|netns| netns == seed.tuple.netns) {
+            if self
+                .filter
+                .netns
+                .is_none_or(|netns| netns == seed.tuple.netns)
+            {
                 self.model.seed(seed);
             }
         }
@@ -81,8 +89,23 @@ impl Sink for ModelSink {
 
     fn record(&mut self, bytes: &[u8]) {
         match decode(bytes) {
-            Ok(Event::Transition(transition))
-                if self.netns.is_some_and(|netns| netns != transition.netns) => {}
+            Ok(event) if self.filter.netns.is_some() => {
+                let wanted = match &event {
+                    Event::Transition(transition) => {
+                        self.failed_connects.note(transition);
+                        self.filter.netns == Some(transition.netns)
+                    }
+                    // Charged to the namespace its thread's portless SYN_SENT -> CLOSE
+                    // was in; the model pairs the two again for the destination.
+                    Event::ConnectFailed(failed) => self
+                        .filter
+                        .matches_failed_connect(self.failed_connects.of(failed)),
+                    Event::Accepted(_) | Event::Exited(_) => true,
+                };
+                if wanted {
+                    self.model.apply(&event);
+                }
+            }
             Ok(event) => self.model.apply(&event),
             Err(err) => {
                 self.undecodable += 1;
@@ -102,7 +125,7 @@ impl Sink for ModelSink {
         flows: &[FlowCount],
         close_waits: &[CloseWaitSocket],
     ) {
-        match self.netns {
+        match self.filter.netns {
             None => self.model.apply_counts(from_ns, to_ns, flows, close_waits),
             Some(netns) => {
                 let flows: Vec<FlowCount> =

@@ -4,6 +4,8 @@ use std::io::{self, BufWriter, Write};
 
 use anyhow::{Context as _, Result};
 
+use rustc_hash::FxHashMap;
+
 use super::trace;
 use crate::{
     cli::StreamArgs,
@@ -11,9 +13,9 @@ use crate::{
     event::{Event, decode},
     filter::Filter,
     output::{json_line::ShownOwner, stream::StreamPrinter},
-    process::Process,
     sockets::{
         connection::{self, Ending},
+        owners::SocketOwner,
         table::{Seed, SocketTable},
     },
 };
@@ -26,8 +28,12 @@ pub async fn run(args: StreamArgs) -> Result<()> {
         netns: args.netns,
     };
     let out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    // A NETNS column only where it tells sockets apart: several namespaces, none chosen.
+    let several_namespaces = args.netns.is_none() && crate::sockets::netns::all().len() > 1;
     let mut sink = Sink {
-        printer: StreamPrinter::new(out, args.format, WallClock::now()),
+        printer: StreamPrinter::new(out, args.format, WallClock::now())
+            .with_netns(several_namespaces),
+        workloads: WorkloadNames::default(),
         filter,
         table: SocketTable::with_limit(args.kernel.max_sockets as usize),
         connections: args.connections.then(Connections::default),
@@ -104,6 +110,7 @@ pub async fn run(args: StreamArgs) -> Result<()> {
 /// loop can stop without losing the summary.
 struct Sink<W: Write> {
     printer: StreamPrinter<W>,
+    workloads: WorkloadNames,
     filter: Filter,
     table: SocketTable,
     /// Set with `--connections`: lines are finished connections, not transitions.
@@ -119,6 +126,12 @@ struct Sink<W: Write> {
 impl<W: Write> trace::Sink for Sink<W> {
     fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> anyhow::Result<()> {
         self.start_ns = start_ns;
+        for seed in &seeds {
+            for &(pid, _) in &seed.holders {
+                self.workloads.miss(0, pid);
+            }
+        }
+        self.workloads.resolve();
         for seed in seeds {
             self.table.seed(seed);
         }
@@ -139,9 +152,6 @@ impl<W: Write> trace::Sink for Sink<W> {
         };
         let Event::Transition(transition) = event else {
             self.table.apply(&event);
-            if let (Event::Exited(exited), Some(connections)) = (&event, &mut self.connections) {
-                connections.workloads.forget(exited.pid);
-            }
             if self.table.wants_exit_pruning() {
                 self.table.prune_exits(|_| false);
             }
@@ -152,11 +162,17 @@ impl<W: Write> trace::Sink for Sink<W> {
             owner,
             alive: self.table.is_alive(&owner.process),
         });
+        let owner = applied.owner;
         let pid = shown.map(|shown| shown.owner.process.pid);
         let Some(connections) = &mut self.connections else {
             if self.filter.matches(&transition, pid) {
                 self.shown += 1;
-                self.write(|printer| printer.print(&transition, shown.as_ref()));
+                let workload = owner.and_then(|owner| self.workloads.get(&owner));
+                if self.write_error.is_none()
+                    && let Err(err) = self.printer.print(&transition, shown.as_ref(), workload)
+                {
+                    self.write_error = Some(err);
+                }
             }
             return;
         };
@@ -169,15 +185,12 @@ impl<W: Write> trace::Sink for Sink<W> {
         }
         match connection::ended(&transition, &closed, applied.owner, self.start_ns) {
             Ending::Connection(connection) => {
-                let workload = match shown {
-                    Some(shown) if shown.alive => connections.workloads.of(shown.owner.process),
-                    _ => None,
-                };
+                let workload = owner.and_then(|owner| self.workloads.get(&owner));
                 self.shown += 1;
-                let printer = &mut self.printer;
                 if self.write_error.is_none()
                     && let Err(err) =
-                        printer.print_connection(&connection, shown.as_ref(), workload)
+                        self.printer
+                            .print_connection(&connection, shown.as_ref(), workload)
                 {
                     self.write_error = Some(err);
                 }
@@ -187,8 +200,11 @@ impl<W: Write> trace::Sink for Sink<W> {
         }
     }
 
-    /// One flush per batch: live when traffic is light, few syscalls when heavy.
+    /// One flush per batch: live when traffic is light, few syscalls when heavy. The
+    /// workloads of owners first seen in the batch are looked up here, off the per-event
+    /// path.
     fn batch_done(&mut self) -> bool {
+        self.workloads.resolve();
         self.flush();
         self.write_error.is_none()
     }
@@ -200,32 +216,6 @@ struct Connections {
     /// Connection attempts that closed without getting past the handshake (shown by
     /// the filter, but not connections).
     never_established: u64,
-    workloads: Workloads,
-}
-
-/// Each owner's workload (container, systemd unit), read from /proc once per process
-/// rather than once per connection: a churning process would otherwise cost two reads
-/// of /proc per connection. Forgotten when the process exits, so it holds only live
-/// processes.
-#[derive(Default)]
-struct Workloads {
-    by_pid: rustc_hash::FxHashMap<u32, (Process, Option<String>)>,
-}
-
-impl Workloads {
-    /// `process`'s workload; it must be alive (else its PID may name another process).
-    fn of(&mut self, process: Process) -> Option<&str> {
-        let lookup = || (process, super::startup::workload(process.pid));
-        let entry = self.by_pid.entry(process.pid).or_insert_with(lookup);
-        if entry.0 != process {
-            *entry = lookup();
-        }
-        entry.1.as_deref()
-    }
-
-    fn forget(&mut self, pid: u32) {
-        self.by_pid.remove(&pid);
-    }
 }
 
 impl<W: Write> Sink<W> {
@@ -238,6 +228,81 @@ impl<W: Write> Sink<W> {
             && let Err(err) = op(&mut self.printer)
         {
             self.write_error = Some(err);
+        }
+    }
+}
+
+/// Owners' workloads (container, pod, unit), as the report names them, looked up in
+/// /proc between batches: the per-event path reads this cache and notes what it lacks,
+/// without a system call or an allocation. An owner the kernel learned carries its
+/// cgroup id, which names its workload for every process in that cgroup; one learned
+/// from /proc (id 0) is looked up by PID.
+#[derive(Default)]
+struct WorkloadNames {
+    by_cgroup: FxHashMap<u64, Option<Box<str>>>,
+    by_pid: FxHashMap<u32, Option<Box<str>>>,
+    /// (cgroup id, PID) of owners not in the cache yet, at most [`MISSES`].
+    missed: Vec<(u64, u32)>,
+}
+
+/// Owners looked up per batch; more wait for a later one.
+const MISSES: usize = 64;
+/// Entries kept before the cache starts again (cgroups and PIDs are reused).
+const CACHED: usize = 16384;
+
+impl WorkloadNames {
+    fn get(&mut self, owner: &SocketOwner) -> Option<&str> {
+        let (cgroup, pid) = (owner.cgroup_id, owner.process.pid);
+        let known = if cgroup != 0 {
+            self.by_cgroup.contains_key(&cgroup)
+        } else {
+            self.by_pid.contains_key(&pid)
+        };
+        if !known {
+            self.miss(cgroup, pid);
+            return None;
+        }
+        let cached = if cgroup != 0 {
+            self.by_cgroup.get(&cgroup)
+        } else {
+            self.by_pid.get(&pid)
+        };
+        cached.and_then(|name| name.as_deref())
+    }
+
+    /// Notes an owner to look up; allocates only the first time (the buffer's capacity
+    /// is kept across batches).
+    fn miss(&mut self, cgroup: u64, pid: u32) {
+        if self.missed.len() < MISSES && !self.missed.contains(&(cgroup, pid)) {
+            if self.missed.capacity() == 0 {
+                self.missed.reserve_exact(MISSES);
+            }
+            self.missed.push((cgroup, pid));
+        }
+    }
+
+    fn resolve(&mut self) {
+        if self.missed.is_empty() {
+            return;
+        }
+        if self.by_cgroup.len() + self.by_pid.len() > CACHED {
+            self.by_cgroup.clear();
+            self.by_pid.clear();
+        }
+        for (cgroup, pid) in self.missed.drain(..) {
+            // A process already gone names nothing: another of its cgroup may, later.
+            let Some(info) = crate::sockets::holders::process_info(pid) else {
+                if cgroup == 0 {
+                    self.by_pid.insert(pid, None);
+                }
+                continue;
+            };
+            let name = info.workload.map(|w| w.to_string().into_boxed_str());
+            if cgroup != 0 {
+                self.by_cgroup.insert(cgroup, name);
+            } else {
+                self.by_pid.insert(pid, name);
+            }
         }
     }
 }

@@ -139,6 +139,14 @@ pub async fn trace(
     };
     // After attaching, so no socket falls between the snapshot and the first event.
     let seeds = super::startup::seeds(&mut tracer);
+    // Namespaces created later must still be entered (their sockets, port settings and
+    // pod names): one thread keeps CAP_SYS_ADMIN for that alone, started before the drop.
+    if let Err(err) = crate::sockets::netns::keep_entering() {
+        eprintln!(
+            "portwatch: warning: could not start the thread that enters namespaces ({err}); \
+             namespaces are read only as they were at the start"
+        );
+    }
     // Attached, and the listeners' owners written: what only loading needed can go,
     // before the sink starts any thread (capabilities are per thread).
     if let Err(err) = crate::privileges::drop_after_attach(&tracer) {

@@ -87,6 +87,9 @@ pub struct PortBudget {
     pub host: PortSettings,
     /// By namespace inode.
     pub by_netns: BTreeMap<u32, PortSettings>,
+    /// portwatch's own namespace, whose settings `host` are (0: unknown, as in a
+    /// recording).
+    pub host_netns: u32,
 }
 
 impl PortBudget {
@@ -95,6 +98,7 @@ impl PortBudget {
         PortBudget {
             host,
             by_netns: BTreeMap::new(),
+            host_netns: 0,
         }
     }
 
@@ -108,6 +112,7 @@ impl PortBudget {
     /// namespace). A namespace that cannot be read keeps the host's settings.
     pub fn read() -> io::Result<Self> {
         let mut budget = PortBudget::host_only(PortSettings::read()?);
+        budget.host_netns = crate::sockets::netns::own().unwrap_or(0);
         budget.read_namespaces();
         Ok(budget)
     }
@@ -115,11 +120,35 @@ impl PortBudget {
     /// Reads (again) the settings of every namespace there is now, keeping those
     /// already read of namespaces that are gone.
     pub fn read_namespaces(&mut self) {
+        self.read_where(|_| true);
+    }
+
+    /// Reads the settings of those of `wanted` not read yet (namespaces that appeared
+    /// since), if they can be found and entered; the others are left as they are.
+    /// Returns how many were read.
+    pub fn read_missing(&mut self, wanted: impl IntoIterator<Item = u32>) -> usize {
+        let missing: std::collections::BTreeSet<u32> = wanted
+            .into_iter()
+            .filter(|netns| *netns != 0 && !self.by_netns.contains_key(netns))
+            .collect();
+        if missing.is_empty() {
+            return 0;
+        }
+        self.read_where(|inode| missing.contains(&inode))
+    }
+
+    fn read_where(&mut self, wanted: impl Fn(u32) -> bool) -> usize {
+        let mut read = 0;
         for ns in crate::sockets::netns::all() {
+            if !wanted(ns.inode) {
+                continue;
+            }
             if let Ok(Ok(settings)) = crate::sockets::netns::run_in(&ns, PortSettings::read) {
                 self.by_netns.insert(ns.inode, settings);
+                read += 1;
             }
         }
+        read
     }
 }
 
@@ -198,6 +227,17 @@ mod tests {
         assert_eq!(budget.of(4026532000).capacity(), 4);
         assert_eq!(budget.of(4026531840).capacity(), 28232);
         assert_eq!(budget.of(0).capacity(), 28232);
+    }
+
+    #[test]
+    fn reads_only_namespaces_not_read_yet() {
+        let own = crate::sockets::netns::own().unwrap();
+        let mut budget = PortBudget::host_only(PortSettings::default());
+        // 0 (unknown) is never read; portwatch's own namespace is, once.
+        assert_eq!(budget.read_missing([0, own]), 1);
+        assert_eq!(budget.of(own), &PortSettings::read().unwrap());
+        assert_eq!(budget.read_missing([own]), 0);
+        assert_eq!(budget.read_missing([]), 0);
     }
 
     #[test]

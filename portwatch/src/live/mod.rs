@@ -81,6 +81,17 @@ impl LiveModel {
         }
     }
 
+    /// The network namespaces of the destinations the model counts (0, unknown, left
+    /// out): those whose port settings a sample needs.
+    pub fn namespaces(&self) -> std::collections::BTreeSet<u32> {
+        self.model
+            .destinations
+            .keys()
+            .map(|d| d.netns)
+            .filter(|&netns| netns != 0)
+            .collect()
+    }
+
     /// What the model says at `now_ns`. Runs under the caller's lock, so it copies out
     /// numbers only: no /proc, no formatting.
     pub fn sample(&self, now_ns: u64, settings: &PortBudget, thresholds: &Thresholds) -> Sample {

@@ -38,6 +38,7 @@ pub fn summary(evidence: &Evidence) -> String {
             top_peers,
             leaked,
             leak_age_ns,
+            show_netns,
         } => {
             let bound = if *oldest_age_exact { "" } else { "≥ " };
             format!(
@@ -48,7 +49,7 @@ pub fn summary(evidence: &Evidence) -> String {
                 growth_per_min,
                 top_peers
                     .first()
-                    .map(|peer| format!("; top peer {}", PeerText(peer)))
+                    .map(|peer| format!("; top peer {}", PeerText(peer, *show_netns)))
                     .unwrap_or_default(),
             )
         }
@@ -63,6 +64,7 @@ pub fn summary(evidence: &Evidence) -> String {
             time_wait_now,
             destinations,
             short_lived_ns,
+            show_netns,
             ..
         } => format!(
             "{:.1} connections/s while active ({} of the window; {:.1}/s in the last {}), median lifetime {}, {:.0}% shorter than {}; closes first in {:.0}%: {:.1} TIME_WAIT/s, {} held now{}",
@@ -79,8 +81,9 @@ pub fn summary(evidence: &Evidence) -> String {
             destinations
                 .first()
                 .map(|d| format!(
-                    "; mostly to {} ({:.1}/s)",
+                    "; mostly to {}{} ({:.1}/s)",
                     Endpoint(d.daddr, d.dport),
+                    NetnsText(d.netns, *show_netns),
                     d.rate_per_s
                 ))
                 .unwrap_or_default(),
@@ -169,7 +172,8 @@ pub fn advice(evidence: &Evidence) -> Cow<'static, str> {
 }
 
 /// A leak's peer: `10.0.0.2:5432 (3 sockets)`, or only the address for accepted sockets.
-struct PeerText<'a>(&'a Peer);
+/// A peer, and its network namespace when the report involves several.
+struct PeerText<'a>(&'a Peer, bool);
 
 impl fmt::Display for PeerText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -178,8 +182,21 @@ impl fmt::Display for PeerText<'_> {
             Some(port) => write!(f, "{}", Endpoint(peer.daddr, port))?,
             None => write!(f, "{}", peer.daddr)?,
         }
+        write!(f, "{}", NetnsText(peer.netns, self.1))?;
         let plural = if peer.sockets == 1 { "" } else { "s" };
         write!(f, " ({} socket{plural})", peer.sockets)
+    }
+}
+
+/// ` in netns 4026532301`, when shown and known.
+struct NetnsText(u32, bool);
+
+impl fmt::Display for NetnsText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetnsText(netns, true) if *netns != 0 => write!(f, " in netns {netns}"),
+            _ => Ok(()),
+        }
     }
 }
 

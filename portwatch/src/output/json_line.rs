@@ -29,10 +29,13 @@ pub struct ShownOwner {
 /// This is the reference for the line: [`write_transition`] writes the same bytes
 /// faster, and the tests below compare the two. A field added here must be added there.
 #[derive(Serialize)]
-pub struct JsonTransition {
+pub struct JsonTransition<'a> {
     pub ts_ns: u64,
     #[serde(flatten)]
     pub owner: JsonOwner,
+    /// The owner's container, pod or systemd unit, as the report names it; null when
+    /// none is known (yet: it is looked up between batches of events).
+    pub workload: Option<&'a str>,
     /// The task that was on the CPU; unless `by_syscall`, possibly a bystander.
     pub task_pid: u32,
     pub task_tid: u32,
@@ -53,11 +56,12 @@ pub struct JsonTransition {
     pub in_state_ns: Option<u64>,
 }
 
-impl JsonTransition {
-    pub fn new(event: &Transition, owner: Option<&ShownOwner>) -> Self {
+impl<'a> JsonTransition<'a> {
+    pub fn new(event: &Transition, owner: Option<&ShownOwner>, workload: Option<&'a str>) -> Self {
         JsonTransition {
             ts_ns: event.ts_ns,
             owner: JsonOwner::new(owner),
+            workload,
             task_pid: event.task.pid,
             task_tid: event.task.tid,
             task_comm: event.task.comm,
@@ -111,7 +115,12 @@ impl Serialize for Hex {
 }
 
 /// Appends one JSON line (with its newline) for `event` to `out`.
-pub fn write_transition(out: &mut Vec<u8>, event: &Transition, owner: Option<&ShownOwner>) {
+pub fn write_transition(
+    out: &mut Vec<u8>,
+    event: &Transition,
+    owner: Option<&ShownOwner>,
+    workload: Option<&str>,
+) {
     out.extend_from_slice(b"{\"ts_ns\":");
     integer(out, event.ts_ns);
     out.extend_from_slice(b",\"pid\":");
@@ -129,6 +138,8 @@ pub fn write_transition(out: &mut Vec<u8>, event: &Transition, owner: Option<&Sh
     out.extend_from_slice(b",\"cgroup_id\":");
     let cgroup_id = owner.map(|o| o.owner.cgroup_id).filter(|&id| id != 0);
     optional(out, cgroup_id, integer);
+    out.extend_from_slice(b",\"workload\":");
+    optional(out, workload, escaped);
     out.extend_from_slice(b",\"task_pid\":");
     integer(out, event.task.pid);
     out.extend_from_slice(b",\"task_tid\":");
@@ -212,6 +223,19 @@ fn string(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
 }
 
+/// Any string, escaped as JSON wants (unit names can hold backslashes: `\x2d`).
+fn escaped(out: &mut Vec<u8>, text: &str) {
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    {
+        string(out, text);
+    } else {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    }
+}
+
 /// A command name: as `Comm`'s Display shows it (lossy UTF-8), escaped as JSON wants.
 fn comm_string(out: &mut Vec<u8>, comm: &Comm) {
     let bytes = comm.as_bytes();
@@ -272,15 +296,15 @@ mod tests {
     use super::*;
     use crate::{event::tests::raw_v4, process::Process};
 
-    fn reference(event: &Transition, owner: Option<&ShownOwner>) -> String {
-        let mut line = serde_json::to_string(&JsonTransition::new(event, owner)).unwrap();
+    fn reference(event: &Transition, owner: Option<&ShownOwner>, workload: Option<&str>) -> String {
+        let mut line = serde_json::to_string(&JsonTransition::new(event, owner, workload)).unwrap();
         line.push('\n');
         line
     }
 
-    fn fast(event: &Transition, owner: Option<&ShownOwner>) -> String {
+    fn fast(event: &Transition, owner: Option<&ShownOwner>, workload: Option<&str>) -> String {
         let mut out = Vec::new();
-        write_transition(&mut out, event, owner);
+        write_transition(&mut out, event, owner, workload);
         String::from_utf8(out).unwrap()
     }
 
@@ -317,7 +341,7 @@ mod tests {
         let event = Transition::try_from(&raw_v4()).unwrap();
         for owner in owners() {
             let line: serde_json::Value =
-                serde_json::from_str(&fast(&event, owner.as_ref())).unwrap();
+                serde_json::from_str(&fast(&event, owner.as_ref(), Some("pod:web/3f2a"))).unwrap();
             assert_eq!(keys(&line), documented);
         }
     }
@@ -350,13 +374,21 @@ mod tests {
         listener.origin = Some(Origin::Listener);
         listener.sock = 0xffff_8881_0000_0001;
         events.push(listener);
+        let workloads = [
+            None,
+            Some("pod:web-7d9f/3f2a9c1b7d4e"),
+            Some("systemd-fsck@dev-disk-by\\x2duuid-1.service"),
+            Some("quote\"d \u{e9}"),
+        ];
         for event in &events {
             for owner in owners() {
-                assert_eq!(
-                    fast(event, owner.as_ref()),
-                    reference(event, owner.as_ref()),
-                    "{event:?} {owner:?}"
-                );
+                for workload in workloads {
+                    assert_eq!(
+                        fast(event, owner.as_ref(), workload),
+                        reference(event, owner.as_ref(), workload),
+                        "{event:?} {owner:?} {workload:?}"
+                    );
+                }
             }
         }
     }

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use crate::{
     detect::report::{
-        EventCounts, Evidence, Finding, FindingKind, ProcessReport, Report, Severity,
+        EventCounts, Evidence, Finding, FindingKind, NamespacePorts, ProcessReport, Report,
+        Severity,
     },
     event::Comm,
     output::advice,
@@ -28,6 +29,7 @@ struct JsonReport<'a> {
     port_range: (u16, u16),
     port_capacity: u32,
     tcp_tw_reuse: u8,
+    namespaces: &'a [NamespacePorts],
     findings: Vec<JsonFinding<'a>>,
     processes: &'a [ProcessReport],
 }
@@ -55,6 +57,7 @@ impl<'a> JsonReport<'a> {
             port_range: report.port_range,
             port_capacity: report.port_capacity,
             tcp_tw_reuse: report.tcp_tw_reuse,
+            namespaces: &report.namespaces,
             findings: report.findings.iter().map(JsonFinding::new).collect(),
             processes: &report.processes,
         }
@@ -106,11 +109,38 @@ pub fn text(out: &mut impl Write, report: &Report) -> io::Result<()> {
             ""
         }
     )?;
-    writeln!(
+    // Each namespace has its own ports: when findings concern others than portwatch's
+    // own, each one's settings, a line apiece.
+    let others: Vec<&NamespacePorts> = report
+        .namespaces
+        .iter()
+        .filter(|ns| ns.netns != report.own_netns)
+        .collect();
+    let others = if report.own_netns == 0 && report.namespaces.len() < 2 {
+        Vec::new()
+    } else {
+        others
+    };
+    write!(
         out,
         "local ports {}-{} ({} per destination), tcp_tw_reuse={}",
         report.port_range.0, report.port_range.1, report.port_capacity, report.tcp_tw_reuse
     )?;
+    if others.is_empty() {
+        writeln!(out)?;
+    } else {
+        match report.own_netns {
+            0 => writeln!(out, " in portwatch's network namespace")?,
+            own => writeln!(out, " in portwatch's network namespace ({own})")?,
+        }
+        for ns in others {
+            writeln!(
+                out,
+                "  netns {}: local ports {}-{} ({} per destination), tcp_tw_reuse={}",
+                ns.netns, ns.port_range.0, ns.port_range.1, ns.port_capacity, ns.tcp_tw_reuse
+            )?;
+        }
+    }
     writeln!(out)?;
     if report.findings.is_empty() {
         writeln!(
@@ -252,7 +282,9 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::{
-        detect::report::tests::{churn_at_100_per_s, failed_connects, seven_leaks},
+        detect::report::tests::{
+            churn_at_100_per_s, failed_connects, seven_leaks, two_namespace_leaks,
+        },
         output::doc_schema::{fields, keys},
     };
 
@@ -302,7 +334,21 @@ mod tests {
     fn the_json_has_exactly_the_fields_docs_report_md_lists() {
         let doc = include_str!("../../../docs/report.md");
         let every_finding = fields(doc, "### Every finding");
-        for report in [seven_leaks(), churn_at_100_per_s(), failed_connects()] {
+        for mut report in [
+            seven_leaks(),
+            churn_at_100_per_s(),
+            failed_connects(),
+            two_namespace_leaks(),
+        ] {
+            if report.namespaces.is_empty() {
+                // The fixtures' events carry namespace 0, which is never listed.
+                report.namespaces.push(NamespacePorts {
+                    netns: 4026531840,
+                    port_range: report.port_range,
+                    port_capacity: report.port_capacity,
+                    tcp_tw_reuse: report.tcp_tw_reuse,
+                });
+            }
             let json = json_of(&report);
             assert_eq!(keys(&json), fields(doc, "### Top level"));
             assert_eq!(keys(&json["events"]), fields(doc, "### `events`"));
@@ -321,7 +367,56 @@ mod tests {
             for process in json["processes"].as_array().unwrap() {
                 assert_eq!(keys(process), fields(doc, "### `processes[]`"));
             }
+            let namespaces = json["namespaces"].as_array().unwrap();
+            assert!(!namespaces.is_empty(), "findings concern a namespace");
+            for ns in namespaces {
+                assert_eq!(keys(ns), fields(doc, "### `namespaces[]`"));
+            }
         }
+    }
+
+    #[test]
+    fn other_namespaces_get_their_port_range_and_their_peers_are_named() {
+        let report = two_namespace_leaks();
+        let mut out = Vec::new();
+        text(&mut out, &report).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "local ports 32768-60999 (28232 per destination), tcp_tw_reuse=2 in portwatch's \
+             network namespace (111)",
+            "{text}"
+        );
+        assert_eq!(
+            lines[2], "  netns 222: local ports 40000-40003 (4 per destination), tcp_tw_reuse=2",
+            "{text}"
+        );
+        let words = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(
+            words.contains("top peer 10.0.0.2 in netns 222 (2 sockets)"),
+            "{text}"
+        );
+        assert!(
+            words.contains("top peer 10.0.0.2 in netns 111 (3 sockets)"),
+            "{text}"
+        );
+        let json = json_of(&report);
+        assert_eq!(json["namespaces"][1]["port_capacity"], 4);
+        let peers: Vec<&serde_json::Value> = json["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| &f["top_peers"][0]["netns"])
+            .collect();
+        assert_eq!(peers, [111, 222]);
+
+        // One namespace: the header is one line, the peer has no namespace.
+        let mut out = Vec::new();
+        super::text(&mut out, &seven_leaks()).unwrap();
+        let single = String::from_utf8(out).unwrap();
+        assert!(!single.contains("netns"), "{single}");
+        assert!(single.lines().nth(2).unwrap().is_empty(), "{single}");
     }
 
     #[test]

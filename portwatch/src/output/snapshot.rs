@@ -35,37 +35,75 @@ pub fn write(
 ///    4242 python3          docker:3f2a9c1b7d4e          4  CLOSE_WAIT 3 (≥ 41.20s), LISTEN 1
 ///       - (no process)     -                           12  TIME_WAIT 12
 /// ```
+///
+/// When the sockets shown are in more than one network namespace, a NETNS column names
+/// each process's (those of all its sockets, when they are in several), and the sockets
+/// of no process get a line per namespace.
 fn write_text(out: &mut impl Write, grouping: &Grouping<'_>) -> io::Result<()> {
-    writeln!(
-        out,
-        "{:>7} {:<16} {:<24} {:>6}  STATES",
-        "PID", "COMM", "WORKLOAD", "TOTAL"
-    )?;
+    let every_socket = grouping
+        .processes
+        .iter()
+        .flat_map(|group| &group.sockets.sockets)
+        .chain(&grouping.no_process.sockets);
+    let show_netns = namespaces(every_socket).len() > 1;
+    let netns_column = |group: &StateGroup<'_>| {
+        let list: Vec<String> = namespaces(group.sockets.iter())
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        format!("{:<10} ", list.join(","))
+    };
+    write!(out, "{:>7} {:<16} ", "PID", "COMM")?;
+    if show_netns {
+        write!(out, "{:<10} ", "NETNS")?;
+    }
+    writeln!(out, "{:<24} {:>6}  STATES", "WORKLOAD", "TOTAL")?;
     for group in &grouping.processes {
         let process = group.process;
         let workload = process.workload.as_ref().map(Workload::to_string);
+        write!(out, "{:>7} {:<16} ", process.id.pid, process.comm)?;
+        if show_netns {
+            out.write_all(netns_column(&group.sockets).as_bytes())?;
+        }
         writeln!(
             out,
-            "{:>7} {:<16} {:<24} {:>6}  {}",
-            process.id.pid,
-            process.comm,
+            "{:<24} {:>6}  {}",
             workload.as_deref().unwrap_or("-"),
             group.sockets.total(),
             StateCounts(&group.sockets),
         )?;
     }
-    if grouping.no_process.total() > 0 {
+    let no_process: Vec<StateGroup<'_>> = if show_netns {
+        let mut by_netns: BTreeMap<u32, StateGroup<'_>> = BTreeMap::new();
+        for &socket in &grouping.no_process.sockets {
+            by_netns.entry(socket.socket.netns).or_default().add(socket);
+        }
+        by_netns.into_values().collect()
+    } else {
+        vec![grouping.no_process.clone()]
+    };
+    for group in no_process.iter().filter(|group| group.total() > 0) {
+        write!(out, "{:>7} {:<16} ", "-", "(no process)")?;
+        if show_netns {
+            out.write_all(netns_column(group).as_bytes())?;
+        }
         writeln!(
             out,
-            "{:>7} {:<16} {:<24} {:>6}  {}",
+            "{:<24} {:>6}  {}",
             "-",
-            "(no process)",
-            "-",
-            grouping.no_process.total(),
-            StateCounts(&grouping.no_process),
+            group.total(),
+            StateCounts(group),
         )?;
     }
     Ok(())
+}
+
+/// The network namespaces of these sockets, each once, in order.
+fn namespaces<'a>(sockets: impl Iterator<Item = &'a &'a SnapshotSocket>) -> Vec<u32> {
+    let mut found: Vec<u32> = sockets.map(|s| s.socket.netns).collect();
+    found.sort_unstable();
+    found.dedup();
+    found
 }
 
 /// `CLOSE_WAIT 3 (≥ 41.20s), ESTABLISHED 2, LISTEN 1`: CLOSE_WAIT first, since leaks are
@@ -243,6 +281,38 @@ mod tests {
             lines[0].find("TOTAL").map(|i| i + "TOTAL".len()),
             lines[1].find(" CLOSE_WAIT").map(|i| i - 1),
             "TOTAL is right-aligned over the counts:\n{text}"
+        );
+    }
+
+    #[test]
+    fn text_names_namespaces_only_when_there_are_several() {
+        let single = rendered(Format::Text, &sample(), 0);
+        assert!(!single.contains("NETNS"), "{single}");
+        let mut sockets = sample();
+        // sshd and one TIME_WAIT socket in another namespace.
+        sockets[3].socket.netns = 4026532301;
+        let mut elsewhere = socket(TcpState::TimeWait, 9090, &[]);
+        elsewhere.socket.netns = 4026532301;
+        sockets.push(elsewhere);
+        let text = rendered(Format::Text, &sockets, 0);
+        let words = |line: &str| line.split_whitespace().collect::<Vec<_>>().join(" ");
+        let lines: Vec<String> = text.lines().map(words).collect();
+        assert_eq!(lines[0], "PID COMM NETNS WORKLOAD TOTAL STATES", "{text}");
+        assert_eq!(
+            lines[1],
+            "4242 python3 4026531840 docker:3f2a9c1b7d4e 3 CLOSE_WAIT 2 (≥ 41.20s), LISTEN 1"
+        );
+        assert_eq!(lines[2], "7 sshd 4026532301 - 1 ESTABLISHED 1");
+        // The sockets of no process, a line per namespace.
+        assert_eq!(lines[3], "- (no process) 4026531840 - 1 TIME_WAIT 1");
+        assert_eq!(lines[4], "- (no process) 4026532301 - 1 TIME_WAIT 1");
+        assert_eq!(lines.len(), 5, "{text}");
+        let raw: Vec<&str> = text.lines().collect();
+        assert_eq!(raw[0].find("NETNS"), raw[1].find("4026531840"), "{text}");
+        assert_eq!(
+            raw[0].find("TOTAL").map(|i| i + 5),
+            raw[2].find(" ESTAB").map(|i| i - 1),
+            "{text}"
         );
     }
 

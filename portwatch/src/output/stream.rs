@@ -26,6 +26,9 @@ pub struct StreamPrinter<W: Write> {
     out: W,
     format: Format,
     clock: WallClock,
+    /// Whether text lines show the socket's network namespace: when more than one is
+    /// involved (JSON lines always carry it).
+    show_netns: bool,
     /// JSON lines not yet handed to `out`: written in blocks of `PENDING_BYTES`, which
     /// a `BufWriter` passes through without copying them again.
     pending: Vec<u8>,
@@ -40,25 +43,44 @@ impl<W: Write> StreamPrinter<W> {
             out,
             format,
             clock,
+            show_netns: false,
             pending: Vec::with_capacity(PENDING_BYTES + 1024),
         }
     }
 
+    /// Shows a NETNS column in text: for a host with several network namespaces, where
+    /// two containers' `127.0.0.1:8080` are different sockets.
+    pub fn with_netns(mut self, show: bool) -> Self {
+        self.show_netns = show;
+        self
+    }
+
     pub fn header(&mut self) -> io::Result<()> {
         if self.format == Format::Text {
+            write!(self.out, "{:<15} {:>7} {:<16} ", "TIME", "PID", "COMM")?;
+            if self.show_netns {
+                write!(self.out, "{:<10} ", "NETNS")?;
+            }
             writeln!(
                 self.out,
-                "{:<15} {:>7} {:<16} {:<22} {:<22} {:<26} {:>8}",
-                "TIME", "PID", "COMM", "LOCAL", "REMOTE", "TRANSITION", "IN OLD"
+                "{:<22} {:<22} {:<26} {:>8} WORKLOAD",
+                "LOCAL", "REMOTE", "TRANSITION", "IN OLD"
             )?;
         }
         Ok(())
     }
 
-    pub fn print(&mut self, event: &Transition, owner: Option<&ShownOwner>) -> io::Result<()> {
+    /// One transition, with its owner and the owner's workload (container, pod or unit)
+    /// where known.
+    pub fn print(
+        &mut self,
+        event: &Transition,
+        owner: Option<&ShownOwner>,
+        workload: Option<&str>,
+    ) -> io::Result<()> {
         match self.format {
             Format::Json => {
-                json_line::write_transition(&mut self.pending, event, owner);
+                json_line::write_transition(&mut self.pending, event, owner, workload);
                 if self.pending.len() >= PENDING_BYTES {
                     self.write_pending()?;
                 }
@@ -68,18 +90,26 @@ impl<W: Write> StreamPrinter<W> {
                 let transition = TransitionText(event.old_state, event.new_state);
                 write!(
                     self.out,
-                    "{} {:>7} {:<16} {:<22} {:<22} {:<26} ",
+                    "{} {:>7} {:<16} ",
                     self.clock.time_of_day(event.ts_ns),
                     OwnerPid(owner),
                     OwnerComm(owner),
+                )?;
+                if self.show_netns {
+                    write!(self.out, "{:<10} ", event.netns)?;
+                }
+                write!(
+                    self.out,
+                    "{:<22} {:<22} {:<26} ",
                     Endpoint(event.saddr, event.sport),
                     Endpoint(event.daddr, event.dport),
                     transition,
                 )?;
                 match event.in_state_ns {
-                    Some(ns) => writeln!(self.out, "{:>8}", HumanDuration(ns)),
-                    None => writeln!(self.out, "{:>8}", "-"),
+                    Some(ns) => write!(self.out, "{:>8}", HumanDuration(ns))?,
+                    None => write!(self.out, "{:>8}", "-")?,
                 }
+                writeln!(self.out, " {}", workload.unwrap_or("-"))
             }
         }
     }
@@ -179,7 +209,7 @@ mod tests {
 
     fn printed_with(format: Format, event: &Transition, owner: Option<&ShownOwner>) -> String {
         let mut printer = StreamPrinter::new(Vec::new(), format, WallClock::now());
-        printer.print(event, owner).unwrap();
+        printer.print(event, owner, Some("nginx.service")).unwrap();
         String::from_utf8(printer.into_inner().unwrap()).unwrap()
     }
 
@@ -197,6 +227,7 @@ mod tests {
                 "owner_source": "accept",
                 "owner_alive": true,
                 "cgroup_id": 77,
+                "workload": "nginx.service",
                 "task_pid": 4242,
                 "task_tid": 4243,
                 "task_comm": "curl",
@@ -260,7 +291,8 @@ mod tests {
                 "SYN_SENT",
                 "->",
                 "ESTABLISHED",
-                "1.5ms"
+                "1.5ms",
+                "nginx.service"
             ]
         );
         assert_eq!(columns[0].len(), "00:00:00.000000".len());
@@ -268,16 +300,31 @@ mod tests {
 
     #[test]
     fn text_columns_line_up_with_the_header() {
-        let mut printer = StreamPrinter::new(Vec::new(), Format::Text, WallClock::now());
-        printer.header().unwrap();
-        printer.print(&event(), Some(&OWNER)).unwrap();
-        let text = String::from_utf8(printer.into_inner().unwrap()).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        let column = |line: &str, needle: &str| line.find(needle).unwrap();
-        assert_eq!(
-            column(lines[0], "LOCAL"),
-            column(lines[1], "127.0.0.1:40000")
-        );
-        assert_eq!(column(lines[0], "TRANSITION"), column(lines[1], "SYN_SENT"));
+        for show_netns in [false, true] {
+            let mut printer = StreamPrinter::new(Vec::new(), Format::Text, WallClock::now())
+                .with_netns(show_netns);
+            printer.header().unwrap();
+            printer
+                .print(&event(), Some(&OWNER), Some("pod:web-7d9f"))
+                .unwrap();
+            printer.print(&event(), Some(&OWNER), None).unwrap();
+            let text = String::from_utf8(printer.into_inner().unwrap()).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            let column = |line: &str, needle: &str| line.find(needle).unwrap();
+            assert_eq!(
+                column(lines[0], "LOCAL"),
+                column(lines[1], "127.0.0.1:40000")
+            );
+            assert_eq!(column(lines[0], "TRANSITION"), column(lines[1], "SYN_SENT"));
+            assert_eq!(
+                column(lines[0], "WORKLOAD"),
+                column(lines[1], "pod:web-7d9f")
+            );
+            assert!(lines[2].ends_with(" -"), "{text}");
+            assert_eq!(lines[0].contains("NETNS"), show_netns, "{text}");
+            if show_netns {
+                assert_eq!(column(lines[0], "NETNS"), column(lines[1], "4026531840"));
+            }
+        }
     }
 }

@@ -5,7 +5,10 @@
 //! SCM_RIGHTS, shared by a pre-fork server's workers); each is listed once, however many
 //! of its descriptors refer to the socket. Threads share their process's descriptor table,
 //! so only process directories are read (a thread that unshared its table is missed).
-use std::collections::HashMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Mutex, PoisonError},
+};
 
 use procfs::{
     ProcError, ProcResult,
@@ -122,14 +125,34 @@ fn held_sockets(
 fn info(process: &ProcProcess) -> ProcResult<ProcessInfo> {
     let stat = process.stat()?;
     // A process without a readable cgroup file is still worth showing.
-    let workload = process.cgroups().ok().and_then(|cgroups| {
+    let mut workload = process.cgroups().ok().and_then(|cgroups| {
         workload_from_cgroups(cgroups.0.iter().map(|cgroup| cgroup.pathname.as_str()))
     });
+    if let Some(Workload::Pod(pod)) = &mut workload {
+        pod.name = pod_name(&pod.uid, u32::try_from(process.pid).unwrap_or_default());
+    }
     Ok(ProcessInfo {
         id: Process::started_at(u32::try_from(stat.pid).unwrap_or_default(), stat.starttime),
         comm: stat.comm,
         workload,
     })
+}
+
+/// A pod's name: its UTS hostname, read once per pod (a UID names one pod for its whole
+/// life) through `pid`, one of its processes.
+fn pod_name(uid: &str, pid: u32) -> Option<String> {
+    static NAMES: Mutex<BTreeMap<String, Option<String>>> = Mutex::new(BTreeMap::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(name) = names.get(uid) {
+        return name.clone();
+    }
+    let name = super::netns::uts_hostname(pid);
+    if names.len() >= 4096 {
+        // Pods come and go on a long-running node: forget them all now and then.
+        names.clear();
+    }
+    names.insert(uid.to_owned(), name.clone());
+    name
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use std::{
     fs, io,
     os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    sync::{Mutex, OnceLock, mpsc},
 };
 
 /// Where `ip netns` keeps its named namespaces.
@@ -101,25 +102,134 @@ fn named() -> Vec<(String, PathBuf)> {
 /// Runs `work` on a new thread that has entered network namespace `ns` (setns with
 /// CLONE_NEWNET: allowed in a thread of a multithreaded process, and only that thread
 /// moves). Sockets `work` opens belong to `ns`; `/proc/sys/net` shows `ns`'s settings.
-/// Needs CAP_SYS_ADMIN; portwatch's own namespace runs `work` on this thread instead.
-pub fn run_in<T: Send>(ns: &NetNs, work: impl FnOnce() -> T + Send) -> io::Result<T> {
+/// Entering needs CAP_SYS_ADMIN (see [`keep_entering`]); portwatch's own namespace runs
+/// `work` on this thread instead.
+pub fn run_in<T: Send + 'static>(
+    ns: &NetNs,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
     if own().is_ok_and(|own| own == ns.inode) {
         return Ok(work());
     }
-    let file = fs::File::open(&ns.path)?;
-    std::thread::scope(|scope| {
-        scope
+    enter(&ns.path, libc::CLONE_NEWNET, work)
+}
+
+/// Runs `work` on a new thread that has entered the namespace `path` refers to
+/// (`/proc/PID/ns/...` or a bind mount of one), of kind `nstype` (`CLONE_NEWNET`,
+/// `CLONE_NEWUTS`). Once inside, the thread gives up every capability before `work`
+/// runs. The thread is started by the entering thread when one runs (a tracing
+/// portwatch, whose other threads have dropped CAP_SYS_ADMIN), else by this one.
+pub fn enter<T: Send + 'static>(
+    path: &Path,
+    nstype: libc::c_int,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    let file = fs::File::open(path)?;
+    let (done, result) = mpsc::sync_channel::<io::Result<T>>(1);
+    let start = move || {
+        let spawned = std::thread::Builder::new()
+            .name("portwatch-ns".into())
             .spawn(move || {
                 // SAFETY: setns on a valid namespace fd; it changes only this thread,
                 // which ends when `work` returns.
-                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(work())
-            })
-            .join()
-            .map_err(|_| io::Error::other("a thread in another network namespace panicked"))?
+                let entered = if unsafe { libc::setns(file.as_raw_fd(), nstype) } != 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    crate::privileges::drop_all_in_this_thread();
+                    Ok(work())
+                };
+                let _ = done.send(entered);
+            });
+        // A thread that could not start drops `done`: the receiver says so.
+        drop(spawned);
+    };
+    match ENTERING.get() {
+        Some(entering) => {
+            let sent = entering
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .send(Box::new(start));
+            if sent.is_err() {
+                return Err(io::Error::other("the namespace-entering thread is gone"));
+            }
+        }
+        None => start(),
+    }
+    result.recv().map_err(|_| {
+        io::Error::other("a thread entering another namespace could not start or panicked")
+    })?
+}
+
+type Start = Box<dyn FnOnce() + Send>;
+
+/// The entering thread's queue, once [`keep_entering`] started it.
+static ENTERING: OnceLock<Mutex<mpsc::Sender<Start>>> = OnceLock::new();
+
+/// Starts the one thread that keeps CAP_SYS_ADMIN for the rest of the run, so that
+/// namespaces can still be entered after the capability drop (capabilities are per
+/// thread, and a new thread starts with its creator's): it only starts the threads
+/// [`enter`] asks for, which drop every capability once inside. Call it just before
+/// dropping capabilities; it keeps nothing else of what it had. Without CAP_SYS_ADMIN
+/// it keeps nothing, and entering fails as it would anyway.
+pub fn keep_entering() -> io::Result<()> {
+    if ENTERING.get().is_some() {
+        return Ok(());
+    }
+    let (queue, starts) = mpsc::channel::<Start>();
+    std::thread::Builder::new()
+        .name("portwatch-enter".into())
+        .spawn(move || {
+            keep_only_sys_admin();
+            for start in starts {
+                start();
+            }
+        })?;
+    // Another caller won the race: its thread serves; this one's queue closes.
+    let _ = ENTERING.set(Mutex::new(queue));
+    Ok(())
+}
+
+/// Keeps CAP_SYS_ADMIN (if this thread has it) and nothing else, in every set.
+fn keep_only_sys_admin() {
+    use caps::{CapSet, Capability, CapsHashSet};
+    let had = caps::has_cap(None, CapSet::Permitted, Capability::CAP_SYS_ADMIN).unwrap_or(false);
+    let keep: CapsHashSet = if had {
+        [Capability::CAP_SYS_ADMIN].into_iter().collect()
+    } else {
+        CapsHashSet::new()
+    };
+    let _ = caps::clear(None, CapSet::Inheritable);
+    let _ = caps::set(None, CapSet::Effective, &keep);
+    let _ = caps::set(None, CapSet::Permitted, &keep);
+}
+
+/// The hostname of `pid`'s UTS namespace, when that namespace is not the host's (PID
+/// 1's, or portwatch's own where PID 1's cannot be read): a Kubernetes pod's hostname is
+/// its name. Read with uname() from a thread that entered it; None when it is the
+/// host's, or cannot be entered.
+pub fn uts_hostname(pid: u32) -> Option<String> {
+    let path = PathBuf::from(format!("/proc/{pid}/ns/uts"));
+    let theirs = inode_of(&path).ok()?;
+    let host = inode_of(Path::new("/proc/1/ns/uts"))
+        .or_else(|_| inode_of(Path::new("/proc/self/ns/uts")))
+        .ok()?;
+    if theirs == host {
+        return None;
+    }
+    enter(&path, libc::CLONE_NEWUTS, || {
+        // SAFETY: utsname is arrays of c_char, for which all zeroes is a valid value.
+        let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: uname fills the struct it is given, which lives across the call.
+        if unsafe { libc::uname(&mut name) } != 0 {
+            return None;
+        }
+        // SAFETY: the kernel NUL-terminates nodename within its array.
+        let nodename = unsafe { std::ffi::CStr::from_ptr(name.nodename.as_ptr()) };
+        Some(nodename.to_string_lossy().into_owned())
     })
+    .ok()
+    .flatten()
+    .filter(|name| !name.is_empty())
 }
 
 /// Resolves `--netns`: an inode number, an `ip netns` name, or `pid:PID` / a PID whose

@@ -51,7 +51,8 @@ pub fn take(states: &[TcpState]) -> anyhow::Result<Snapshot> {
     let mut namespaces = Vec::new();
     let mut failed_namespaces = Vec::new();
     for ns in netns::all() {
-        let dumped = netns::run_in(&ns, || dump_tcp_sockets(states))
+        let wanted = states.to_vec();
+        let dumped = netns::run_in(&ns, move || dump_tcp_sockets(&wanted))
             .map_err(anyhow::Error::from)
             .and_then(|dump| dump);
         match dumped {
@@ -154,7 +155,7 @@ pub struct StateGroup<'a> {
 }
 
 impl<'a> StateGroup<'a> {
-    fn add(&mut self, socket: &'a SnapshotSocket) {
+    pub fn add(&mut self, socket: &'a SnapshotSocket) {
         let state = socket.socket.state;
         *self.states.entry(state).or_default() += 1;
         if state == TcpState::CloseWait

@@ -13,6 +13,7 @@ pub(super) fn finding(
     activity: &Activity,
     window: &Window,
     thresholds: &Thresholds,
+    show_netns: bool,
 ) -> Option<Finding> {
     let connects = activity.opened_active.rates(window);
     let time_waits = activity.time_wait_created.rates(window);
@@ -33,6 +34,7 @@ pub(super) fn finding(
         .destinations
         .iter()
         .map(|(d, &count)| DestinationRate {
+            netns: d.netns,
             daddr: d.daddr,
             dport: d.dport,
             // Over the span the process was connecting: its share of that rate.
@@ -62,6 +64,7 @@ pub(super) fn finding(
             destinations,
             measured,
             short_lived_ns: thresholds.short_lived_ns,
+            show_netns,
         },
     ))
 }

@@ -1,7 +1,7 @@
 //! CLOSE_WAIT leaks: sockets the peer closed that the process keeps open.
-use std::{collections::HashMap, net::IpAddr};
+use std::collections::HashMap;
 
-use super::{Evidence, Finding, FindingKind, Holdings, Peer, Severity, Thresholds, Who};
+use super::{Evidence, Finding, FindingKind, Holdings, Peer, PeerKey, Severity, Thresholds, Who};
 use crate::detect::model::Activity;
 
 pub(super) fn finding(
@@ -10,6 +10,7 @@ pub(super) fn finding(
     activity: &Activity,
     window_s: f64,
     thresholds: &Thresholds,
+    show_netns: bool,
 ) -> Option<Finding> {
     let leaked = held
         .close_waits
@@ -25,19 +26,26 @@ pub(super) fn finding(
     let median = ages[ages.len() / 2].0;
     let growth_per_min =
         (activity.close_wait_entered as f64 - activity.close_wait_left as f64) / (window_s / 60.0);
-    let mut peers: HashMap<(IpAddr, Option<u16>), usize> = HashMap::new();
+    let mut peers: HashMap<PeerKey, usize> = HashMap::new();
     for &(_, _, peer) in &held.close_waits {
         *peers.entry(peer).or_default() += 1;
     }
     let mut top_peers: Vec<Peer> = peers
         .into_iter()
-        .map(|((daddr, dport), sockets)| Peer {
+        .map(|((netns, daddr, dport), sockets)| Peer {
+            netns,
             daddr,
             dport,
             sockets,
         })
         .collect();
-    top_peers.sort_by(|a, b| b.sockets.cmp(&a.sockets).then(a.dport.cmp(&b.dport)));
+    top_peers.sort_by(|a, b| {
+        b.sockets
+            .cmp(&a.sockets)
+            .then(a.dport.cmp(&b.dport))
+            .then(a.netns.cmp(&b.netns))
+            .then(a.daddr.cmp(&b.daddr))
+    });
     top_peers.truncate(5);
     let close_wait = held.close_waits.len();
     let critical = close_wait >= thresholds.close_wait_critical || oldest >= 600_000_000_000;
@@ -58,6 +66,7 @@ pub(super) fn finding(
             top_peers,
             leaked,
             leak_age_ns: thresholds.close_wait_age_ns,
+            show_netns,
         },
     ))
 }

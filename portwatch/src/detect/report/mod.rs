@@ -84,6 +84,8 @@ pub struct Finding {
 /// A destination's share of a churner's connections.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct DestinationRate {
+    /// The network namespace the connections were made in (inode; 0 unknown).
+    pub netns: u32,
     pub daddr: IpAddr,
     pub dport: u16,
     pub rate_per_s: f64,
@@ -111,6 +113,10 @@ pub enum Evidence {
         /// The age that makes a leak ([`Thresholds::close_wait_age_ns`]).
         #[serde(skip)]
         leak_age_ns: u64,
+        /// Whether the words name the peers' namespace: when the report involves
+        /// several, where two containers' 127.0.0.1:8080 are different peers.
+        #[serde(skip)]
+        show_netns: bool,
     },
     Churn {
         /// Over the time it was active (`active_s`), not the whole window.
@@ -139,6 +145,9 @@ pub enum Evidence {
         /// ([`Thresholds::short_lived_ns`]).
         #[serde(skip)]
         short_lived_ns: u64,
+        /// Whether the words name the destinations' namespace (as for a leak's peers).
+        #[serde(skip)]
+        show_netns: bool,
     },
     Exhaustion {
         /// The destination's network namespace (inode; 0 unknown): whose port range.
@@ -181,6 +190,8 @@ pub enum ChurnRate {
 /// ephemeral one and tells nothing, so only its address is kept (`dport` null).
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct Peer {
+    /// The network namespace of the leaked sockets (inode; 0 unknown).
+    pub netns: u32,
     pub daddr: IpAddr,
     pub dport: Option<u16>,
     pub sockets: usize,
@@ -269,11 +280,26 @@ impl EvictedCounts {
 pub struct Report {
     pub window_s: f64,
     pub events: EventCounts,
+    /// portwatch's own namespace's port settings.
     pub port_range: (u16, u16),
     pub port_capacity: u32,
     pub tcp_tw_reuse: u8,
+    /// portwatch's own network namespace (inode; 0 unknown, as in replays of older
+    /// recordings).
+    pub own_netns: u32,
+    /// The port settings of every namespace the findings concern, by inode.
+    pub namespaces: Vec<NamespacePorts>,
     pub findings: Vec<Finding>,
     pub processes: Vec<ProcessReport>,
+}
+
+/// One network namespace's port settings, as the report shows them.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct NamespacePorts {
+    pub netns: u32,
+    pub port_range: (u16, u16),
+    pub port_capacity: u32,
+    pub tcp_tw_reuse: u8,
 }
 
 /// What the report needs from outside the model: the host's settings and how to name
@@ -288,6 +314,9 @@ pub struct Context<'a> {
     pub workload: &'a dyn Fn(u32) -> Option<String>,
 }
 
+/// A leaked socket's peer: its namespace, address and (service) port.
+type PeerKey = (u32, IpAddr, Option<u16>);
+
 /// Live sockets a process holds now, grouped for the report.
 #[derive(Default)]
 struct Holdings {
@@ -296,7 +325,7 @@ struct Holdings {
     /// saw (one that inherited them, or was named by /proc) and so has no activity.
     comm: Option<Comm>,
     /// (age ns, exact?, peer) of each CLOSE_WAIT socket.
-    close_waits: Vec<(u64, bool, (IpAddr, Option<u16>))>,
+    close_waits: Vec<(u64, bool, PeerKey)>,
     time_wait_now: usize,
 }
 
@@ -308,6 +337,7 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
         end_ns: model.start_ns + window_ns,
     };
     let holdings = holdings(model, now_ns);
+    let show_netns = several_namespaces(model);
 
     let mut keys: Vec<Process> = model.processes.keys().copied().collect();
     keys.extend(holdings.keys().copied());
@@ -381,6 +411,7 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
                 &activity,
                 window_s,
                 context.thresholds,
+                show_netns,
             ));
             findings.extend(churn::finding(
                 &who,
@@ -389,6 +420,7 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
                 &activity,
                 &window,
                 context.thresholds,
+                show_netns,
             ));
         }
         processes.push(report);
@@ -431,9 +463,52 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
         port_range: context.settings.host.range,
         port_capacity: context.settings.host.capacity(),
         tcp_tw_reuse: context.settings.host.tw_reuse,
+        own_netns: context.settings.host_netns,
+        namespaces: concerned_namespaces(&findings, context.settings),
         findings,
         processes,
     }
+}
+
+/// Whether the window involves more than one network namespace: then the words name
+/// each peer's and destination's.
+fn several_namespaces(model: &Model) -> bool {
+    let mut first = None;
+    let mut other = |netns: u32| *first.get_or_insert(netns) != netns;
+    model.destinations.keys().any(|d| other(d.netns))
+        || model.table.live().any(|(_, s)| other(s.tuple.netns))
+        || model.table.unmatched_seeds().any(|s| other(s.tuple.netns))
+        || model.table.time_wait().any(|g| other(g.tuple.netns))
+}
+
+/// The namespaces the findings concern (a leak's peers, a churner's destinations, an
+/// exhausted destination), each with its port settings.
+fn concerned_namespaces(findings: &[Finding], budget: &PortBudget) -> Vec<NamespacePorts> {
+    let mut inodes = std::collections::BTreeSet::new();
+    for finding in findings {
+        match &finding.evidence {
+            Evidence::Leak { top_peers, .. } => inodes.extend(top_peers.iter().map(|p| p.netns)),
+            Evidence::Churn { destinations, .. } => {
+                inodes.extend(destinations.iter().map(|d| d.netns));
+            }
+            Evidence::Exhaustion { netns, .. } => {
+                inodes.insert(*netns);
+            }
+        }
+    }
+    inodes
+        .into_iter()
+        .filter(|&netns| netns != 0)
+        .map(|netns| {
+            let settings = budget.of(netns);
+            NamespacePorts {
+                netns,
+                port_range: settings.range,
+                port_capacity: settings.capacity(),
+                tcp_tw_reuse: settings.tw_reuse,
+            }
+        })
+        .collect()
 }
 
 fn ms(ns: u64) -> f64 {
@@ -457,7 +532,7 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
                 Some(crate::event::Origin::Passive) => None,
                 _ => Some(socket.tuple.dport),
             };
-            let peer = (socket.tuple.daddr, service_port);
+            let peer = (socket.tuple.netns, socket.tuple.daddr, service_port);
             held.close_waits.push((age, socket.state_since_exact, peer));
         }
     }
@@ -488,8 +563,11 @@ fn holdings(model: &Model, now_ns: u64) -> HashMap<Process, Holdings> {
             let since_snapshot = now_ns.saturating_sub(seed.taken_ns);
             let age = since_snapshot + seed.in_state_at_least_ns.unwrap_or(0);
             // A seed's origin is unknown: keep the port, it may name the service.
-            held.close_waits
-                .push((age, false, (seed.tuple.daddr, Some(seed.tuple.dport))));
+            held.close_waits.push((
+                age,
+                false,
+                (seed.tuple.netns, seed.tuple.daddr, Some(seed.tuple.dport)),
+            ));
         }
     }
     for time_wait in model.table.time_wait() {

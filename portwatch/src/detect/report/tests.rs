@@ -26,6 +26,93 @@ pub(crate) fn report_of(script: &Script, end_ns: u64, dropped: u64) -> Report {
     build(&model, end_ns, &context)
 }
 
+/// Two servers on the same port in two namespaces (111, portwatch's own, and 222,
+/// whose range is 4 ports), leaking 3 and 2 sockets.
+pub(crate) fn two_namespace_leaks() -> Report {
+    let mut script = Script::new();
+    for (pid, netns, count) in [(10, 111, 3), (20, 222, 2)] {
+        let server = owner(pid, "leaky", OwnerSource::Accept);
+        let mut leaks = Script::new();
+        for i in 0..count {
+            leaks.leaked_server_connection(server, i * SECOND, i * SECOND + 1000);
+        }
+        for mut event in leaks.events {
+            if let Event::Transition(t) = &mut event {
+                t.netns = netns;
+                t.sock += u64::from(netns) * 1000;
+            }
+            script.events.push(event);
+        }
+    }
+    let model = script.model(0);
+    let mut settings = PortBudget::host_only(PortSettings::default());
+    settings.host_netns = 111;
+    settings.by_netns.insert(111, PortSettings::default());
+    settings.by_netns.insert(
+        222,
+        PortSettings {
+            range: (40000, 40003),
+            ..PortSettings::default()
+        },
+    );
+    let no_workload = |_| None;
+    let context = Context {
+        settings: &settings,
+        thresholds: &Thresholds::default(),
+        dropped: 0,
+        undecodable: 0,
+        untracked: 0,
+        skipped: None,
+        workload: &no_workload,
+    };
+    build(&model, 20 * SECOND, &context)
+}
+
+#[test]
+fn each_namespace_has_its_peers_and_its_port_settings() {
+    let report = two_namespace_leaks();
+    let leaks = findings_of(&report, FindingKind::CloseWaitLeak);
+    assert_eq!(leaks.len(), 2);
+    for (finding, netns, count) in [(leaks[0], 111, 3), (leaks[1], 222, 2)] {
+        let Evidence::Leak {
+            top_peers,
+            show_netns,
+            close_wait,
+            ..
+        } = &finding.evidence
+        else {
+            panic!("leak evidence");
+        };
+        assert_eq!(*close_wait, count);
+        assert_eq!(top_peers.len(), 1, "{top_peers:?}");
+        assert_eq!(top_peers[0].netns, netns);
+        assert!(show_netns);
+    }
+    assert_eq!(
+        report.namespaces,
+        [
+            NamespacePorts {
+                netns: 111,
+                port_range: (32768, 60999),
+                port_capacity: 28232,
+                tcp_tw_reuse: 2,
+            },
+            NamespacePorts {
+                netns: 222,
+                port_range: (40000, 40003),
+                port_capacity: 4,
+                tcp_tw_reuse: 2,
+            },
+        ]
+    );
+    assert_eq!(report.own_netns, 111);
+    // One namespace: the words need not name it.
+    let Evidence::Leak { show_netns, .. } = &seven_leaks().findings[0].evidence else {
+        panic!("leak evidence");
+    };
+    assert!(!show_netns);
+}
+
 fn findings_of(report: &Report, kind: FindingKind) -> Vec<&Finding> {
     report.findings.iter().filter(|f| f.kind == kind).collect()
 }

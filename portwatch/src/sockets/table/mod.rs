@@ -341,6 +341,8 @@ impl SocketTable {
                     owner,
                     state_since_ns: socket.since_ns,
                     opened_ns: socket.opened_ns.and_then(NonZeroU64::new),
+                    // The kernel's CLOSE_WAITS holds only sockets it saw open.
+                    predates_start: false,
                 },
             );
         }
