@@ -155,10 +155,14 @@ pub async fn trace(
     sink.start(start_ns, seeds)?;
     match duration {
         Some(duration) => eprintln!(
-            "portwatch: {what} for {}; Ctrl-C to stop early",
-            humantime::format_duration(duration)
+            "portwatch: {what} for {} ({}); Ctrl-C to stop early",
+            humantime::format_duration(duration),
+            tracer.path().describe()
         ),
-        None => eprintln!("portwatch: {what} until Ctrl-C"),
+        None => eprintln!(
+            "portwatch: {what} until Ctrl-C ({})",
+            tracer.path().describe()
+        ),
     }
     let mut counters_tick = sink.counters_every().map(tokio::time::interval);
     let mut counts_tick = (tracer.path().collect == Collect::Counts).then(|| {

@@ -99,9 +99,18 @@ pub fn run(binary: &Path) -> Result<()> {
 fn main_pass(binary: &Path, churn_port: u16) -> Result<(Checks, bool)> {
     let mut checks = Checks::default();
     step("main pass: `portwatch stream` and `portwatch report` attach");
+    let hook = StateHook::for_this_kernel();
     let stream = portwatch::start(
         binary,
-        &["stream", "--format", "json", "--duration", "10m"],
+        &[
+            "stream",
+            "--format",
+            "json",
+            "--duration",
+            "10m",
+            "--state-hook",
+            hook.arg(),
+        ],
         false,
     )?;
     let report = portwatch::start(
@@ -112,6 +121,8 @@ fn main_pass(binary: &Path, churn_port: u16) -> Result<(Checks, bool)> {
             "json",
             "--duration",
             "10m",
+            "--state-hook",
+            hook.arg(),
             "--close-wait-age",
             "1s",
             // The window is short and emulation slow: any steady opener is churn here.
@@ -167,6 +178,8 @@ fn main_pass(binary: &Path, churn_port: u16) -> Result<(Checks, bool)> {
     let report = report.stop()?;
     drop(leak_server);
 
+    checks.record("stream's path", hook.check(&stream, "records"));
+    checks.record("report's path", hook.check(&report, "counts"));
     checks.record("stream ran cleanly", checks::ran_cleanly(&stream));
     checks.record("report ran cleanly", checks::ran_cleanly(&report));
     checks.record("stream lost nothing", checks::nothing_dropped(&stream));
@@ -205,6 +218,48 @@ fn main_pass(binary: &Path, churn_port: u16) -> Result<(Checks, bool)> {
     }
     checks.record("snapshot", checks::snapshot_holder(&snapshot, &leak));
     Ok((checks, counts_skips))
+}
+
+/// Which state hook the main pass asks for: every kernel of the matrix has BTF and
+/// gets the BTF-typed tracepoint, except 6.1, where the classic one is forced so the
+/// fallback stays tested on a real older kernel too.
+#[derive(Clone, Copy)]
+enum StateHook {
+    Auto,
+    Classic,
+}
+
+impl StateHook {
+    fn for_this_kernel() -> StateHook {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if release.starts_with("6.1.") {
+            StateHook::Classic
+        } else {
+            StateHook::Auto
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            StateHook::Auto => "auto",
+            StateHook::Classic => "classic",
+        }
+    }
+
+    /// The path portwatch said it attached (its "tracing ... (PATH)" line) is the one
+    /// expected: `collect` on this hook.
+    fn check(self, run: &portwatch::Finished, collect: &str) -> checks::Outcome {
+        let hook = match self {
+            StateHook::Auto => "BTF tracepoint",
+            StateHook::Classic => "classic tracepoint",
+        };
+        let expected = format!("({collect}, {hook})");
+        if run.stderr.contains(&expected) {
+            Ok(format!("attached {expected}"))
+        } else {
+            Err(format!("expected {expected} in: {}", run.stderr))
+        }
+    }
 }
 
 /// Connections the namespace pass makes in each of its two namespaces.
