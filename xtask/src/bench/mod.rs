@@ -126,9 +126,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
 
-    /// Also measure each eBPF program's run time per call (turns on
-    /// kernel.bpf_stats_enabled for the run, which itself costs a little). Calls the
-    /// kernel skipped (recursion misses) are counted either way.
+    /// Also measure each eBPF program's run time per call (turns the kernel's
+    /// statistics on for the run, with BPF_ENABLE_STATS, else kernel.bpf_stats_enabled;
+    /// they cost a little themselves), and print a table of each agent's programs.
+    /// Calls the kernel skipped (recursion misses) are counted either way.
     #[arg(long)]
     bpf_stats: bool,
 
@@ -250,7 +251,7 @@ fn churn(portwatch: &Path, workload: &Path, out_dir: &Path, args: BenchArgs) -> 
     let calibration = if measure_churn {
         eprintln!("xtask: bench: counting the transitions of one connection (tracefs)");
         let server = actors.server(&shape)?;
-        let calibration = calibrate::run(&actors, &shape, server.port, 2000)?;
+        let calibration = calibrate::run(&actors, &shape, server.pid(), server.port, 2000)?;
         eprintln!(
             "xtask: bench: each connection makes {} transitions ({} closes) and {} accept: {}",
             calibration.transitions_per_connection,
@@ -635,25 +636,33 @@ fn listen_overflows(server_pid: u32) -> u64 {
     procfs::netstat(server_pid, "TcpExt", "ListenOverflows").unwrap_or(0)
 }
 
-/// Turns on the kernel's per-program run-time statistics, and restores the old setting
-/// when dropped.
-struct BpfStats {
-    old: String,
+/// Turns on the kernel's per-program run-time statistics while it lives: with a
+/// BPF_ENABLE_STATS descriptor where the kernel has it (a reference, which other
+/// processes' writes to the sysctl cannot undo), else with kernel.bpf_stats_enabled,
+/// whose old setting is restored when dropped.
+enum BpfStats {
+    Descriptor(#[allow(dead_code)] std::os::fd::OwnedFd),
+    Sysctl { old: String },
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
     fn enable() -> Result<BpfStats> {
+        if let Some(fd) = procfs::enable_bpf_stats() {
+            return Ok(BpfStats::Descriptor(fd));
+        }
         let old = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
         fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(BpfStats { old })
+        Ok(BpfStats::Sysctl { old })
     }
 }
 
 impl Drop for BpfStats {
     fn drop(&mut self) {
-        let _ = fs::write(BPF_STATS, self.old.trim());
+        if let BpfStats::Sysctl { old } = self {
+            let _ = fs::write(BPF_STATS, old.trim());
+        }
     }
 }
 

@@ -203,6 +203,22 @@ fn program_name(id: u32) -> Option<String> {
     Some(String::from_utf8_lossy(&name[..end]).into_owned())
 }
 
+const BPF_ENABLE_STATS: libc::c_long = 32;
+
+/// Turns on the kernel's run-time statistics of every eBPF program for as long as the
+/// returned descriptor is open (BPF_ENABLE_STATS, BPF_STATS_RUN_TIME; Linux 5.8+). Unlike
+/// the kernel.bpf_stats_enabled sysctl, which is one value for the whole machine, this
+/// is a reference: another process writing 0 to the sysctl meanwhile does not turn the
+/// statistics off.
+pub fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // union bpf_attr for BPF_ENABLE_STATS: type (0, BPF_STATS_RUN_TIME).
+    let mut attr = [0u8; 16];
+    let fd = bpf(BPF_ENABLE_STATS, &mut attr)?;
+    // SAFETY: bpf() returned a new descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 /// The bpf() system call with `attr`; its non-negative result.
 fn bpf(cmd: libc::c_long, attr: &mut [u8; 16]) -> Option<i32> {
     // SAFETY: `attr` is a valid, writable union bpf_attr prefix of the length given, its
