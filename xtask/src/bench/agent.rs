@@ -311,6 +311,10 @@ pub struct Observed {
     /// portwatch report and serve: connections opened and closed, as charged to the
     /// client and to the server process (serve: to their commands).
     pub connections: Option<Connections>,
+    /// portwatch report: the most entries (`processes[]`) the report gave the client's
+    /// or the server's PID. 1 is right; more means the report split a process (its
+    /// counts are added up for `connections`).
+    pub entries_per_process: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -363,6 +367,7 @@ pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -
                 events_total,
                 dropped,
                 connections: None,
+                entries_per_process: None,
             })
         }
         Agent::Tcpstates | Agent::Tcplife => {
@@ -385,6 +390,7 @@ pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -
                 events_total: total.saturating_sub(1),
                 dropped: lost_events(&stopped.finished.said),
                 connections: None,
+                entries_per_process: None,
             })
         }
     }
@@ -417,6 +423,7 @@ fn observe_serve(output: &Path) -> Result<Observed> {
             server_opened: of(opened, "echo-"),
             server_closed: of(closed, "echo-"),
         }),
+        entries_per_process: None,
     })
 }
 
@@ -426,19 +433,23 @@ fn observe_report(output: &Path, client_pid: u32, server_pid: u32) -> Result<Obs
     let report: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("portwatch report wrote no JSON to {}", output.display()))?;
     let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
-    let process = |pid: u32| {
+    let entries = |pid: u32| -> Vec<&serde_json::Value> {
         report["processes"]
             .as_array()
-            .and_then(|processes| processes.iter().find(|p| p["pid"] == pid))
+            .map(|processes| processes.iter().filter(|p| p["pid"] == pid).collect())
+            .unwrap_or_default()
     };
+    // A process is one entry; should the report list a PID more than once, its
+    // entries are added up here (what was counted) and the split is reported.
     let opened_closed = |pid: u32| {
-        process(pid).map_or((0, 0), |p| {
+        entries(pid).iter().fold((0, 0), |(opened, closed), p| {
             (
-                number(&p["connections_opened"]),
-                number(&p["connections_closed"]),
+                opened + number(&p["connections_opened"]),
+                closed + number(&p["connections_closed"]),
             )
         })
     };
+    let split_entries = entries(client_pid).len().max(entries(server_pid).len()) as u64;
     let (client_opened, client_closed) = opened_closed(client_pid);
     let (server_opened, server_closed) = opened_closed(server_pid);
     let seen = number(&report["events"]["seen"]);
@@ -446,6 +457,7 @@ fn observe_report(output: &Path, client_pid: u32, server_pid: u32) -> Result<Obs
         events: seen,
         events_total: seen,
         dropped: number(&report["events"]["dropped"]),
+        entries_per_process: Some(split_entries),
         connections: Some(Connections {
             client_opened,
             client_closed,

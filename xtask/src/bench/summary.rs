@@ -158,6 +158,9 @@ pub struct Row {
     /// connections made, and that number made.
     pub worst_connections_counted: Option<u64>,
     pub worst_connections_made: Option<u64>,
+    /// portwatch report: the most entries one run's report gave the client's or the
+    /// server's PID (1 is right; see `Observed::entries_per_process`).
+    pub max_entries_per_process: Option<u64>,
     /// The check against the truth: every run's count within 0.1 % of the truth
     /// (connections where the agent counts them, else events) and nothing dropped.
     pub truth_ok: Option<bool>,
@@ -379,6 +382,17 @@ impl Summary {
         for note in notes {
             let _ = writeln!(out, "  {note}");
         }
+        for row in &self.rows {
+            if let Some(entries @ 2..) = row.max_entries_per_process {
+                let _ = writeln!(
+                    out,
+                    "  WARNING: {}: the report listed the client's or the server's PID in \
+                     {entries} process entries (one process split; the conns column adds \
+                     them up)",
+                    row.mode
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "  CPU us/conn: client, server and agent CPU per connection, median; (ovh): the \
@@ -422,7 +436,8 @@ impl Summary {
         }
         let _ = writeln!(
             out,
-            "\neBPF programs (kernel.bpf_stats_enabled, which adds to them; median over runs)"
+            "\neBPF programs (with the kernel's run-time statistics on, which add to them; \
+             median over runs)"
         );
         let _ = writeln!(
             out,
@@ -478,6 +493,7 @@ fn bare_row(runs: &[Run]) -> Row {
         connections_accounted_pct: None,
         worst_connections_counted: None,
         worst_connections_made: None,
+        max_entries_per_process: None,
         truth_ok: None,
         max_dropped: None,
         max_missed: None,
@@ -576,6 +592,10 @@ fn agent_row(agent: Agent, options: &Options, runs: &[Run]) -> Row {
         connections_accounted_pct: accounted,
         worst_connections_counted: worst_connections.map(|c| c.0),
         worst_connections_made: worst_connections.map(|c| c.1),
+        max_entries_per_process: traced
+            .iter()
+            .filter_map(|(_, a)| a.observed.entries_per_process)
+            .max(),
         truth_ok,
         max_dropped,
         max_missed: traced.iter().map(|(_, a)| a.missed).max(),

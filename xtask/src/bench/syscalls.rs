@@ -149,14 +149,14 @@ impl SyscallSummary {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\nsyscall-bound, no TCP: `{}` ({} system calls), bare and with each agent \
+            "\nsyscall-bound, no TCP: `{}` ({:.1}M system calls), bare and with each agent \
              attached, in pairs",
             self.command,
-            super::summary::short(self.system_calls)
+            self.system_calls as f64 / 1e6
         );
         let _ = writeln!(
             out,
-            "{:<40} {:>6} {:>15} {:>15} {:>22} {:>22} {:>13}",
+            "{:<40} {:>6} {:>12} {:>15} {:>26} {:>26} {:>15}",
             "mode",
             "pairs",
             "bare wall s",
@@ -179,7 +179,7 @@ impl SyscallSummary {
             };
             let _ = writeln!(
                 out,
-                "{:<40} {:>6} {:>15} {:>15} {:>22} {:>22} {:>13}",
+                "{:<40} {:>6} {:>12} {:>15} {:>26} {:>26} {:>15}",
                 row.mode,
                 row.pairs,
                 secs(row.bare_wall_s),
