@@ -1,6 +1,7 @@
-//! The tracers under test: portwatch (report, stream, serve) and libbpf-tools'
-//! tcpstates and tcplife. Each runs as the user would run it, with its output going to
-//! a file (serve: scraped once a second), and is stopped with SIGINT, as Ctrl-C would.
+//! The tracers under test: portwatch (report and serve on the counting path, their
+//! default, and on the per-record path; stream) and libbpf-tools' tcpstates and tcplife.
+//! Each runs as the user would run it, with its output going to a file (serve: scraped
+//! once a second), and is stopped with SIGINT, as Ctrl-C would.
 use std::{
     fs::{self, File},
     io::{BufRead as _, BufReader},
@@ -20,14 +21,21 @@ use super::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Agent {
-    /// `portwatch report --format json` for longer than the run, stopped with SIGINT.
+    /// `portwatch report --format json` for longer than the run, stopped with SIGINT:
+    /// the counting path (its default), the kernel counts transitions.
     Report,
-    /// `portwatch stream --format json > file`.
+    /// The same with `--collect records`: one record per transition, and the
+    /// `syscalls:*` accept and connect tracepoints attached.
+    ReportRecords,
+    /// `portwatch stream --format json > file` (always records).
     Stream,
-    /// `portwatch serve` on loopback, scraped once a second as Prometheus would.
+    /// `portwatch serve` on loopback, scraped once a second as Prometheus would: the
+    /// counting path (its default).
     Serve,
+    /// The same with `--collect records`.
+    ServeRecords,
     /// libbpf-tools `tcpstates > file`: one line per transition.
     Tcpstates,
     /// libbpf-tools `tcplife > file`: one line per socket closed.
@@ -37,9 +45,11 @@ pub enum Agent {
 impl Agent {
     pub fn label(self) -> &'static str {
         match self {
-            Agent::Report => "portwatch report",
+            Agent::Report => "portwatch report (counts)",
+            Agent::ReportRecords => "portwatch report (records)",
             Agent::Stream => "portwatch stream --format json",
-            Agent::Serve => "portwatch serve (scraped 1/s)",
+            Agent::Serve => "portwatch serve (counts, scraped 1/s)",
+            Agent::ServeRecords => "portwatch serve (records, scraped 1/s)",
             Agent::Tcpstates => "libbpf-tools tcpstates",
             Agent::Tcplife => "libbpf-tools tcplife",
         }
@@ -49,25 +59,67 @@ impl Agent {
     pub fn short_label(self) -> &'static str {
         match self {
             Agent::Report => "report",
+            Agent::ReportRecords => "report-records",
             Agent::Stream => "stream",
             Agent::Serve => "serve",
+            Agent::ServeRecords => "serve-records",
             Agent::Tcpstates => "tcpstates",
             Agent::Tcplife => "tcplife",
         }
     }
 
     pub fn is_portwatch(self) -> bool {
-        matches!(self, Agent::Report | Agent::Stream | Agent::Serve)
+        matches!(
+            self,
+            Agent::Report
+                | Agent::ReportRecords
+                | Agent::Stream
+                | Agent::Serve
+                | Agent::ServeRecords
+        )
+    }
+
+    /// portwatch on its counting path: the kernel counts transitions and sends records
+    /// only for the few it cannot count, so its events are no measure of the workload;
+    /// its connections are.
+    pub fn counts(self) -> bool {
+        matches!(self, Agent::Report | Agent::Serve)
+    }
+
+    /// The modes meant to run always, on every host: the syscall row's target (at most
+    /// 1 % slower) applies to them.
+    pub fn always_on(self) -> bool {
+        self.counts()
+    }
+
+    fn is_serve(self) -> bool {
+        matches!(self, Agent::Serve | Agent::ServeRecords)
+    }
+
+    fn is_report(self) -> bool {
+        matches!(self, Agent::Report | Agent::ReportRecords)
+    }
+
+    /// The collect flag it runs with (its own default otherwise).
+    fn collect_args(self) -> &'static [&'static str] {
+        match self {
+            Agent::ReportRecords | Agent::ServeRecords => &["--collect", "records"],
+            _ => &[],
+        }
     }
 
     /// The command the user would type, for the results.
-    pub fn command_line(self, max_sockets: Option<u32>) -> String {
-        let max = max_sockets.map_or(String::new(), |n| format!(" --max-sockets {n}"));
+    pub fn command_line(self, options: &Options) -> String {
+        let mut flags: Vec<String> = self.collect_args().iter().map(|s| s.to_string()).collect();
+        flags.extend(options.args());
+        let flags: String = flags.iter().map(|flag| format!(" {flag}")).collect();
         match self {
-            Agent::Report => format!("portwatch report --format json --duration 24h{max}"),
-            Agent::Stream => format!("portwatch stream --format json{max} > FILE"),
-            Agent::Serve => {
-                format!("portwatch serve --listen 127.0.0.1:0{max} (GET /metrics every 1 s)")
+            Agent::Report | Agent::ReportRecords => {
+                format!("portwatch report --format json --duration 24h{flags}")
+            }
+            Agent::Stream => format!("portwatch stream --format json{flags} > FILE"),
+            Agent::Serve | Agent::ServeRecords => {
+                format!("portwatch serve --listen 127.0.0.1:0{flags} (GET /metrics every 1 s)")
             }
             Agent::Tcpstates => "stdbuf -oL tcpstates > FILE".into(),
             Agent::Tcplife => "stdbuf -oL tcplife > FILE".into(),
@@ -77,10 +129,36 @@ impl Agent {
     /// The program it runs.
     pub fn program(self) -> &'static str {
         match self {
-            Agent::Report | Agent::Stream | Agent::Serve => "portwatch",
+            Agent::Report
+            | Agent::ReportRecords
+            | Agent::Stream
+            | Agent::Serve
+            | Agent::ServeRecords => "portwatch",
             Agent::Tcpstates => "tcpstates",
             Agent::Tcplife => "tcplife",
         }
+    }
+}
+
+/// Options given to every portwatch agent (the peers have none).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// `--max-sockets N`.
+    pub max_sockets: Option<u32>,
+    /// `--state-hook HOOK` (auto, classic); portwatch's own default if None.
+    pub state_hook: Option<String>,
+}
+
+impl Options {
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        if let Some(max) = self.max_sockets {
+            args.extend(["--max-sockets".to_owned(), max.to_string()]);
+        }
+        if let Some(hook) = &self.state_hook {
+            args.extend(["--state-hook".to_owned(), hook.clone()]);
+        }
+        args
     }
 }
 
@@ -107,40 +185,32 @@ pub struct Stopped {
 }
 
 /// Starts `agent`, output to `output`, and waits until it traces.
-pub fn start(
-    agent: Agent,
-    portwatch: &Path,
-    output: &Path,
-    max_sockets: Option<u32>,
-) -> Result<Running> {
+pub fn start(agent: Agent, portwatch: &Path, output: &Path, options: &Options) -> Result<Running> {
     let file = File::create(output).with_context(|| format!("creating {}", output.display()))?;
-    let mut command = match agent {
-        Agent::Report | Agent::Stream | Agent::Serve => {
-            let mut command = Command::new(portwatch);
-            match agent {
-                // Longer than any run: SIGINT ends it, and it still reports.
-                Agent::Report => command.args(["report", "--format", "json", "--duration", "24h"]),
-                Agent::Serve => command.args(["serve", "--listen", "127.0.0.1:0"]),
-                _ => command.args(["stream", "--format", "json"]),
-            };
-            if let Some(max) = max_sockets {
-                command.args(["--max-sockets", &max.to_string()]);
-            }
-            command
+    let mut command = if agent.is_portwatch() {
+        let mut command = Command::new(portwatch);
+        if agent.is_report() {
+            // Longer than any run: SIGINT ends it, and it still reports.
+            command.args(["report", "--format", "json", "--duration", "24h"]);
+        } else if agent.is_serve() {
+            command.args(["serve", "--listen", "127.0.0.1:0"]);
+        } else {
+            command.args(["stream", "--format", "json"]);
         }
-        Agent::Tcpstates | Agent::Tcplife => {
-            // Their stdout is block-buffered into a file; -oL keeps every line whole
-            // when SIGINT ends them (they flush at exit anyway).
-            let mut command = Command::new("stdbuf");
-            command.args(["-oL", agent.program()]);
-            command
-        }
+        command.args(agent.collect_args()).args(options.args());
+        command
+    } else {
+        // libbpf-tools: their stdout is block-buffered into a file; -oL keeps every line
+        // whole when SIGINT ends them (they flush at exit anyway).
+        let mut command = Command::new("stdbuf");
+        command.args(["-oL", agent.program()]);
+        command
     };
     command.stdout(file);
     let mut process = Process::spawn(command, agent.label(), Listen::Stderr)?;
     let attach_timeout = Duration::from_secs(60);
     let mut scraper = None;
-    if agent == Agent::Serve {
+    if agent.is_serve() {
         // "portwatch: serving http://127.0.0.1:PORT/metrics until Ctrl-C", once attached.
         let address = process.wait_for(attach_timeout, "\"serving\" line", |line| {
             let rest = line.split("serving http://").nth(1)?;
@@ -164,6 +234,9 @@ pub fn start(
         scraper,
     })
 }
+
+/// Longer than the second between portwatch's readings of the kernel's counts.
+const COUNTS_SETTLE: Duration = Duration::from_millis(1500);
 
 fn wait_for_header(output: &Path, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -195,6 +268,11 @@ impl Running {
     /// Stops the agent with SIGINT and waits for it to finish writing.
     pub fn stop(self) -> Result<Stopped> {
         if let Some(scraper) = self.scraper {
+            if self.agent.counts() {
+                // serve reads the kernel's counts once a second: a scrape shows what was
+                // read, so wait for a reading made after the workload's last close.
+                thread::sleep(COUNTS_SETTLE);
+            }
             // The metrics at the end of the workload are the run's result.
             let metrics = scraper.finish().context("scraping portwatch serve")?;
             fs::write(&self.output, metrics)
@@ -230,9 +308,13 @@ pub struct Observed {
     pub events_total: u64,
     /// Events lost on the way from the kernel (ring or perf buffer full).
     pub dropped: u64,
-    /// portwatch report only: connections opened and closed, as charged to the client
-    /// and to the server process.
+    /// portwatch report and serve: connections opened and closed, as charged to the
+    /// client and to the server process (serve: to their commands).
     pub connections: Option<Connections>,
+    /// portwatch report: the most entries (`processes[]`) the report gave the client's
+    /// or the server's PID. 1 is right; more means the report split a process (its
+    /// counts are added up for `connections`).
+    pub entries_per_process: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
@@ -244,32 +326,36 @@ pub struct Connections {
 }
 
 impl Connections {
+    fn all(&self) -> [u64; 4] {
+        [
+            self.client_opened,
+            self.client_closed,
+            self.server_opened,
+            self.server_closed,
+        ]
+    }
+
     /// The fewest connections any of the four counts accounts for.
     pub fn least(&self) -> u64 {
-        self.client_opened
-            .min(self.client_closed)
-            .min(self.server_opened)
-            .min(self.server_closed)
+        self.all().into_iter().min().unwrap_or(0)
+    }
+
+    /// Of the four counts, the one furthest from `made` (above or below).
+    pub fn furthest_from(&self, made: u64) -> u64 {
+        self.all()
+            .into_iter()
+            .max_by_key(|&count| count.abs_diff(made))
+            .unwrap_or(0)
     }
 }
 
 /// Reads what a stopped agent reported about the workload on `port`.
 pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -> Result<Observed> {
     match stopped.agent {
-        Agent::Report => observe_report(&stopped.output, client_pid, server_pid),
-        Agent::Serve => {
-            let metrics = fs::read_to_string(&stopped.output)
-                .with_context(|| format!("reading {}", stopped.output.display()))?;
-            let count = |name: &str| scrape::value(&metrics, name).unwrap_or(0.0) as u64;
-            let seen = count("portwatch_events_total");
-            Ok(Observed {
-                events: seen,
-                events_total: seen,
-                dropped: count("portwatch_events_dropped_total"),
-                // Its series name workloads and commands, not the benchmark's PIDs.
-                connections: None,
-            })
+        Agent::Report | Agent::ReportRecords => {
+            observe_report(&stopped.output, client_pid, server_pid)
         }
+        Agent::Serve | Agent::ServeRecords => observe_serve(&stopped.output),
         Agent::Stream => {
             let needles = [format!("\"sport\":{port},"), format!("\"dport\":{port},")];
             let (events, _) = count_lines(&stopped.output, |line| {
@@ -281,6 +367,7 @@ pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -
                 events_total,
                 dropped,
                 connections: None,
+                entries_per_process: None,
             })
         }
         Agent::Tcpstates | Agent::Tcplife => {
@@ -303,9 +390,41 @@ pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -
                 events_total: total.saturating_sub(1),
                 dropped: lost_events(&stopped.finished.said),
                 connections: None,
+                entries_per_process: None,
             })
         }
     }
+}
+
+/// serve's last scrape. Its series name commands, not PIDs: the workload's are
+/// `churn-client` and `echo-server`/`echo-worker` (another process with those names on
+/// the host would add to them).
+fn observe_serve(output: &Path) -> Result<Observed> {
+    let metrics =
+        fs::read_to_string(output).with_context(|| format!("reading {}", output.display()))?;
+    let count = |name: &str| scrape::value(&metrics, name).unwrap_or(0.0) as u64;
+    let of = |name: &str, comm: &str| {
+        scrape::sum(&metrics, name, |labels| {
+            labels.contains(&format!("comm=\"{comm}"))
+        }) as u64
+    };
+    let (opened, closed) = (
+        "portwatch_connections_opened_total",
+        "portwatch_connections_closed_total",
+    );
+    let seen = count("portwatch_events_total");
+    Ok(Observed {
+        events: seen,
+        events_total: seen,
+        dropped: count("portwatch_events_dropped_total"),
+        connections: Some(Connections {
+            client_opened: of(opened, "churn-"),
+            client_closed: of(closed, "churn-"),
+            server_opened: of(opened, "echo-"),
+            server_closed: of(closed, "echo-"),
+        }),
+        entries_per_process: None,
+    })
 }
 
 fn observe_report(output: &Path, client_pid: u32, server_pid: u32) -> Result<Observed> {
@@ -314,19 +433,23 @@ fn observe_report(output: &Path, client_pid: u32, server_pid: u32) -> Result<Obs
     let report: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("portwatch report wrote no JSON to {}", output.display()))?;
     let number = |value: &serde_json::Value| value.as_u64().unwrap_or(0);
-    let process = |pid: u32| {
+    let entries = |pid: u32| -> Vec<&serde_json::Value> {
         report["processes"]
             .as_array()
-            .and_then(|processes| processes.iter().find(|p| p["pid"] == pid))
+            .map(|processes| processes.iter().filter(|p| p["pid"] == pid).collect())
+            .unwrap_or_default()
     };
+    // A process is one entry; should the report list a PID more than once, its
+    // entries are added up here (what was counted) and the split is reported.
     let opened_closed = |pid: u32| {
-        process(pid).map_or((0, 0), |p| {
+        entries(pid).iter().fold((0, 0), |(opened, closed), p| {
             (
-                number(&p["connections_opened"]),
-                number(&p["connections_closed"]),
+                opened + number(&p["connections_opened"]),
+                closed + number(&p["connections_closed"]),
             )
         })
     };
+    let split_entries = entries(client_pid).len().max(entries(server_pid).len()) as u64;
     let (client_opened, client_closed) = opened_closed(client_pid);
     let (server_opened, server_closed) = opened_closed(server_pid);
     let seen = number(&report["events"]["seen"]);
@@ -334,6 +457,7 @@ fn observe_report(output: &Path, client_pid: u32, server_pid: u32) -> Result<Obs
         events: seen,
         events_total: seen,
         dropped: number(&report["events"]["dropped"]),
+        entries_per_process: Some(split_entries),
         connections: Some(Connections {
             client_opened,
             client_closed,
@@ -402,6 +526,19 @@ mod tests {
         ];
         assert_eq!(stream_summary(&said).unwrap(), (1234, 7));
         assert!(stream_summary(&said[..1]).is_err());
+    }
+
+    #[test]
+    fn connections_furthest_from_the_truth() {
+        let counted = Connections {
+            client_opened: 1000,
+            client_closed: 998,
+            server_opened: 1003,
+            server_closed: 1000,
+        };
+        assert_eq!(counted.least(), 998);
+        assert_eq!(counted.furthest_from(1000), 1003);
+        assert_eq!(counted.furthest_from(1002), 998);
     }
 
     #[test]

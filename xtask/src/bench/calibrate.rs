@@ -31,12 +31,20 @@ pub struct Calibration {
     pub breakdown: BTreeMap<String, u64>,
 }
 
-/// Makes `connections` connections of `shape` and counts what the kernel did.
-pub fn run(actors: &Actors, shape: &Shape, port: u16, connections: u64) -> Result<Calibration> {
+/// Makes `connections` connections of `shape` to the echo-server `server_pid`
+/// (listening on `port`) and counts what the kernel did.
+pub fn run(
+    actors: &Actors,
+    shape: &Shape,
+    server_pid: u32,
+    port: u16,
+    connections: u64,
+) -> Result<Calibration> {
     let instance = Instance::create()?;
     instance.filter(STATE_EVENT, &format!("sport == {port} || dport == {port}"))?;
-    // The echo-server's threads are named echo-server and echo-worker.
-    instance.filter(ACCEPT_EVENT, "ret >= 0 && comm ~ \"echo*\"")?;
+    // The echo-server's threads (echo-server and its echo-workers, all started before
+    // it said ready): by thread ID, since other echo-servers may run on a shared host.
+    instance.filter(ACCEPT_EVENT, &accept_filter(&threads(server_pid)?))?;
     instance.enable(true)?;
     let client = actors.client(shape, port, Limit::Count(connections));
     // The last close runs just after the client's last close() returned.
@@ -88,6 +96,25 @@ pub fn run(actors: &Actors, shape: &Shape, port: u16, connections: u64) -> Resul
         accepts_per_connection: per_connection(accepts, "accepts")?,
         breakdown,
     })
+}
+
+/// The thread IDs of process `pid`.
+fn threads(pid: u32) -> Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut tids = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    tids.sort_unstable();
+    Ok(tids)
+}
+
+/// Successful accepts by any of `tids`.
+fn accept_filter(tids: &[u32]) -> String {
+    let threads: Vec<String> = tids.iter().map(|t| format!("common_pid == {t}")).collect();
+    format!("ret >= 0 && ({})", threads.join(" || "))
 }
 
 /// `... oldstate=TCP_SYN_SENT newstate=TCP_ESTABLISHED` -> `SYN_SENT -> ESTABLISHED`.
@@ -169,6 +196,19 @@ impl Drop for Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filters_accepts_by_thread() {
+        assert_eq!(
+            accept_filter(&[10, 11]),
+            "ret >= 0 && (common_pid == 10 || common_pid == 11)"
+        );
+        assert!(
+            threads(std::process::id())
+                .unwrap()
+                .contains(&std::process::id())
+        );
+    }
 
     #[test]
     fn names_a_transition_from_a_trace_line() {

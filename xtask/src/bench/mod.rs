@@ -7,6 +7,9 @@
 //! client's exact number of connections times the transitions per connection, which
 //! the kernel itself counts once at the start (see `calibrate`).
 //!
+//! After the churn pairs, the syscall row (see `syscalls`): a process making system
+//! calls and no TCP, bare and with each agent attached, in pairs too.
+//!
 //! `cargo xtask bench --scale` is the memory run instead (see `scale`).
 mod agent;
 mod calibrate;
@@ -17,6 +20,7 @@ mod profile;
 mod scale;
 mod scrape;
 mod summary;
+mod syscalls;
 mod workload;
 
 use std::{fs, path::Path, thread, time::Duration};
@@ -28,6 +32,7 @@ use self::{
     agent::Agent,
     netns::Netns,
     summary::{AgentRun, Run},
+    syscalls::SyscallRun,
     workload::{Actors, CloseFirst, Limit, Shape},
 };
 use crate::setup;
@@ -35,6 +40,15 @@ use crate::setup;
 /// Packages the benchmark drives besides the build's: the peers, and `ip netns`.
 const BENCH_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("libbpf-tools", "tcpstates")];
 const NETNS: &str = "portwatch-bench";
+
+/// What `cargo xtask bench` measures (`--rows`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Rows {
+    /// Connection churn, bare and under each agent.
+    Churn,
+    /// A syscall-bound process with no TCP, bare and with each agent attached.
+    Syscalls,
+}
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -50,15 +64,44 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with_all = ["runs", "duration"])]
     quick: bool,
 
-    /// The agents to compare with the bare workload (comma-separated). Peers that are
-    /// not installed are left out, with a note.
+    /// The agents to compare with the bare workload (comma-separated). report and
+    /// serve run on their default, counting path; report-records and serve-records with
+    /// `--collect records` (one record per transition, the syscalls:* accept and
+    /// connect tracepoints attached). Peers that are not installed are left out, with a
+    /// note.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "report,stream,serve,tcpstates,tcplife"
+        default_value = "report,report-records,stream,serve,serve-records,tcpstates,tcplife"
     )]
     agents: Vec<Agent>,
+
+    /// What to measure (comma-separated): `churn`, the connection churn pairs;
+    /// `syscalls`, the syscall row (a process making system calls and no TCP,
+    /// `dd if=/dev/zero of=/dev/null bs=1 count=N`, bare and under each agent, in
+    /// pairs, after the churn pairs).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "churn,syscalls"
+    )]
+    rows: Vec<Rows>,
+
+    /// Leave out the syscall row (the same as `--rows churn`).
+    #[arg(long, conflicts_with = "rows")]
+    no_syscall_row: bool,
+
+    /// The syscall row's dd count: bytes copied one at a time, two system calls each.
+    #[arg(long, default_value_t = 3_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    syscall_count: u64,
+
+    /// Pass `--state-hook HOOK` to every portwatch agent (auto: the BTF-typed
+    /// tracepoint where possible; classic). Default: portwatch's own default (an older
+    /// `--agent-binary` may not know the flag).
+    #[arg(long, value_name = "HOOK", value_parser = ["auto", "classic"])]
+    state_hook: Option<String>,
 
     /// Client threads, each with one connection in flight (the server gets as many
     /// workers).
@@ -83,9 +126,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
 
-    /// Also measure each eBPF program's run time per call (turns on
-    /// kernel.bpf_stats_enabled for the run, which itself costs a little). Calls the
-    /// kernel skipped (recursion misses) are counted either way.
+    /// Also measure each eBPF program's run time per call (turns the kernel's
+    /// statistics on for the run, with BPF_ENABLE_STATS, else kernel.bpf_stats_enabled;
+    /// they cost a little themselves), and print a table of each agent's programs.
+    /// Calls the kernel skipped (recursion misses) are counted either way.
     #[arg(long)]
     bpf_stats: bool,
 
@@ -180,14 +224,16 @@ fn churn(portwatch: &Path, workload: &Path, out_dir: &Path, args: BenchArgs) -> 
         .iter()
         .copied()
         .filter(|agent| {
-            let installed =
-                agent.is_portwatch() || setup::on_path(&format!("{agent:?}").to_lowercase());
+            let installed = agent.is_portwatch() || setup::on_path(agent.program());
             if !installed {
                 eprintln!("xtask: bench: {} is not installed: left out", agent.label());
             }
             installed
         })
         .collect();
+    let measure_churn = args.profile || args.rows.contains(&Rows::Churn);
+    let measure_syscalls =
+        !args.profile && !args.no_syscall_row && args.rows.contains(&Rows::Syscalls);
     let shape = Shape {
         threads: args.threads,
         requests: args.requests,
@@ -202,89 +248,92 @@ fn churn(portwatch: &Path, workload: &Path, out_dir: &Path, args: BenchArgs) -> 
         workload: workload.to_owned(),
         netns: &netns,
     };
-    eprintln!("xtask: bench: counting the transitions of one connection (tracefs)");
-    let calibration = {
+    let calibration = if measure_churn {
+        eprintln!("xtask: bench: counting the transitions of one connection (tracefs)");
         let server = actors.server(&shape)?;
-        calibrate::run(&actors, &shape, server.port, 2000)?
+        let calibration = calibrate::run(&actors, &shape, server.pid(), server.port, 2000)?;
+        eprintln!(
+            "xtask: bench: each connection makes {} transitions ({} closes) and {} accept: {}",
+            calibration.transitions_per_connection,
+            calibration.closes_per_connection,
+            calibration.accepts_per_connection,
+            calibration
+                .breakdown
+                .iter()
+                .map(|(pair, n)| format!("{pair} ×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Some(calibration)
+    } else {
+        None
     };
-    eprintln!(
-        "xtask: bench: each connection makes {} transitions ({} closes) and {} accept: {}",
-        calibration.transitions_per_connection,
-        calibration.closes_per_connection,
-        calibration.accepts_per_connection,
-        calibration
-            .breakdown
-            .iter()
-            .map(|(pair, n)| format!("{pair} ×{n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
 
     let agent_binary = args.agent_binary.as_deref().unwrap_or(portwatch);
-    let context = RunContext {
-        portwatch: agent_binary,
-        out_dir,
-        actors: &actors,
-        shape: &shape,
-        keep_output: args.keep_output,
-        calibration: &calibration,
+    let options = agent::Options {
+        max_sockets: None,
+        state_hook: args.state_hook.clone(),
     };
-    // Warm up the machine before the first measured run.
-    context.run_once(0, None, Agent::Report, Duration::from_secs(1), None)?;
-    if args.profile {
-        return profile_runs(&context, &agents, duration, out_dir);
-    }
-    let total = runs as usize * agents.len() * 2;
-    let mut results = Vec::with_capacity(total);
-    for round in 0..runs {
-        for (index, &agent) in agents.iter().enumerate() {
-            // Bare first in one pair, agent first in the next: what the machine's
-            // drift adds to one side of a pair it takes from the other in the next.
-            let order = if (round as usize + index).is_multiple_of(2) {
-                [None, Some(agent)]
-            } else {
-                [Some(agent), None]
+    let pairing = Pairing {
+        runs,
+        agents: &agents,
+        quiet_wait: args.quiet_wait,
+        max_noise: args.max_noise,
+        attempts: args.attempts,
+    };
+    let mut summary = match &calibration {
+        Some(calibration) => {
+            let context = RunContext {
+                portwatch: agent_binary,
+                out_dir,
+                actors: &actors,
+                shape: &shape,
+                keep_output: args.keep_output,
+                calibration,
+                options: &options,
             };
-            let mut attempt = 1;
-            loop {
-                wait_for_quiet(args.quiet_wait);
-                let mut pair = Vec::with_capacity(2);
-                for mode in order {
-                    let mut run = context.run_once(round, mode, agent, duration, None)?;
-                    run.attempt = attempt;
-                    eprintln!(
-                        "xtask: bench: [{:>3}/{total}] round {} {:<32} {:>8.0} conn/s  \
-                         (rest of machine {:.2} CPUs)",
-                        results.len() + pair.len() + 1,
-                        round + 1,
-                        mode.map_or("bare", Agent::label),
-                        run.client.rate(),
-                        run.other_cpus(),
-                    );
-                    pair.push(run);
-                }
-                // A pair is only fair if the rest of the machine (other processes on a
-                // shared host) took about as much CPU during both halves.
-                let unequal = (pair[0].other_cpus() - pair[1].other_cpus()).abs();
-                if unequal <= args.max_noise || attempt >= args.attempts {
-                    if unequal > args.max_noise {
-                        eprintln!(
-                            "xtask: bench: keeping a pair whose halves saw {unequal:.2} CPUs \
-                             of other work apart, after {attempt} attempts"
-                        );
-                    }
-                    results.extend(pair);
-                    break;
-                }
-                eprintln!(
-                    "xtask: bench: the rest of the machine took {unequal:.2} CPUs more in \
-                     one half of the pair: running it again"
-                );
-                attempt += 1;
+            // Warm up the machine before the first measured run.
+            context.run_once(0, None, Agent::Report, Duration::from_secs(1), None)?;
+            if args.profile {
+                return profile_runs(&context, &agents, duration, out_dir);
             }
+            let results = pairing.run("churn", |round, mode, pair| {
+                context.run_once(round, mode, pair, duration, None)
+            })?;
+            summary::Summary::new(
+                &shape,
+                duration,
+                runs,
+                Some(calibration),
+                &agents,
+                &options,
+                results,
+            )
         }
+        None => summary::Summary::new(&shape, duration, runs, None, &agents, &options, vec![]),
+    };
+    if measure_syscalls {
+        let count = args.syscall_count;
+        eprintln!(
+            "xtask: bench: the syscall row: `{}`, bare and with each agent attached",
+            syscalls::command_line(count)
+        );
+        let results = pairing.run("syscalls", |round, mode, pair| {
+            syscall_run(
+                agent_binary,
+                out_dir,
+                &options,
+                args.keep_output,
+                round,
+                mode,
+                pair,
+                count,
+            )
+        })?;
+        summary.syscalls = Some(syscalls::SyscallSummary::new(
+            count, &agents, &options, results,
+        ));
     }
-    let mut summary = summary::Summary::new(&shape, duration, runs, &calibration, &agents, results);
     summary.agent_binary = agent_binary.display().to_string();
     print!("{}", summary.table());
     let json = serde_json::to_string_pretty(&summary)?;
@@ -294,6 +343,144 @@ fn churn(portwatch: &Path, workload: &Path, out_dir: &Path, args: BenchArgs) -> 
     fs::write(out_dir.join("latest.json"), &json)?;
     eprintln!("xtask: bench: results in {}", path.display());
     Ok(())
+}
+
+/// One half of a pair: a run bare or under an agent.
+trait Half {
+    /// CPUs the rest of the machine kept busy during the run, on average.
+    fn other_cpus(&self) -> f64;
+    fn set_attempt(&mut self, attempt: u32);
+    /// What the progress line shows of the run.
+    fn progress(&self) -> String;
+}
+
+impl Half for Run {
+    fn other_cpus(&self) -> f64 {
+        Run::other_cpus(self)
+    }
+
+    fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt;
+    }
+
+    fn progress(&self) -> String {
+        format!("{:>8.0} conn/s", self.client.rate())
+    }
+}
+
+/// How runs are paired: every agent once per round, each with a bare run.
+struct Pairing<'a> {
+    runs: u32,
+    agents: &'a [Agent],
+    quiet_wait: Duration,
+    max_noise: f64,
+    attempts: u32,
+}
+
+impl Pairing<'_> {
+    /// Runs every pair; `half(round, mode, pair)` makes one run, bare (`mode` None) or
+    /// under an agent, paired with `pair`.
+    fn run<T: Half>(
+        &self,
+        what: &str,
+        mut half: impl FnMut(u32, Option<Agent>, Agent) -> Result<T>,
+    ) -> Result<Vec<T>> {
+        let total = self.runs as usize * self.agents.len() * 2;
+        let mut results = Vec::with_capacity(total);
+        for round in 0..self.runs {
+            for (index, &agent) in self.agents.iter().enumerate() {
+                // Bare first in one pair, agent first in the next: what the machine's
+                // drift adds to one side of a pair it takes from the other in the next.
+                let order = if (round as usize + index).is_multiple_of(2) {
+                    [None, Some(agent)]
+                } else {
+                    [Some(agent), None]
+                };
+                let mut attempt = 1;
+                loop {
+                    wait_for_quiet(self.quiet_wait);
+                    let mut pair = Vec::with_capacity(2);
+                    for mode in order {
+                        let mut run = half(round, mode, agent)?;
+                        run.set_attempt(attempt);
+                        eprintln!(
+                            "xtask: bench: {what} [{:>3}/{total}] round {} {:<40} {}  \
+                             (rest of machine {:.2} CPUs)",
+                            results.len() + pair.len() + 1,
+                            round + 1,
+                            mode.map_or("bare", Agent::label),
+                            run.progress(),
+                            run.other_cpus(),
+                        );
+                        pair.push(run);
+                    }
+                    // A pair is only fair if the rest of the machine (other processes on
+                    // a shared host) took about as much CPU during both halves.
+                    let unequal = (pair[0].other_cpus() - pair[1].other_cpus()).abs();
+                    if unequal <= self.max_noise || attempt >= self.attempts {
+                        if unequal > self.max_noise {
+                            eprintln!(
+                                "xtask: bench: keeping a pair whose halves saw {unequal:.2} \
+                                 CPUs of other work apart, after {attempt} attempts"
+                            );
+                        }
+                        results.extend(pair);
+                        break;
+                    }
+                    eprintln!(
+                        "xtask: bench: the rest of the machine took {unequal:.2} CPUs more \
+                         in one half of the pair: running it again"
+                    );
+                    attempt += 1;
+                }
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// One run of the syscall row: dd bare (`mode` None) or with the agent attached.
+#[allow(clippy::too_many_arguments)]
+fn syscall_run(
+    portwatch: &Path,
+    out_dir: &Path,
+    options: &agent::Options,
+    keep_output: bool,
+    round: u32,
+    mode: Option<Agent>,
+    pair: Agent,
+    count: u64,
+) -> Result<SyscallRun> {
+    let output = out_dir
+        .join("runs")
+        .join(format!("{}-syscalls-{round}.out", pair.short_label()));
+    let mut agent = mode
+        .map(|agent| agent::start(agent, portwatch, &output, options))
+        .transpose()?;
+    if let Some(agent) = &mut agent {
+        // Let the agent settle after its startup snapshot.
+        thread::sleep(Duration::from_millis(300));
+        agent.workload_starts()?;
+    }
+    let busy = procfs::host_busy_seconds();
+    let (wall_s, cpu_s) = syscalls::time_dd(count)?;
+    let busy = procfs::host_busy_seconds() - busy;
+    let agent_cpu = agent.as_ref().map_or(0.0, agent::Running::cpu_so_far);
+    if let Some(agent) = agent {
+        let stopped = agent.stop()?;
+        if !keep_output {
+            let _ = fs::remove_file(&stopped.output);
+        }
+    }
+    Ok(SyscallRun {
+        round,
+        attempt: 1,
+        pair,
+        agent: mode,
+        wall_s,
+        cpu_s,
+        other_cpu_s: (busy - cpu_s - agent_cpu).max(0.0),
+    })
 }
 
 /// `--profile`: one run bare, then one under each agent, each recorded by perf.
@@ -340,6 +527,7 @@ struct RunContext<'a> {
     shape: &'a Shape,
     keep_output: bool,
     calibration: &'a calibrate::Calibration,
+    options: &'a agent::Options,
 }
 
 impl RunContext<'_> {
@@ -353,13 +541,13 @@ impl RunContext<'_> {
         duration: Duration,
         profile: Option<&Path>,
     ) -> Result<Run> {
-        let name = format!("{:?}", mode.unwrap_or(pair)).to_lowercase();
+        let name = mode.unwrap_or(pair).short_label();
         let output = self
             .out_dir
             .join("runs")
             .join(format!("{name}-{round}.out"));
         let mut agent = mode
-            .map(|agent| agent::start(agent, self.portwatch, &output, None))
+            .map(|agent| agent::start(agent, self.portwatch, &output, self.options))
             .transpose()?;
         if let Some(agent) = &mut agent {
             // Let the agent settle after its startup snapshot.
@@ -448,25 +636,33 @@ fn listen_overflows(server_pid: u32) -> u64 {
     procfs::netstat(server_pid, "TcpExt", "ListenOverflows").unwrap_or(0)
 }
 
-/// Turns on the kernel's per-program run-time statistics, and restores the old setting
-/// when dropped.
-struct BpfStats {
-    old: String,
+/// Turns on the kernel's per-program run-time statistics while it lives: with a
+/// BPF_ENABLE_STATS descriptor where the kernel has it (a reference, which other
+/// processes' writes to the sysctl cannot undo), else with kernel.bpf_stats_enabled,
+/// whose old setting is restored when dropped.
+enum BpfStats {
+    Descriptor(#[allow(dead_code)] std::os::fd::OwnedFd),
+    Sysctl { old: String },
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 impl BpfStats {
     fn enable() -> Result<BpfStats> {
+        if let Some(fd) = procfs::enable_bpf_stats() {
+            return Ok(BpfStats::Descriptor(fd));
+        }
         let old = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
         fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(BpfStats { old })
+        Ok(BpfStats::Sysctl { old })
     }
 }
 
 impl Drop for BpfStats {
     fn drop(&mut self) {
-        let _ = fs::write(BPF_STATS, self.old.trim());
+        if let BpfStats::Sysctl { old } = self {
+            let _ = fs::write(BPF_STATS, old.trim());
+        }
     }
 }
 

@@ -58,9 +58,18 @@ pub struct MapMemory {
 }
 
 /// Statistics of one eBPF program a process holds, from `/proc/<pid>/fdinfo`.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ProgramRuns {
     pub id: u32,
+    /// The kernel's name of the program: its first 15 bytes only (`inet_sock_set_s`
+    /// for both `inet_sock_set_state` and `inet_sock_set_state_btf`).
+    pub name: String,
+    /// The kernel's program type (`prog_type` in fdinfo: 5 tracepoint, 26 tracing,
+    /// which is what tp_btf programs are).
+    pub prog_type: u32,
+    /// What the program runs on, from its name and type (see [`hook_name`]), e.g.
+    /// `tp_btf/inet_sock_set_state` or `sock:inet_sock_set_state`.
+    pub hook: String,
     /// Time in the program and calls of it, counted only while
     /// `kernel.bpf_stats_enabled` is 1.
     pub run_time_ns: u64,
@@ -102,10 +111,15 @@ pub fn bpf_objects(pid: u32) -> (Vec<MapMemory>, Vec<ProgramRuns>) {
                 },
             );
         } else if let (Some(id), Some(run_cnt)) = (field("prog_id"), field("run_cnt")) {
+            let prog_type = field("prog_type").unwrap_or(0) as u32;
+            let name = program_name(id as u32).unwrap_or_default();
             programs.insert(
                 id,
                 ProgramRuns {
                     id: id as u32,
+                    hook: hook_name(&name, prog_type),
+                    name,
+                    prog_type,
                     run_time_ns: field("run_time_ns").unwrap_or(0),
                     run_cnt,
                     recursion_misses: field("recursion_misses").unwrap_or(0),
@@ -117,6 +131,108 @@ pub fn bpf_objects(pid: u32) -> (Vec<MapMemory>, Vec<ProgramRuns>) {
         maps.into_values().collect(),
         programs.into_values().collect(),
     )
+}
+
+const BPF_PROG_TYPE_TRACEPOINT: u32 = 5;
+const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+const BPF_PROG_TYPE_TRACING: u32 = 26;
+
+/// What a program of the benchmark's agents runs on, from the kernel's (15-byte) name
+/// and the program type: portwatch's programs and the peers' are known by name; the
+/// two state programs of portwatch share their first 15 bytes and differ by type.
+pub fn hook_name(name: &str, prog_type: u32) -> String {
+    let known = match (name, prog_type) {
+        // portwatch's inet_sock_set_state and inet_sock_set_state_btf, tcplife's
+        // inet_sock_set_state, tcpstates' handle_set_state.
+        ("inet_sock_set_s" | "handle_set_stat", BPF_PROG_TYPE_TRACEPOINT) => {
+            "sock:inet_sock_set_state"
+        }
+        ("inet_sock_set_s" | "handle_set_stat", BPF_PROG_TYPE_TRACING) => {
+            "tp_btf/inet_sock_set_state"
+        }
+        ("inet_sock_set_s" | "handle_set_stat", BPF_PROG_TYPE_RAW_TRACEPOINT) => {
+            "raw_tp/inet_sock_set_state"
+        }
+        ("accept_enter", BPF_PROG_TYPE_TRACEPOINT) => "syscalls:sys_enter_accept(4)",
+        ("accept_exit", BPF_PROG_TYPE_TRACEPOINT) => "syscalls:sys_exit_accept(4)",
+        ("connect_exit", BPF_PROG_TYPE_TRACEPOINT) => "syscalls:sys_exit_connect",
+        ("process_exit", BPF_PROG_TYPE_TRACEPOINT) => "sched:sched_process_exit",
+        _ => "",
+    };
+    if !known.is_empty() {
+        return known.to_owned();
+    }
+    let kind = match prog_type {
+        BPF_PROG_TYPE_TRACEPOINT => "tracepoint".to_owned(),
+        BPF_PROG_TYPE_RAW_TRACEPOINT => "raw_tracepoint".to_owned(),
+        BPF_PROG_TYPE_TRACING => "tracing".to_owned(),
+        other => format!("type {other}"),
+    };
+    match name {
+        "" => format!("({kind})"),
+        _ => format!("{name} ({kind})"),
+    }
+}
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `struct bpf_prog_info` up to and including `name` (offset 64, 16 bytes).
+const PROG_INFO_LEN: usize = 80;
+const PROG_INFO_NAME: usize = 64;
+
+/// The kernel's name of program `id` (`bpf_prog_info.name`), by the bpf() system call:
+/// fdinfo does not carry it. Needs CAP_SYS_ADMIN, which the benchmark has.
+fn program_name(id: u32) -> Option<String> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+    // union bpf_attr for BPF_PROG_GET_FD_BY_ID: prog_id, next_id, open_flags.
+    let mut attr = [0u8; 16];
+    attr[..4].copy_from_slice(&id.to_ne_bytes());
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: bpf() returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut info = [0u64; PROG_INFO_LEN / 8];
+    // union bpf_attr for BPF_OBJ_GET_INFO_BY_FD: bpf_fd, info_len, info (pointer).
+    let mut attr = [0u8; 16];
+    attr[..4].copy_from_slice(&std::os::fd::AsRawFd::as_raw_fd(&fd).to_ne_bytes());
+    attr[4..8].copy_from_slice(&(PROG_INFO_LEN as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let bytes: Vec<u8> = info.iter().flat_map(|word| word.to_ne_bytes()).collect();
+    let name = &bytes[PROG_INFO_NAME..PROG_INFO_LEN];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+const BPF_ENABLE_STATS: libc::c_long = 32;
+
+/// Turns on the kernel's run-time statistics of every eBPF program for as long as the
+/// returned descriptor is open (BPF_ENABLE_STATS, BPF_STATS_RUN_TIME; Linux 5.8+). Unlike
+/// the kernel.bpf_stats_enabled sysctl, which is one value for the whole machine, this
+/// is a reference: another process writing 0 to the sysctl meanwhile does not turn the
+/// statistics off.
+pub fn enable_bpf_stats() -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    // union bpf_attr for BPF_ENABLE_STATS: type (0, BPF_STATS_RUN_TIME).
+    let mut attr = [0u8; 16];
+    let fd = bpf(BPF_ENABLE_STATS, &mut attr)?;
+    // SAFETY: bpf() returned a new descriptor that nothing else owns.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// The bpf() system call with `attr`; its non-negative result.
+fn bpf(cmd: libc::c_long, attr: &mut [u8; 16]) -> Option<i32> {
+    // SAFETY: `attr` is a valid, writable union bpf_attr prefix of the length given, its
+    // unused bytes zero; the only pointer in it (OBJ_GET_INFO_BY_FD's `info`) points to
+    // a live, writable buffer of the `info_len` given.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            attr.len() as libc::c_uint,
+        )
+    };
+    i32::try_from(result).ok().filter(|&fd| fd >= 0)
 }
 
 /// A `key:\tvalue` line of an fdinfo file, as a number.
@@ -182,6 +298,19 @@ mod tests {
         assert_eq!(fdinfo_field(map, "memlock"), Some(8392704));
         assert_eq!(fdinfo_field(map, "map_extra"), None);
         assert_eq!(fdinfo_field(map, "prog_id"), None);
+    }
+
+    #[test]
+    fn names_hooks() {
+        assert_eq!(
+            hook_name("inet_sock_set_s", 26),
+            "tp_btf/inet_sock_set_state"
+        );
+        assert_eq!(hook_name("inet_sock_set_s", 5), "sock:inet_sock_set_state");
+        assert_eq!(hook_name("handle_set_stat", 5), "sock:inet_sock_set_state");
+        assert_eq!(hook_name("connect_exit", 5), "syscalls:sys_exit_connect");
+        assert_eq!(hook_name("something", 5), "something (tracepoint)");
+        assert_eq!(hook_name("", 2), "(type 2)");
     }
 
     /// This process, read through procfs: a sanity check that the fields are wired.

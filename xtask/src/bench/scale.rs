@@ -140,12 +140,11 @@ pub fn run(portwatch: &Path, workload: &Path, out_dir: &Path, args: &ScaleArgs) 
         start_s: 0.0,
     }];
     let report_out = out_dir.join("runs/scale-report.json");
-    let mut report = agent::start(
-        Agent::Report,
-        portwatch,
-        &report_out,
-        Some(args.max_sockets),
-    )?;
+    let options = agent::Options {
+        max_sockets: Some(args.max_sockets),
+        state_hook: None,
+    };
+    let mut report = agent::start(Agent::Report, portwatch, &report_out, &options)?;
     thread::sleep(Duration::from_secs(1));
     let idle_rss_kib = procfs::status_kib(report.pid(), "VmRSS").unwrap_or(0);
 
@@ -259,7 +258,7 @@ pub fn run(portwatch: &Path, workload: &Path, out_dir: &Path, args: &ScaleArgs) 
         print_every_s: (timeline.last().map_or(0.0, |s| s.t_s) / 20.0)
             .ceil()
             .max(1.0),
-        command: Agent::Report.command_line(Some(args.max_sockets)),
+        command: Agent::Report.command_line(&options),
         idle_rss_kib,
         held_rss_kib,
         held_anon_kib,

@@ -95,6 +95,18 @@ pub fn value(metrics: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// The sum of a labelled metric's series whose labels (`{...}`) `matches` accepts.
+pub fn sum(metrics: &str, name: &str, matches: impl Fn(&str) -> bool) -> f64 {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = rest.rsplit_once("} ")?;
+            matches(labels).then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +120,18 @@ mod tests {
         assert_eq!(value(metrics, "portwatch_events_total"), Some(1234.0));
         assert_eq!(value(metrics, "portwatch_events_dropped_total"), Some(5.0));
         assert_eq!(value(metrics, "portwatch_missing"), None);
+    }
+
+    #[test]
+    fn sums_labelled_series() {
+        let metrics = "# TYPE portwatch_connections_opened_total counter\n\
+                       portwatch_connections_opened_total{workload=\"x\",comm=\"churn-client\",role=\"active\"} 10\n\
+                       portwatch_connections_opened_total{workload=\"x\",comm=\"echo-server\",role=\"passive\"} 7\n\
+                       portwatch_connections_opened_total{workload=\"x\",comm=\"echo-worker\",role=\"passive\"} 3\n\
+                       portwatch_connections_opened_total_x{comm=\"echo-server\"} 100\n";
+        let opened = "portwatch_connections_opened_total";
+        assert_eq!(sum(metrics, opened, |l| l.contains("comm=\"echo-")), 10.0);
+        assert_eq!(sum(metrics, opened, |l| l.contains("comm=\"churn-")), 10.0);
+        assert_eq!(sum(metrics, opened, |_| true), 20.0);
     }
 }

@@ -1,11 +1,11 @@
 //! The benchmark's results: every run as measured, one row per mode with medians and
 //! ranges, the table people read and the JSON programs read.
-use std::{fmt::Write as _, time::Duration};
+use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use serde::Serialize;
 
 use super::{
-    agent::{Agent, Connections, Observed, Stopped},
+    agent::{Agent, Observed, Options, Stopped},
     calibrate::Calibration,
     procfs::ProgramRuns,
     workload::{ClientRun, Shape},
@@ -52,7 +52,8 @@ pub struct AgentRun {
     pub peak_rss_kib: u64,
     pub observed: Observed,
     /// What `observed.events` should be, from the client's count and the calibration.
-    pub expected_events: u64,
+    /// None on the counting path, whose records are not one per event.
+    pub expected_events: Option<u64>,
     /// Transitions the workload really made (both sockets).
     pub transitions: u64,
     /// Calls of the agent's programs the kernel skipped (see `ProgramRuns`).
@@ -69,27 +70,30 @@ impl AgentRun {
     ) -> AgentRun {
         let made = client.made;
         let per_connection = match stopped.agent {
+            // The kernel counts; it sends records only for what it cannot count.
+            Agent::Report | Agent::Serve => None,
             // portwatch report counts every record: transitions and accept owners.
-            Agent::Report | Agent::Serve => {
-                calibration.transitions_per_connection + calibration.accepts_per_connection
+            Agent::ReportRecords | Agent::ServeRecords => {
+                Some(calibration.transitions_per_connection + calibration.accepts_per_connection)
             }
-            Agent::Stream | Agent::Tcpstates => calibration.transitions_per_connection,
-            Agent::Tcplife => calibration.closes_per_connection,
+            Agent::Stream | Agent::Tcpstates => Some(calibration.transitions_per_connection),
+            Agent::Tcplife => Some(calibration.closes_per_connection),
         };
         AgentRun {
             cpu_s: stopped.cpu_s,
             peak_rss_kib: stopped.finished.peak_rss_kib,
             observed,
-            expected_events: made * per_connection,
+            expected_events: per_connection.map(|n| made * n),
             transitions: made * calibration.transitions_per_connection,
             missed: stopped.programs.iter().map(|p| p.recursion_misses).sum(),
             programs: stopped.programs.clone(),
         }
     }
 
-    /// Seen over expected.
-    fn accounted(&self) -> f64 {
-        self.observed.events as f64 / self.expected_events.max(1) as f64
+    /// Seen over expected, where events are a measure of the workload.
+    fn accounted(&self) -> Option<f64> {
+        let expected = self.expected_events?;
+        Some(self.observed.events as f64 / expected.max(1) as f64)
     }
 
     fn cpu_per_million_transitions(&self) -> f64 {
@@ -106,7 +110,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
         let mut values: Vec<f64> = values.into_iter().collect();
         if values.is_empty() {
             return None;
@@ -142,12 +146,24 @@ pub struct Row {
     pub cost_overhead_pct: Option<Spread>,
     /// CPU microseconds per connection (workload and agent), median.
     pub cost_us: Spread,
-    /// The run whose count was furthest from the truth: seen / expected events.
+    /// The run whose count was furthest from the truth: seen / expected events (not
+    /// for the counting path, whose records are not one per event).
     pub worst_events_seen: Option<u64>,
     pub worst_events_expected: Option<u64>,
-    /// Least over the runs of connections accounted / made (portwatch report: opened
-    /// and closed by the client and by the server, each), in percent.
+    /// Least over the runs of connections accounted / made (portwatch report and serve:
+    /// opened and closed by the client and by the server, each), in percent.
     pub connections_accounted_pct: Option<f64>,
+    /// The run whose connection count was furthest from the client's: of its four
+    /// counts (opened and closed by client and server) the one furthest from the
+    /// connections made, and that number made.
+    pub worst_connections_counted: Option<u64>,
+    pub worst_connections_made: Option<u64>,
+    /// portwatch report: the most entries one run's report gave the client's or the
+    /// server's PID (1 is right; see `Observed::entries_per_process`).
+    pub max_entries_per_process: Option<u64>,
+    /// The check against the truth: every run's count within 0.1 % of the truth
+    /// (connections where the agent counts them, else events) and nothing dropped.
+    pub truth_ok: Option<bool>,
     /// Most events one run dropped.
     pub max_dropped: Option<u64>,
     /// Most program calls one run's kernel skipped (recursion misses).
@@ -158,6 +174,23 @@ pub struct Row {
     pub peak_rss_mib: Option<f64>,
     /// Nanoseconds per program call over all programs of the agent (with --bpf-stats).
     pub bpf_ns_per_call: Option<f64>,
+    /// Each eBPF program's cost (with --bpf-stats), by what it is attached to.
+    pub programs: Vec<ProgramRow>,
+}
+
+/// One eBPF program of an agent over the runs (with --bpf-stats).
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramRow {
+    /// What it runs on, e.g. `tp_btf/inet_sock_set_state` (see `procfs::hook_name`).
+    pub hook: String,
+    /// The kernel's (15-byte) name of the program.
+    pub name: String,
+    /// Over the runs in which it ran: run_time_ns / run_cnt.
+    pub ns_per_call: Spread,
+    /// run_cnt / connections made, median (the host's other calls included).
+    pub calls_per_connection: f64,
+    /// ns_per_call median x calls_per_connection.
+    pub ns_per_connection: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -199,9 +232,12 @@ pub struct Summary {
     pub shape: Shape,
     pub run_seconds: f64,
     pub rounds: u32,
-    pub calibration: Calibration,
+    /// None when the churn pairs were not run (`--rows syscalls`).
+    pub calibration: Option<Calibration>,
     pub rows: Vec<Row>,
     pub runs: Vec<Run>,
+    /// The syscall row (None with `--rows churn` or `--no-syscall-row`).
+    pub syscalls: Option<super::syscalls::SyscallSummary>,
 }
 
 impl Summary {
@@ -209,12 +245,16 @@ impl Summary {
         shape: &Shape,
         duration: Duration,
         rounds: u32,
-        calibration: &Calibration,
+        calibration: Option<&Calibration>,
         agents: &[Agent],
+        options: &Options,
         runs: Vec<Run>,
     ) -> Summary {
-        let mut rows = vec![bare_row(&runs)];
-        rows.extend(agents.iter().map(|&agent| agent_row(agent, &runs)));
+        let mut rows = Vec::new();
+        if calibration.is_some() {
+            rows.push(bare_row(&runs));
+            rows.extend(agents.iter().map(|&agent| agent_row(agent, options, &runs)));
+        }
         Summary {
             agent_binary: String::new(),
             started_unix: std::time::SystemTime::now()
@@ -224,19 +264,36 @@ impl Summary {
             shape: shape.clone(),
             run_seconds: duration.as_secs_f64(),
             rounds,
-            calibration: calibration.clone(),
+            calibration: calibration.cloned(),
             rows,
             runs,
+            syscalls: None,
         }
     }
 
     pub fn table(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(out, "\nportwatch measured: {}", self.agent_binary);
+        let _ = writeln!(
+            out,
+            "machine: {} CPUs ({}), {:.0} GiB, Linux {}",
+            self.machine.cpus, self.machine.cpu_model, self.machine.memory_gib, self.machine.kernel
+        );
+        if let Some(calibration) = &self.calibration {
+            self.churn_table(&mut out, calibration);
+        }
+        if let Some(syscalls) = &self.syscalls {
+            out.push_str(&syscalls.table());
+        }
+        out
+    }
+
+    fn churn_table(&self, out: &mut String, calibration: &Calibration) {
         let shape = &self.shape;
         let _ = writeln!(
             out,
             "\nchurn: {} client threads, {} request(s) per connection, {} closes first, \
-             lifetime {}, rate {}; {} rounds of {:.0} s; {} transitions per connection",
+             lifetime {}, rate {}; {} rounds of {:.0} s; {} transitions per connection\n",
             shape.threads,
             shape.requests,
             match shape.close_first {
@@ -251,40 +308,36 @@ impl Summary {
             },
             self.rounds,
             self.run_seconds,
-            self.calibration.transitions_per_connection,
-        );
-        let _ = writeln!(out, "portwatch measured: {}", self.agent_binary);
-        let _ = writeln!(
-            out,
-            "machine: {} CPUs ({}), {:.0} GiB, Linux {}\n",
-            self.machine.cpus, self.machine.cpu_model, self.machine.memory_gib, self.machine.kernel
+            calibration.transitions_per_connection,
         );
         let _ = writeln!(
             out,
-            "{:<31} {:>22} {:>20} {:>19} {:>24} {:>10} {:>14} {:>9}",
+            "{:<40} {:>22} {:>20} {:>19} {:>24} {:>24} {:>6} {:>10} {:>14} {:>9}",
             "mode",
             "conn/s median (min-max)",
             "overhead (min-max)",
             "CPU us/conn (ovh)",
             "events seen/expected",
+            "conns counted/made",
+            "truth",
             "drop/miss",
             "CPU s/M trans",
             "peak RSS"
         );
+        let ratio = |seen: Option<u64>, expected: Option<u64>| match (seen, expected) {
+            (Some(seen), Some(expected)) => format!(
+                "{:.3}% ({}/{})",
+                100.0 * seen as f64 / expected.max(1) as f64,
+                short(seen),
+                short(expected)
+            ),
+            _ => "-".into(),
+        };
         for row in &self.rows {
             let rate = row.connections_per_s;
             let overhead = row.overhead_pct.map_or("-".into(), |o| {
                 format!("{:.1}% ({:.1}..{:.1})", o.median, o.min, o.max)
             });
-            let events = match (row.worst_events_seen, row.worst_events_expected) {
-                (Some(seen), Some(expected)) => format!(
-                    "{:.3}% ({}/{})",
-                    100.0 * seen as f64 / expected.max(1) as f64,
-                    short(seen),
-                    short(expected)
-                ),
-                _ => "-".into(),
-            };
             let losses = match (row.max_dropped, row.max_missed) {
                 (Some(dropped), Some(missed)) => format!("{dropped}/{missed}"),
                 _ => "-".into(),
@@ -295,12 +348,14 @@ impl Summary {
             };
             let _ = writeln!(
                 out,
-                "{:<31} {:>22} {:>20} {:>19} {:>24} {:>10} {:>14} {:>9}",
+                "{:<40} {:>22} {:>20} {:>19} {:>24} {:>24} {:>6} {:>10} {:>14} {:>9}",
                 row.mode,
                 format!("{:.0} ({:.0}-{:.0})", rate.median, rate.min, rate.max),
                 overhead,
                 cost,
-                events,
+                ratio(row.worst_events_seen, row.worst_events_expected),
+                ratio(row.worst_connections_counted, row.worst_connections_made),
+                row.truth_ok.map_or("-", |ok| if ok { "ok" } else { "OFF" }),
                 losses,
                 row.cpu_s_per_million_transitions
                     .map_or("-".into(), |c| format!("{:.2}", c.median)),
@@ -327,6 +382,17 @@ impl Summary {
         for note in notes {
             let _ = writeln!(out, "  {note}");
         }
+        for row in &self.rows {
+            if let Some(entries @ 2..) = row.max_entries_per_process {
+                let _ = writeln!(
+                    out,
+                    "  WARNING: {}: the report listed the client's or the server's PID in \
+                     {entries} process entries (one process split; the conns column adds \
+                     them up)",
+                    row.mode
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "  CPU us/conn: client, server and agent CPU per connection, median; (ovh): the \
@@ -335,8 +401,13 @@ impl Summary {
         let _ = writeln!(
             out,
             "  events: the worst run's count against the truth (connections made x the \
-             transitions each makes, measured); drop/miss: the most one run lost to a full \
-             buffer / to the kernel skipping a nested BPF program call"
+             transitions each makes, measured; not for the counting path, which sends \
+             records only for what it cannot count); conns: the worst run's connections \
+             opened or closed by client or server (the count furthest from the truth) \
+             against the client's count; truth: every run within {TRUTH_TOLERANCE_PCT} % of \
+             the truth (conns where counted, else events) and nothing dropped; drop/miss: \
+             the most one run lost to a full buffer / to the kernel skipping a nested BPF \
+             program call"
         );
         if let Some(other) = Spread::of(self.runs.iter().map(Run::other_cpus)) {
             let retried = self.runs.iter().filter(|r| r.attempt > 1).count() / 2;
@@ -355,12 +426,51 @@ impl Summary {
                  stalls a connect for 1 s, so rates are noisier than they should be"
             );
         }
-        out
+        self.programs_table(out);
+    }
+
+    /// Each agent's eBPF programs, with --bpf-stats.
+    fn programs_table(&self, out: &mut String) {
+        if self.rows.iter().all(|row| row.programs.is_empty()) {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "\neBPF programs (with the kernel's run-time statistics on, which add to them; \
+             median over runs)"
+        );
+        let _ = writeln!(
+            out,
+            "{:<40} {:<32} {:>24} {:>11} {:>9}",
+            "mode", "program", "ns/call median (min-max)", "calls/conn", "ns/conn"
+        );
+        for row in &self.rows {
+            for program in &row.programs {
+                let ns = program.ns_per_call;
+                let _ = writeln!(
+                    out,
+                    "{:<40} {:<32} {:>24} {:>11.2} {:>9.0}",
+                    row.mode,
+                    program.hook,
+                    format!("{:.0} ({:.0}-{:.0})", ns.median, ns.min, ns.max),
+                    program.calls_per_connection,
+                    program.ns_per_connection,
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "  calls/conn: the program's calls over connections made (the rest of the \
+             host's calls included)"
+        );
     }
 }
 
+/// How far a count may be from the truth, in percent, for the truth column's ok.
+pub const TRUTH_TOLERANCE_PCT: f64 = 0.1;
+
 /// 1234567 -> 1.23M, for the table; the JSON keeps the exact numbers.
-fn short(n: u64) -> String {
+pub fn short(n: u64) -> String {
     match n {
         0..10_000 => n.to_string(),
         10_000..10_000_000 => format!("{:.1}k", n as f64 / 1e3),
@@ -374,30 +484,38 @@ fn bare_row(runs: &[Run]) -> Row {
         mode: "bare (no tracer)".into(),
         command: None,
         runs: bare.len(),
-        connections_per_s: Spread::of(bare.iter().map(|r| r.client.rate())).unwrap_or(Spread {
-            median: 0.0,
-            min: 0.0,
-            max: 0.0,
-        }),
+        connections_per_s: Spread::of(bare.iter().map(|r| r.client.rate())).unwrap_or(ZERO),
         overhead_pct: None,
         cost_overhead_pct: None,
-        cost_us: Spread::of(bare.iter().map(|r| r.cost_us())).unwrap_or(Spread {
-            median: 0.0,
-            min: 0.0,
-            max: 0.0,
-        }),
+        cost_us: Spread::of(bare.iter().map(|r| r.cost_us())).unwrap_or(ZERO),
         worst_events_seen: None,
         worst_events_expected: None,
         connections_accounted_pct: None,
+        worst_connections_counted: None,
+        worst_connections_made: None,
+        max_entries_per_process: None,
+        truth_ok: None,
         max_dropped: None,
         max_missed: None,
         cpu_s_per_million_transitions: None,
         peak_rss_mib: None,
         bpf_ns_per_call: None,
+        programs: Vec::new(),
     }
 }
 
-fn agent_row(agent: Agent, runs: &[Run]) -> Row {
+const ZERO: Spread = Spread {
+    median: 0.0,
+    min: 0.0,
+    max: 0.0,
+};
+
+/// How far `seen` is from `expected`, as a fraction of `expected`.
+fn distance(seen: u64, expected: u64) -> f64 {
+    seen.abs_diff(expected) as f64 / expected.max(1) as f64
+}
+
+fn agent_row(agent: Agent, options: &Options, runs: &[Run]) -> Row {
     let traced: Vec<(&Run, &AgentRun)> = runs
         .iter()
         .filter(|r| r.agent == Some(agent))
@@ -416,18 +534,42 @@ fn agent_row(agent: Agent, runs: &[Run]) -> Row {
         let bare = paired(run)?;
         Some(100.0 * (1.0 - bare.cost_us() / run.cost_us()))
     });
-    let distance = |a: &AgentRun| (1.0 - a.accounted()).abs();
-    let worst = traced
+    let events_distance = |a: &AgentRun| a.accounted().map_or(0.0, |x| (1.0 - x).abs());
+    let worst_events = traced
         .iter()
         .map(|(_, a)| a)
-        .max_by(|a, b| distance(a).total_cmp(&distance(b)));
+        .filter(|a| a.accounted().is_some())
+        .max_by(|a, b| events_distance(a).total_cmp(&events_distance(b)));
+    // (counted, made) of each run where the agent counts connections.
+    let connections: Vec<(u64, u64)> = traced
+        .iter()
+        .filter_map(|(run, a)| {
+            let made = run.client.made;
+            Some((a.observed.connections?.furthest_from(made), made))
+        })
+        .collect();
+    let worst_connections = connections
+        .iter()
+        .max_by(|a, b| distance(a.0, a.1).total_cmp(&distance(b.0, b.1)));
     let accounted = traced
         .iter()
         .filter_map(|(run, a)| {
-            let connections: Connections = a.observed.connections?;
+            let connections = a.observed.connections?;
             Some(100.0 * connections.least() as f64 / run.client.made.max(1) as f64)
         })
         .min_by(f64::total_cmp);
+    let max_dropped = traced.iter().map(|(_, a)| a.observed.dropped).max();
+    let within =
+        |&(seen, expected): &(u64, u64)| 100.0 * distance(seen, expected) <= TRUTH_TOLERANCE_PCT;
+    let counts_within = if connections.is_empty() {
+        traced.iter().all(|(_, a)| {
+            a.expected_events
+                .is_none_or(|expected| within(&(a.observed.events, expected)))
+        })
+    } else {
+        connections.iter().all(within)
+    };
+    let truth_ok = (!traced.is_empty()).then(|| counts_within && max_dropped == Some(0));
     let bpf_ns = {
         let (ns, calls) = traced
             .iter()
@@ -439,26 +581,23 @@ fn agent_row(agent: Agent, runs: &[Run]) -> Row {
     };
     Row {
         mode: agent.label().into(),
-        command: Some(agent.command_line(None)),
+        command: Some(agent.command_line(options)),
         runs: traced.len(),
-        connections_per_s: Spread::of(traced.iter().map(|(r, _)| r.client.rate())).unwrap_or(
-            Spread {
-                median: 0.0,
-                min: 0.0,
-                max: 0.0,
-            },
-        ),
+        connections_per_s: Spread::of(traced.iter().map(|(r, _)| r.client.rate())).unwrap_or(ZERO),
         overhead_pct: Spread::of(overheads),
         cost_overhead_pct: Spread::of(cost_overheads),
-        cost_us: Spread::of(traced.iter().map(|(r, _)| r.cost_us())).unwrap_or(Spread {
-            median: 0.0,
-            min: 0.0,
-            max: 0.0,
-        }),
-        worst_events_seen: worst.map(|a| a.observed.events),
-        worst_events_expected: worst.map(|a| a.expected_events),
+        cost_us: Spread::of(traced.iter().map(|(r, _)| r.cost_us())).unwrap_or(ZERO),
+        worst_events_seen: worst_events.map(|a| a.observed.events),
+        worst_events_expected: worst_events.and_then(|a| a.expected_events),
         connections_accounted_pct: accounted,
-        max_dropped: traced.iter().map(|(_, a)| a.observed.dropped).max(),
+        worst_connections_counted: worst_connections.map(|c| c.0),
+        worst_connections_made: worst_connections.map(|c| c.1),
+        max_entries_per_process: traced
+            .iter()
+            .filter_map(|(_, a)| a.observed.entries_per_process)
+            .max(),
+        truth_ok,
+        max_dropped,
         max_missed: traced.iter().map(|(_, a)| a.missed).max(),
         cpu_s_per_million_transitions: Spread::of(
             traced.iter().map(|(_, a)| a.cpu_per_million_transitions()),
@@ -468,7 +607,42 @@ fn agent_row(agent: Agent, runs: &[Run]) -> Row {
             .map(|(_, a)| a.peak_rss_kib as f64 / 1024.0)
             .max_by(f64::total_cmp),
         bpf_ns_per_call: bpf_ns,
+        programs: program_rows(&traced),
     }
+}
+
+/// Each program the agent ran (with --bpf-stats: only then does the kernel count
+/// calls), by hook, over the runs.
+fn program_rows(traced: &[(&Run, &AgentRun)]) -> Vec<ProgramRow> {
+    let mut by_hook: BTreeMap<(&str, &str), Vec<(f64, f64)>> = BTreeMap::new();
+    for (run, agent_run) in traced {
+        for program in agent_run.programs.iter().filter(|p| p.run_cnt > 0) {
+            by_hook
+                .entry((program.hook.as_str(), program.name.as_str()))
+                .or_default()
+                .push((
+                    program.run_time_ns as f64 / program.run_cnt as f64,
+                    program.run_cnt as f64 / run.client.made.max(1) as f64,
+                ));
+        }
+    }
+    let mut rows: Vec<ProgramRow> = by_hook
+        .into_iter()
+        .filter_map(|((hook, name), values)| {
+            let ns_per_call = Spread::of(values.iter().map(|v| v.0))?;
+            let calls_per_connection = Spread::of(values.iter().map(|v| v.1))?.median;
+            Some(ProgramRow {
+                hook: hook.to_owned(),
+                name: name.to_owned(),
+                ns_per_call,
+                calls_per_connection,
+                ns_per_connection: ns_per_call.median * calls_per_connection,
+            })
+        })
+        .collect();
+    // The costliest per connection first.
+    rows.sort_by(|a, b| b.ns_per_connection.total_cmp(&a.ns_per_connection));
+    rows
 }
 
 #[cfg(test)]
