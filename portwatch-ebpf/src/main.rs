@@ -31,7 +31,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use portwatch_common::{
     COMM_LEN, COUNTER_SLOTS, CloseWaitEntry, Counter, FlowCounts, FlowKey, ListenerKey,
-    NetnsOffsets, Owner, PeerKey, READER_ASLEEP, SockLayout, SocketEntry,
+    NetnsOffsets, Owner, PeerKey, READER_ASLEEP, SockCommonHead, SockLayout, SocketEntry,
 };
 
 /// Ring buffer to userspace. Its size is set at load time (`--ring-buffer-size`).
@@ -227,6 +227,10 @@ static FLOWS: HashMap<FlowKey, FlowCounts> = HashMap::with_max_entries(16384, 0)
 /// eBPF stack beside everything else.
 #[map]
 static FLOW_SCRATCH: PerCpuArray<FlowCounts> = PerCpuArray::with_max_entries(1, 0);
+
+/// The BTF-typed state program's copy of `struct sock_common`'s head, one per CPU.
+#[map]
+static SOCK_HEAD: PerCpuArray<SockCommonHead> = PerCpuArray::with_max_entries(1, 0);
 
 /// Counting path: sockets in CLOSE_WAIT now, by `struct sock` address. Size set at
 /// load time.

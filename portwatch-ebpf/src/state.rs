@@ -34,7 +34,7 @@ use portwatch_common::{
 };
 
 use crate::{
-    EVENTS, LISTENERS, PEERS, SOCKETS, count, counting, current_owner, field, netns_of,
+    EVENTS, LISTENERS, PEERS, SOCK_HEAD, SOCKETS, count, counting, current_owner, field, netns_of,
     read_kernel_u16, sock_layout, sock_netns,
 };
 
@@ -101,13 +101,19 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     if sock == 0 || read_kernel_u16(sock + u64::from(sock_layout().protocol)) != IPPROTO_TCP {
         return 0;
     }
-    let mut head = SockCommonHead::default();
+    // In a per-CPU slot, not on the stack: with the counting path's keys and entries
+    // the stack would pass the 512 bytes 5.10's verifier allows.
+    let Some(head) = SOCK_HEAD.get_ptr_mut(0) else {
+        return 0;
+    };
     // SAFETY: bpf_probe_read_kernel checks the kernel address and fails cleanly;
-    // `head` is size_of::<SockCommonHead>() writable bytes. Userspace attached this
-    // program only after checking the kernel's layout of these bytes against it.
+    // `head` is a per-CPU map value of size_of::<SockCommonHead>() writable bytes that
+    // only this program on this CPU uses (preemption is disabled while it runs).
+    // Userspace attached this program only after checking the kernel's layout of these
+    // bytes against it.
     let failed = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-            (&mut head as *mut SockCommonHead).cast(),
+            head.cast(),
             core::mem::size_of::<SockCommonHead>() as u32,
             sock as *const core::ffi::c_void,
         )
@@ -115,6 +121,8 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     if failed != 0 {
         return 0;
     }
+    // SAFETY: as above; read once into a copy of the fields used.
+    let head = unsafe { &*head };
     let old_state: i32 = ctx.arg(1);
     let new_state: i32 = ctx.arg(2);
     let (saddr, daddr) = if head.family == AF_INET6 {
@@ -144,6 +152,7 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+#[inline(always)]
 fn on_change<C: EbpfContext>(ctx: &C, change: &Change) {
     // SAFETY: bpf_ktime_get_ns has no preconditions; aya marks all raw helpers unsafe.
     let now = unsafe { bpf_ktime_get_ns() };
