@@ -1,0 +1,118 @@
+//! `top` on this host: the tracing loop feeds the live model through a [`Sink`], as it
+//! does for `serve`, and the screen's thread takes frames from it under the lock.
+use std::{
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    time::Duration,
+};
+
+use anyhow::Result;
+
+use crate::{
+    bpf::KernelCounters,
+    clock::monotonic_ns,
+    commands::trace::Sink,
+    detect::{ports::PortBudget, report::Thresholds},
+    event::{Event, decode},
+    live::{KernelLoss, LiveModel},
+    sockets::table::Seed,
+    top::{
+        frame::{Frame, Request},
+        screen::Clock,
+    },
+};
+
+use super::ui::Source;
+
+/// What the tracing loop and the screen share.
+pub struct Shared {
+    pub live: Mutex<LiveModel>,
+    pub settings: PortBudget,
+    pub thresholds: Thresholds,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic on the other thread leaves the numbers as they were: still worth showing.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The tracing loop's end: every record into the model.
+pub struct TopSink {
+    pub shared: Arc<Shared>,
+    /// `--netns`: only this namespace's sockets go into the model.
+    pub netns: Option<u32>,
+    /// Starts the screen. Run at the loop's first tick, after the tracing loop's last
+    /// line on stderr: that line lands on the terminal before the screen takes it.
+    pub start_screen: Option<Box<dyn FnOnce() -> Result<()> + Send>>,
+    /// Why the screen could not start.
+    pub failed: Option<anyhow::Error>,
+}
+
+impl Sink for TopSink {
+    fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
+        let seeds = seeds
+            .into_iter()
+            .filter(|s| self.netns.is_none_or(|netns| netns == s.tuple.netns))
+            .collect();
+        lock(&self.shared.live).start(start_ns, seeds);
+        Ok(())
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        if let Some(netns) = self.netns
+            && let Ok(Event::Transition(transition)) = decode(bytes)
+            && transition.netns != netns
+        {
+            return;
+        }
+        // Undecodable records are counted in the model and shown in the header.
+        let _ = lock(&self.shared.live).apply(bytes);
+    }
+
+    fn counters_every(&self) -> Option<Duration> {
+        Some(Duration::from_secs(1))
+    }
+
+    fn counters(&mut self, counters: &KernelCounters) {
+        lock(&self.shared.live).kernel = KernelLoss {
+            dropped: counters.ring_buffer_full,
+            untracked: counters.untracked(),
+            skipped: counters.skipped,
+        };
+        if let Some(start_screen) = self.start_screen.take()
+            && let Err(err) = start_screen()
+        {
+            // Its end wakes `run`, which returns this.
+            self.failed = Some(err);
+        }
+    }
+}
+
+/// Frames of the live model, for the screen's thread.
+pub struct LiveSource {
+    pub shared: Arc<Shared>,
+    pub start_ns: u64,
+}
+
+impl Source for LiveSource {
+    fn start_ns(&self) -> u64 {
+        self.start_ns
+    }
+
+    fn frame(&mut self, request: Request) -> (Frame, Clock) {
+        let shared = &self.shared;
+        let now = monotonic_ns();
+        let frame = Frame::take(
+            &lock(&shared.live),
+            now,
+            &shared.settings,
+            &shared.thresholds,
+            request,
+        );
+        let elapsed_s = now.saturating_sub(self.start_ns) as f64 / 1e9;
+        (frame, Clock::Live { elapsed_s })
+    }
+
+    fn workload(&mut self, pid: u32) -> Option<String> {
+        crate::commands::startup::workload(pid)
+    }
+}
