@@ -133,14 +133,7 @@ impl Column {
                 None => String::new(),
             },
             Column::Pid => row.pid_text(),
-            Column::Comm => {
-                // An exited process's sockets live on as orphans: say so.
-                if row.alive {
-                    row.comm.clone()
-                } else {
-                    format!("{} (exited)", row.comm)
-                }
-            }
+            Column::Comm => row.comm.clone(),
             Column::Workload => row.workload.clone(),
             Column::Established => format::count(row.established as u64),
             Column::CloseWait => format::count(row.close_wait as u64),
@@ -277,7 +270,7 @@ mod tests {
         assert_eq!(Column::Connections.cell(&row), "350");
         assert_eq!(Column::Lifetime.cell(&row), "1.2ms");
         assert_eq!(Column::Marker.cell(&row), "!");
-        assert_eq!(Column::Comm.cell(&row), "x (exited)");
+        assert_eq!(Column::Comm.cell(&row), "x");
         for column in ALL {
             assert!(
                 column.title().len() <= column.width() as usize,

@@ -39,8 +39,8 @@ pub struct ProcessRates {
     /// Connections opened (either role) per second.
     pub connections_per_s: f64,
     pub time_wait_per_s: f64,
-    /// CLOSE_WAIT sockets gained per minute, over the last minute (or since it was
-    /// first seen, when sooner).
+    /// CLOSE_WAIT sockets gained per minute: over the last minute, or, for a process
+    /// seen for less, what it gained since (not extrapolated).
     pub close_wait_per_min: Option<f64>,
 }
 
@@ -141,10 +141,14 @@ impl History {
             {
                 trail.close_wait.pop_front();
             }
+            // The gain over the last minute: over a shorter span (a process seen
+            // for seconds) it is not extrapolated to a minute, which would make a
+            // burst of 7 sockets read as hundreds a minute.
             trail.rates.close_wait_per_min =
                 match (trail.close_wait.front(), trail.close_wait.back()) {
                     (Some(&(t0, n0)), Some(&(t1, n1))) if t1 > t0 => {
-                        Some((n1 as f64 - n0 as f64) / ((t1 - t0) as f64 / 60e9))
+                        let minutes = (t1 - t0).max(GROWTH_SPAN_NS) as f64 / 60e9;
+                        Some((n1 as f64 - n0 as f64) / minutes)
                     }
                     _ => None,
                 };
@@ -272,7 +276,8 @@ mod tests {
         history.observe(&sample(2 * S, 0, vec![process(8, 4, 3)]));
         let p = Process::after_exits(8, 0);
         assert_eq!(history.rates(&p).connections_per_s, 4.0);
-        assert_eq!(history.rates(&p).close_wait_per_min, Some(180.0));
+        // 3 gained in its first second: 3 in the last minute, not 180 a minute.
+        assert_eq!(history.rates(&p).close_wait_per_min, Some(3.0));
         history.observe(&sample(3 * S, 0, vec![]));
         assert_eq!(history.rates(&p), ProcessRates::default());
     }

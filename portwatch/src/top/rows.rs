@@ -18,7 +18,7 @@ pub type WorkloadOf<'a> = &'a dyn Fn(&Process) -> Option<String>;
 pub struct ProcessRow {
     pub process: Process,
     pub comm: String,
-    /// Container, pod or unit; `host` when none.
+    /// Container, pod or unit; `host` when none, `(exited)` for a process gone.
     pub workload: String,
     pub alive: bool,
     pub established: usize,
@@ -72,8 +72,12 @@ pub fn processes(frame: &Frame, history: &History, workload: WorkloadOf<'_>) -> 
         rows.push(ProcessRow {
             process: p.process,
             comm: comm_text(p.comm, p.process),
+            // Only a live process's /proc says where it runs; an exited one's PID
+            // may be someone else's now.
             workload: if p.process.pid == 0 {
                 "-".to_owned()
+            } else if !p.alive {
+                "(exited)".to_owned()
             } else {
                 workload(&p.process).unwrap_or_else(|| "host".to_owned())
             },
@@ -178,7 +182,57 @@ pub fn destinations(frame: &Frame, limit: usize) -> Vec<DestinationRow> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::live::{ProcessCounters, ProcessSample, Sample};
+
+    fn sample(pid: u32, alive: bool, states: &[(&'static str, usize)]) -> ProcessSample {
+        ProcessSample {
+            process: Process::after_exits(pid, 0),
+            comm: Comm::new("p"),
+            alive,
+            states: states.iter().copied().collect::<BTreeMap<_, _>>(),
+            close_wait_oldest_s: None,
+            counters: ProcessCounters::default(),
+        }
+    }
+
+    #[test]
+    fn idle_processes_are_left_out_and_the_gone_are_named_so() {
+        let frame = Frame {
+            sample: Sample {
+                now_ns: 1,
+                processes: vec![
+                    sample(1, true, &[("CLOSE_WAIT", 2)]),
+                    // Remembered, holding nothing, doing nothing.
+                    sample(2, true, &[]),
+                    sample(3, false, &[("TIME_WAIT", 4)]),
+                    sample(0, true, &[("ESTABLISHED", 1)]),
+                ],
+                ..Sample::default()
+            },
+            ..Frame::default()
+        };
+        let history = History::new(0);
+        let workload = |_: &Process| Some("web.service".to_owned());
+        let rows = processes(&frame, &history, &workload);
+        let shown: Vec<(u32, &str, &str)> = rows
+            .iter()
+            .map(|r| (r.process.pid, r.comm.as_str(), r.workload.as_str()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (1, "p", "web.service"),
+                (3, "p", "(exited)"),
+                (0, "(unknown owner)", "-")
+            ]
+        );
+        assert_eq!(rows[0].close_wait, 2);
+        assert_eq!(rows[1].time_wait_held, 4);
+        assert_eq!(rows[2].pid_text(), "?");
+    }
 
     /// An idle row, for tests to fill in.
     pub fn row(pid: u32, comm: &str) -> ProcessRow {

@@ -15,7 +15,9 @@ use crate::{
     top::{format, rows::DestinationRow, screen::Screen},
 };
 
+/// The destination's width; with a namespace's inode after it, wider.
 const DESTINATION_WIDTH: usize = 21;
+const DESTINATION_WITH_NAMESPACE: usize = 32;
 const NUMBERS_WIDTH: usize = 17;
 const TIME_WAIT_WIDTH: usize = 8;
 const FORECAST_WIDTH: usize = 10;
@@ -44,7 +46,12 @@ pub fn draw(f: &mut Frame<'_>, area: Rect, screen: &Screen<'_>) {
 
 fn line(row: &DestinationRow, width: usize, namespaces: bool) -> Line<'static> {
     // What fits, in the order parts are given up.
-    let mut fixed = 1 + DESTINATION_WIDTH + 1 + NUMBERS_WIDTH;
+    let destination_width = if namespaces {
+        DESTINATION_WITH_NAMESPACE
+    } else {
+        DESTINATION_WIDTH
+    };
+    let mut fixed = 1 + destination_width + 1 + NUMBERS_WIDTH;
     let with_tw = fixed + TIME_WAIT_WIDTH + FORECAST_WIDTH + GAUGE_MIN <= width;
     if with_tw {
         fixed += TIME_WAIT_WIDTH + FORECAST_WIDTH;
@@ -69,8 +76,8 @@ fn line(row: &DestinationRow, width: usize, namespaces: bool) -> Line<'static> {
     };
     let mut spans = vec![Span::raw(format!(
         " {:<w$} ",
-        format::clip(&destination, DESTINATION_WIDTH),
-        w = DESTINATION_WIDTH
+        format::clip(&destination, destination_width),
+        w = destination_width
     ))];
     if gauge_width > 0 {
         let filled = ((share * gauge_width as f64).ceil() as usize).min(gauge_width);
