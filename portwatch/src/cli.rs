@@ -211,6 +211,11 @@ pub struct TopArgs {
     #[arg(long, value_name = "FILE")]
     pub replay: Option<std::path::PathBuf>,
 
+    /// Start paused on the first frame (a replay: at the recording's start); space
+    /// runs, `.` steps one interval.
+    #[arg(long)]
+    pub paused: bool,
+
     #[command(flatten)]
     pub detection: DetectionArgs,
 

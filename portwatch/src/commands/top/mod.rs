@@ -27,6 +27,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::sync::oneshot;
+use ui::Source as _;
 
 use crate::{
     cli::TopArgs,
@@ -39,8 +40,10 @@ use crate::{
 
 pub async fn run(args: TopArgs) -> Result<()> {
     require_terminal()?;
+    let mut state = State::new(args.sort, args.interval);
+    state.paused = args.paused;
     let options = ui::Options {
-        state: State::new(args.sort, args.interval),
+        state,
         pids: args.pids.clone(),
     };
     match &args.replay {
@@ -133,13 +136,14 @@ async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
 
 async fn replay(path: &Path, args: &TopArgs, options: ui::Options) -> Result<()> {
     let recording = record::read(path)?;
-    let source = replay::ReplaySource::new(
+    let mut source = replay::ReplaySource::new(
         recording,
         args.limits(),
         args.detection.thresholds(),
         args.netns,
     )
     .with_context(|| format!("replaying {}", path.display()))?;
+    source.set_paused(args.paused);
     let mut signals = StopSignal::install(None).context("installing signal handlers")?;
     let stop = Arc::new(AtomicBool::new(false));
     let (done, screen_done) = oneshot::channel();
