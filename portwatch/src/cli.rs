@@ -57,8 +57,8 @@ pub enum Command {
     /// rates, the destinations nearest running out of ports (see docs/top.md).
     #[command(
         long_about = "A full-screen live view of this host's TCP sockets, redrawn every \
-                      --interval: sockets per state and connection, TIME_WAIT and failed \
-                      connect rates with sparklines; a table of processes (CLOSE_WAIT \
+                      --interval: sockets per state, and connections, TIME_WAIT made and \
+                      failed connects per second, with sparklines; a table of processes (CLOSE_WAIT \
                       sockets and the oldest's age, growth, connections/s, TIME_WAIT made \
                       and held, median lifetime, open findings); the destinations nearest \
                       running out of local ports. Enter shows a process's CLOSE_WAIT \

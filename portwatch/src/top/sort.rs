@@ -27,7 +27,9 @@ pub enum SortKey {
     Failed,
     /// Median connection lifetime, shortest first.
     Lifetime,
+    /// Process ID, lowest first.
     Pid,
+    /// Command name, alphabetically.
     Comm,
 }
 
