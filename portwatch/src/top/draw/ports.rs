@@ -70,6 +70,7 @@ fn line(row: &DestinationRow, width: usize, namespaces: bool) -> Line<'static> {
     };
     let share = row.share();
     let color = match row.eta_s {
+        _ if share >= 1.0 => Color::Red,
         Some(_) => Color::Red,
         None if share >= 0.8 => Color::Yellow,
         None => Color::Green,
@@ -103,11 +104,7 @@ fn line(row: &DestinationRow, width: usize, namespaces: bool) -> Line<'static> {
             w = TIME_WAIT_WIDTH - 1
         )));
         spans.push(Span::styled(
-            format!(
-                " {:>w$}",
-                format::forecast(row.eta_s),
-                w = FORECAST_WIDTH - 1
-            ),
+            format!(" {:>w$}", forecast(row), w = FORECAST_WIDTH - 1),
             Style::default().fg(color),
         ));
     }
@@ -118,4 +115,13 @@ fn line(row: &DestinationRow, width: usize, namespaces: bool) -> Line<'static> {
         )));
     }
     Line::from(spans)
+}
+
+/// The forecast, and `FULL` when every port is taken now: the recent rate may be
+/// sustainable (nothing opened lately) while nothing is left.
+fn forecast(row: &DestinationRow) -> String {
+    if row.capacity > 0 && row.in_use >= row.capacity as usize {
+        return format::forecast(Some(0.0));
+    }
+    format::forecast(row.eta_s)
 }

@@ -359,3 +359,15 @@ fn help_lists_the_keys_over_the_table() {
         "{text}"
     );
 }
+
+#[test]
+fn a_destination_with_every_port_taken_is_full_whatever_its_rate() {
+    let (mut frame, history) = model();
+    let destination = &mut frame.sample.destinations[0];
+    destination.port_capacity = 4;
+    destination.ports_in_use = 8;
+    destination.eta_s = None;
+    let lines = render(80, 24, &frame, &history, &state());
+    let line = lines.iter().find(|l| l.contains("10.0.0.9:5432")).unwrap();
+    assert!(line.contains("8/4 100%") && line.contains("FULL"), "{line}");
+}
