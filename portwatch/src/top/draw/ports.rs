@@ -21,7 +21,7 @@ const DESTINATION_WITH_NAMESPACE: usize = 32;
 const NUMBERS_WIDTH: usize = 17;
 const TIME_WAIT_WIDTH: usize = 8;
 const FORECAST_WIDTH: usize = 10;
-const TOP_WIDTH: usize = 24;
+const TOP_WIDTH: usize = 32;
 const GAUGE_MIN: usize = 8;
 
 pub fn draw(f: &mut Frame<'_>, area: Rect, screen: &Screen<'_>) {
