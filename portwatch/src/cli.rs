@@ -216,6 +216,12 @@ pub struct TopArgs {
     #[arg(long)]
     pub paused: bool,
 
+    /// How the kernel hands transitions over, as for `serve`: `counts` (the default)
+    /// costs a churning host least and hooks no system call; `records` is one record
+    /// per transition (see docs/kernels.md).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = CollectMode::Counts)]
+    pub collect: CollectMode,
+
     #[command(flatten)]
     pub detection: DetectionArgs,
 

@@ -198,6 +198,16 @@ fn first_row_pid(screen: &str) -> Option<u32> {
 
 #[test]
 fn live_top_shows_the_leaker_and_the_churner_and_gives_the_shell_back() {
+    live_top("--collect counts");
+}
+
+/// The same through the per-record kernel path.
+#[test]
+fn live_top_on_records() {
+    live_top("--collect records");
+}
+
+fn live_top(collect: &str) {
     require_privileges();
     // A leak of exactly 5 CLOSE_WAIT sockets.
     let mut leak = workload(&["leak-server", "--listen", "127.0.0.1:0", "--leak", "5"]);
@@ -225,7 +235,7 @@ fn live_top_shows_the_leaker_and_the_churner_and_gives_the_shell_back() {
     // Only these two in the table: other processes on the host may churn harder.
     run_top(
         &tmux,
-        &format!("--pid {leak_pid} --pid {churn_pid} --close-wait-age 1s"),
+        &format!("--pid {leak_pid} --pid {churn_pid} --close-wait-age 1s {collect}"),
     );
 
     // The leaker's exact CLOSE_WAIT count; first, by the default sort.

@@ -12,7 +12,7 @@ use crate::{
     clock::monotonic_ns,
     commands::trace::Sink,
     detect::{ports::PortBudget, report::Thresholds},
-    event::{Event, decode},
+    event::{CloseWaitSocket, Event, FlowCount, decode},
     live::{KernelLoss, LiveModel},
     sockets::table::Seed,
     top::{
@@ -35,8 +35,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The tracing loop's end: every record into the model.
+/// The tracing loop's end: every record, or the kernel's counts, into the model, as
+/// `serve`'s sink does.
 pub struct TopSink {
+    pub collect: portwatch_common::Collect,
     pub shared: Arc<Shared>,
     /// `--netns`: only this namespace's sockets go into the model.
     pub netns: Option<u32>,
@@ -53,7 +55,11 @@ impl Sink for TopSink {
             .into_iter()
             .filter(|s| self.netns.is_none_or(|netns| netns == s.tuple.netns))
             .collect();
-        lock(&self.shared.live).start(start_ns, seeds);
+        let mut live = lock(&self.shared.live);
+        live.start(start_ns, seeds);
+        if self.collect == portwatch_common::Collect::Counts {
+            live.model.count_portless_closes_as_failed_connects();
+        }
         Ok(())
     }
 
@@ -66,6 +72,34 @@ impl Sink for TopSink {
         }
         // Undecodable records are counted in the model and shown in the header.
         let _ = lock(&self.shared.live).apply(bytes);
+    }
+
+    fn collect(&self) -> portwatch_common::Collect {
+        self.collect
+    }
+
+    fn counts(
+        &mut self,
+        from_ns: u64,
+        to_ns: u64,
+        flows: &[FlowCount],
+        close_waits: &[CloseWaitSocket],
+    ) {
+        let mut live = lock(&self.shared.live);
+        match self.netns {
+            None => live.model.apply_counts(from_ns, to_ns, flows, close_waits),
+            Some(netns) => {
+                let flows: Vec<FlowCount> =
+                    flows.iter().filter(|f| f.netns == netns).cloned().collect();
+                let close_waits: Vec<CloseWaitSocket> = close_waits
+                    .iter()
+                    .filter(|c| c.netns == netns)
+                    .copied()
+                    .collect();
+                live.model
+                    .apply_counts(from_ns, to_ns, &flows, &close_waits);
+            }
+        }
     }
 
     fn counters_every(&self) -> Option<Duration> {

@@ -114,6 +114,7 @@ async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
         }
     };
     let mut sink = live::TopSink {
+        collect: args.collect.kernel(),
         shared,
         netns: args.netns,
         start_screen: Some(Box::new(start_screen)),
