@@ -64,7 +64,7 @@ const METRICS: [Metric; 8] = [
         text: format::rate,
     },
     Metric {
-        label: "events/s",
+        label: "records/s",
         value: |p| p.events_per_s,
         text: format::rate,
     },
