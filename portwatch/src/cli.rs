@@ -53,6 +53,27 @@ pub enum Command {
     /// by state per workload, CLOSE_WAIT ages, connection churn, ports in use and time
     /// to exhaustion per destination, open findings.
     Serve(ServeArgs),
+    /// A full-screen live view: processes by CLOSE_WAIT sockets and churn, the host's
+    /// rates, the destinations nearest running out of ports (see docs/top.md).
+    #[command(
+        long_about = "A full-screen live view of this host's TCP sockets, redrawn every \
+                      --interval: sockets per state, and connections, TIME_WAIT made and \
+                      failed connects per second, with sparklines; a table of processes (CLOSE_WAIT \
+                      sockets and the oldest's age, growth, connections/s, TIME_WAIT made \
+                      and held, median lifetime, open findings); the destinations nearest \
+                      running out of local ports. Enter shows a process's CLOSE_WAIT \
+                      sockets, destinations, lifetimes and what to change; ? lists the \
+                      keys.\n\n\
+                      It needs a terminal: for scripts use `report`, `stream` or `serve`. \
+                      Tracing needs root (or CAP_BPF and CAP_PERFMON); --replay FILE plays \
+                      a `portwatch record` file instead and needs no root.",
+        after_help = "Examples:\n  \
+                      portwatch top                          live, redrawn every second\n  \
+                      portwatch top --sort connections       churners first\n  \
+                      portwatch top --pid 1234 --interval 5s one process, every 5 s\n  \
+                      portwatch top --replay window.pwrec    play a recording (no root)"
+    )]
+    Top(TopArgs),
     /// List every TCP socket now, grouped and counted by the process holding it.
     #[command(
         long_about = "List every TCP socket on this host now, grouped by the process that holds it, \
@@ -162,6 +183,70 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: ModelLimitArgs,
+}
+
+/// `portwatch top`: see docs/top.md.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Time between redraws (and between the samples rates are measured over), e.g.
+    /// 500ms, 2s; + and - change it while running.
+    #[arg(long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+
+    /// The column the process table is sorted by at start; keys change it.
+    #[arg(long, value_enum, value_name = "COLUMN", default_value_t = crate::top::sort::SortKey::CloseWait)]
+    pub sort: crate::top::sort::SortKey,
+
+    /// Only this process in the table (repeatable); the host's numbers stay host-wide.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// Only sockets in this network namespace: its inode number (`lsns -t net`), an
+    /// `ip netns` name (/run/netns), or a PID (or `pid:PID`) whose namespace to use.
+    #[arg(long, value_name = "NS", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+
+    /// Play a file made by `portwatch record` (or `report --record`) instead of
+    /// tracing, at its own pace; space pauses it and `.` steps. Needs no root.
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<std::path::PathBuf>,
+
+    /// Start paused on the first frame (a replay: at the recording's start); space
+    /// runs, `.` steps one interval.
+    #[arg(long)]
+    pub paused: bool,
+
+    /// How the kernel hands transitions over, as for `serve`: `counts` (the default)
+    /// costs a churning host least and hooks no system call; `records` is one record
+    /// per transition (see docs/kernels.md).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = CollectMode::Counts)]
+    pub collect: CollectMode,
+
+    #[command(flatten)]
+    pub detection: DetectionArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    #[command(flatten)]
+    pub limits: ModelLimitArgs,
+}
+
+impl TopArgs {
+    pub fn limits(&self) -> Limits {
+        self.limits.with_sockets(&self.kernel)
+    }
+}
+
+/// An interval a terminal can keep up with: 100 ms to 1 h.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(100) || interval > Duration::from_secs(3600) {
+        return Err(format!(
+            "{text} is outside 100ms..1h: redrawing faster costs CPU for nothing a person can read"
+        ));
+    }
+    Ok(interval)
 }
 
 /// `portwatch serve`'s default address: loopback, on a port outside 9100-9999, the
@@ -623,6 +708,43 @@ mod tests {
     fn bad_state_is_a_usage_error() {
         let err = Cli::try_parse_from(["portwatch", "stream", "--state", "OPEN"]).unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn top_options_parse() {
+        let cli = Cli::try_parse_from([
+            "portwatch",
+            "top",
+            "--interval",
+            "500ms",
+            "--sort",
+            "connections",
+            "--pid",
+            "7",
+            "--replay",
+            "w.pwrec",
+        ])
+        .unwrap();
+        let Command::Top(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.interval, Duration::from_millis(500));
+        assert_eq!(args.sort, crate::top::sort::SortKey::Connections);
+        assert_eq!(args.pids, [7]);
+        assert_eq!(args.replay, Some("w.pwrec".into()));
+        let Command::Top(args) = Cli::try_parse_from(["portwatch", "top"]).unwrap().command else {
+            panic!("not top");
+        };
+        assert_eq!(args.interval, Duration::from_secs(1));
+        assert_eq!(args.sort, crate::top::sort::SortKey::CloseWait);
+        for bad in [
+            &["--interval", "10ms"][..],
+            &["--interval", "2h"],
+            &["--sort", "nope"],
+        ] {
+            let parsed = Cli::try_parse_from(["portwatch", "top"].iter().chain(bad));
+            assert!(parsed.is_err(), "{bad:?} parsed");
+        }
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod process;
 pub mod record;
 pub mod sockets;
 pub mod tcp_state;
+pub mod top;

@@ -34,6 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands::report::Outcome::FailOn => ExitCode::from(2),
         }),
         Command::Serve(args) => runtime()?.block_on(commands::serve::run(args)).map(success),
+        Command::Top(args) => runtime()?.block_on(commands::top::run(args)).map(success),
         // Synchronous: one dump, one pass over /proc, one write.
         Command::Snapshot(args) => commands::snapshot::run(args).map(success),
         // Workloads are plain threads and blocking sockets: no runtime.

@@ -21,7 +21,8 @@ const LAYERS: &[&[&str]] = &[
     &["sockets", "filter"],
     &["detect"],
     &["live"],
-    &["output", "record"],
+    // `top`: the view of `portwatch top` (rows, order, drawing), words like `output`'s.
+    &["output", "record", "top"],
     &["cli"],
     &["commands"],
     // Feeds untrusted bytes through whole commands' parsing, as the fuzz targets do.

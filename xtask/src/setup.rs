@@ -35,9 +35,13 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 /// Debian packages only the test task needs: `prometheus` (the real Prometheus server
 /// and `promtool` that `portwatch/tests/serve.rs` scrapes with and checks the alert rules
-/// with), `systemd` (`systemd-analyze verify` for deploy/portwatch.service).
-const TEST_DEBIAN_PACKAGES: &[(&str, &str)] =
-    &[("prometheus", "promtool"), ("systemd", "systemd-analyze")];
+/// with), `systemd` (`systemd-analyze verify` for deploy/portwatch.service), `tmux` (the
+/// real terminal `portwatch/tests/top.rs` runs `portwatch top` in and reads the screen of).
+const TEST_DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("prometheus", "promtool"),
+    ("systemd", "systemd-analyze"),
+    ("tmux", "tmux"),
+];
 
 pub fn all(workspace: &Path) -> Result<()> {
     let sysroot = rust_sysroot()?;
@@ -48,7 +52,7 @@ pub fn all(workspace: &Path) -> Result<()> {
 }
 
 /// What `cargo xtask test` needs beyond the build: the Debian packages only tests drive
-/// (a real Prometheus, systemd-analyze), and cargo-deny under `target/tools` (built from
+/// (a real Prometheus, systemd-analyze, tmux), and cargo-deny under `target/tools` (built from
 /// crates.io once, a few minutes). `run` waits for none of it.
 pub fn test_tools(workspace: &Path) -> Result<PathBuf> {
     debian_packages(TEST_DEBIAN_PACKAGES)?;

@@ -6,6 +6,7 @@ pub mod serve;
 pub mod snapshot;
 pub mod startup;
 pub mod stream;
+pub mod top;
 pub mod trace;
 
 use std::time::Duration;
