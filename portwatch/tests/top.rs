@@ -198,15 +198,17 @@ fn first_row_pid(screen: &str) -> Option<u32> {
 
 #[test]
 fn live_top_shows_the_leaker_and_the_churner_and_gives_the_shell_back() {
-    live_top("--collect counts");
+    live_top("counts");
 }
 
 /// The same through the per-record kernel path.
 #[test]
 fn live_top_on_records() {
-    live_top("--collect records");
+    live_top("records");
 }
 
+/// `collect`: `counts` or `records`; also names the test's tmux server, so the two
+/// tests can run at once.
 fn live_top(collect: &str) {
     require_privileges();
     // A leak of exactly 5 CLOSE_WAIT sockets.
@@ -231,11 +233,11 @@ fn live_top(collect: &str) {
     ]);
     let (leak_pid, churn_pid) = (leak.pid, churn.pid);
 
-    let tmux = Tmux::start("live", 120, 40);
+    let tmux = Tmux::start(&format!("live-{collect}"), 120, 40);
     // Only these two in the table: other processes on the host may churn harder.
     run_top(
         &tmux,
-        &format!("--pid {leak_pid} --pid {churn_pid} --close-wait-age 1s {collect}"),
+        &format!("--pid {leak_pid} --pid {churn_pid} --close-wait-age 1s --collect {collect}"),
     );
 
     // The leaker's exact CLOSE_WAIT count; first, by the default sort.
