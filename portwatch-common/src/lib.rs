@@ -255,6 +255,13 @@ pub const ENTRY_REPORTED: u32 = 1 << 0;
 /// [`SocketEntry::flags`]: the socket reached ESTABLISHED, so its CLOSE ends a
 /// connection (counted in [`FlowCounts::closed`] and its lifetime).
 pub const ENTRY_ESTABLISHED: u32 = 1 << 1;
+/// [`SocketEntry::flags`], counting path: this side closed first (ESTABLISHED or
+/// SYN_RECV -> FIN_WAIT1); counted with the socket's CLOSE, in the one flow update the
+/// close makes anyway.
+pub const ENTRY_CLOSED_FIRST: u32 = 1 << 2;
+/// [`SocketEntry::flags`], counting path: the socket left CLOSE_WAIT (-> LAST_ACK);
+/// counted with its CLOSE, like [`ENTRY_CLOSED_FIRST`].
+pub const ENTRY_CLOSE_WAIT_LEFT: u32 = 1 << 3;
 
 /// How the state program hands transitions to userspace, chosen at load time (the
 /// `COLLECT` global): the path a mode does not use costs nothing.

@@ -98,6 +98,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     let sock: u64 = ctx.arg(0);
+    let old_state: i32 = ctx.arg(1);
+    let new_state: i32 = ctx.arg(2);
+    // Before any read of the socket: the arguments alone say it needs nothing.
+    if counting::enabled() && counting::ignores(old_state as u8, new_state as u8) {
+        return 0;
+    }
     if sock == 0 || read_kernel_u16(sock + u64::from(sock_layout().protocol)) != IPPROTO_TCP {
         return 0;
     }
@@ -123,8 +129,6 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     }
     // SAFETY: as above; read once into a copy of the fields used.
     let head = unsafe { &*head };
-    let old_state: i32 = ctx.arg(1);
-    let new_state: i32 = ctx.arg(2);
     let (saddr, daddr) = if head.family == AF_INET6 {
         (head.v6_rcv_saddr, head.v6_daddr)
     } else {

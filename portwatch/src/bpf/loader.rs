@@ -109,7 +109,9 @@ impl KernelCounters {
     /// Sockets or owners the kernel's tables had no room for: what a report calls
     /// untracked.
     pub fn untracked(&self) -> u64 {
-        self.socket_table_full + self.owner_table_full
+        // A full FLOWS sends transitions as records instead (nothing lost), but the
+        // close that could not be counted loses its socket's who-closed-first note.
+        self.socket_table_full + self.owner_table_full + self.flow_table_full
     }
 }
 

@@ -21,6 +21,8 @@ pub(super) struct FlowId {
     daddr: IpAddr,
     dport: u16,
     origin: Option<Origin>,
+    /// A flow deleted as idle and made again is another flow (its PID may be too).
+    created_ns: u64,
 }
 
 impl Model {
@@ -59,6 +61,7 @@ impl Model {
             daddr: flow.daddr,
             dport: flow.dport,
             origin: flow.origin,
+            created_ns: flow.created_ns,
         };
         if let Some(&process) = self.flow_owners.get(&id) {
             return process;
