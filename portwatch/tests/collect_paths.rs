@@ -89,6 +89,24 @@ fn counts(report: &Value, pid: u32) -> Vec<(&'static str, Value)> {
     .collect()
 }
 
+/// Two reports' counts for `pid` are equal, unless the kernel skipped runs of their
+/// programs (it does when one eBPF program interrupts another on a CPU, which three
+/// tracers at once make likely; each report counts its own): then they differ by at
+/// most what was skipped.
+fn agree(a: &Value, b: &Value, pid: u32) {
+    let skipped = |report: &Value| report["events"]["skipped"].as_u64().unwrap_or(0);
+    let slack = skipped(a) + skipped(b);
+    for ((field, left), (_, right)) in counts(a, pid).into_iter().zip(counts(b, pid)) {
+        let (left, right) = (left.as_u64().unwrap(), right.as_u64().unwrap());
+        assert!(
+            left.abs_diff(right) <= slack,
+            "pid {pid} {field}: {left} and {right}, {slack} runs skipped\n{:?}\n{:?}",
+            counts(a, pid),
+            counts(b, pid)
+        );
+    }
+}
+
 #[test]
 fn counts_and_records_give_the_same_report() {
     require_privileges();
@@ -175,6 +193,16 @@ sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
         unreachable!()
     };
 
+    // Each says which path it ran on.
+    let path = |report: &Value| {
+        (
+            report["events"]["collect"].clone(),
+            report["events"]["state_hook"].clone(),
+        )
+    };
+    assert_eq!(path(counted), ("counts".into(), "btf".into()));
+    assert_eq!(path(recorded), ("records".into(), "btf".into()));
+    assert_eq!(path(classic), ("counts".into(), "classic".into()));
     // What each path is: the counting path sent a handful of records, not thousands.
     assert!(
         counted["events"]["seen"].as_u64().unwrap()
@@ -224,8 +252,8 @@ sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
         feeder.pid,
         quitter_pid,
     ] {
-        assert_eq!(counts(counted, pid), counts(recorded, pid), "pid {pid}");
-        assert_eq!(counts(classic, pid), counts(recorded, pid), "pid {pid}");
+        agree(counted, recorded, pid);
+        agree(classic, recorded, pid);
     }
     assert_eq!(process(recorded, churner.pid)["connections_opened"], CHURNS);
     assert_eq!(process(recorded, churner.pid)["time_wait_created"], CHURNS);

@@ -148,7 +148,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         skipped: traced.counters.skipped,
         workload: &workload,
     };
-    let report = report::build(model, traced.end_ns, &context);
+    let mut report = report::build(model, traced.end_ns, &context);
+    report.events.attached(traced.path);
     eprintln!();
     // The workload ends with the window: its processes go when `sink` is dropped.
     drop(sink.actors);

@@ -254,7 +254,9 @@ async fn live(args: &ReportArgs) -> Result<Report> {
         skipped: traced.counters.skipped,
         workload: &workload,
     };
-    Ok(report::build(&sink.model, traced.end_ns, &context))
+    let mut report = report::build(&sink.model, traced.end_ns, &context);
+    report.events.attached(traced.path);
+    Ok(report)
 }
 
 fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {

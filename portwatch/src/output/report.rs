@@ -99,9 +99,13 @@ pub fn text(out: &mut impl Write, report: &Report) -> io::Result<()> {
     };
     writeln!(
         out,
-        "portwatch report: {:.1} s window, {} events, {} dropped{skipped}{evicted}{}",
+        "portwatch report: {:.1} s window, {} events{}, {} dropped{skipped}{evicted}{}",
         report.window_s,
         report.events.seen,
+        match (report.events.collect, report.events.state_hook) {
+            (Some(collect), Some(hook)) => format!(" ({collect}, {hook} tracepoint)"),
+            _ => String::new(),
+        },
         report.events.dropped,
         if report.events.incomplete {
             " (INCOMPLETE: events were lost or evicted, numbers are lower bounds)"

@@ -255,6 +255,22 @@ pub struct EventCounts {
     /// True when events were lost, or something a report counts was evicted: numbers
     /// are lower bounds.
     pub incomplete: bool,
+    /// How the kernel handed transitions over: `counts` or `records`; None in a replay
+    /// (recordings are always records).
+    pub collect: Option<&'static str>,
+    /// Which form of the state tracepoint ran: `btf` or `classic`; None in a replay.
+    pub state_hook: Option<&'static str>,
+}
+
+impl EventCounts {
+    /// Notes the kernel path a live run attached.
+    pub fn attached(&mut self, path: crate::bpf::KernelPath) {
+        self.collect = Some(match path.collect {
+            portwatch_common::Collect::Counts => "counts",
+            portwatch_common::Collect::Records => "records",
+        });
+        self.state_hook = Some(if path.btf_hook { "btf" } else { "classic" });
+    }
 }
 
 /// What a report's limits made portwatch forget.
@@ -459,6 +475,8 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
                 || context.undecodable > 0
                 || context.skipped.is_some_and(|n| n > 0)
                 || evictions.mattered(),
+            collect: None,
+            state_hook: None,
         },
         port_range: context.settings.host.range,
         port_capacity: context.settings.host.capacity(),
