@@ -127,7 +127,14 @@ pub(crate) fn count_change<C: EbpfContext>(
 }
 
 /// Adds `delta` to the socket's flow. False if `FLOWS` had no room for a new flow.
+///
+/// Keys and values go to the map by reference: passed by value, each would be copied
+/// onto the 512-byte stack again (the initial value alone is 408 bytes).
 #[inline(always)]
+#[allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "by value would copy onto the eBPF stack"
+)]
 fn add<C: EbpfContext>(
     ctx: &C,
     change: &Change,
