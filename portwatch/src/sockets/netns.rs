@@ -130,13 +130,18 @@ pub fn enter<T: Send + 'static>(
         let spawned = std::thread::Builder::new()
             .name("portwatch-ns".into())
             .spawn(move || {
+                // Started by a thread with every capability (before the drop), it
+                // keeps only what setns needs, and after setns (whether it worked)
+                // nothing: no moment of its life holds more.
+                keep_only_sys_admin();
                 // SAFETY: setns on a valid namespace fd; it changes only this thread,
                 // which ends when `work` returns.
-                let entered = if unsafe { libc::setns(file.as_raw_fd(), nstype) } != 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    crate::privileges::drop_all_in_this_thread();
-                    Ok(work())
+                let failed = unsafe { libc::setns(file.as_raw_fd(), nstype) } != 0;
+                let error = failed.then(io::Error::last_os_error);
+                crate::privileges::drop_all_in_this_thread();
+                let entered = match error {
+                    Some(err) => Err(err),
+                    None => Ok(work()),
                 };
                 let _ = done.send(entered);
             });
