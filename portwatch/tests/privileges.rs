@@ -184,8 +184,9 @@ fn assert_dropped(args: &[&str], pid: u32) {
                 assert_eq!(
                     caps & (1 << cap),
                     0,
-                    "{args:?}: {} still has {name} in {set}",
-                    task.display()
+                    "{args:?}: {} ({}) still has {name} in {set}",
+                    task.display(),
+                    status.lines().next().unwrap_or_default()
                 );
             }
         }

@@ -181,14 +181,22 @@ pub fn keep_entering() -> io::Result<()> {
         return Ok(());
     }
     let (queue, starts) = mpsc::channel::<Start>();
+    let (ready, dropped) = mpsc::sync_channel::<()>(1);
     std::thread::Builder::new()
         .name("portwatch-enter".into())
         .spawn(move || {
             keep_only_sys_admin();
+            let _ = ready.send(());
             for start in starts {
                 start();
             }
         })?;
+    // Until it has run, the new thread holds every capability this one had: the
+    // caller's capability drop must not be followed by a moment where one thread
+    // still has them all.
+    dropped
+        .recv()
+        .map_err(|_| io::Error::other("the namespace-entering thread did not start"))?;
     // Another caller won the race: its thread serves; this one's queue closes.
     let _ = ENTERING.set(Mutex::new(queue));
     Ok(())
