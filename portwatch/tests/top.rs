@@ -296,6 +296,31 @@ fn sigterm_restores_the_terminal() {
     assert_shell_is_back(&tmux);
 }
 
+/// The SSH session or the terminal goes away: top ends (it used to spin on the closed
+/// terminal at full speed on one CPU, forever, inside crossterm's poll).
+#[test]
+fn a_terminal_that_goes_away_ends_top() {
+    require_privileges();
+    let tmux = Tmux::start("hangup", 80, 24);
+    run_top(&tmux, "");
+    tmux.await_screen("top's screen", |s| s.contains("portwatch top │ live"));
+    let top = tmux.child("portwatch");
+    drop(tmux);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while Path::new(&format!("/proc/{top}")).exists() {
+        // A zombie is gone too, as far as the terminal is concerned.
+        let stat = std::fs::read_to_string(format!("/proc/{top}/stat")).unwrap_or_default();
+        if stat.split_whitespace().nth(2) == Some("Z") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top (pid {top}) still runs 15 s after its terminal went away"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn recording() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fuzz_regressions/recording/ok-loopback-leak-and-churn.pwrec")

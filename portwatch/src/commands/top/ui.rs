@@ -126,8 +126,22 @@ where
             due.saturating_duration_since(Instant::now())
                 .min(STOP_CHECK)
         };
-        if !event::poll(wait).context("reading the terminal")? {
-            continue;
+        // The wait is ours, not crossterm's: once the terminal hangs up (the SSH
+        // session, the tmux server went away), crossterm's poll rereads the closed
+        // terminal in a loop and never returns, at full speed on one CPU.
+        match wait_for_terminal(wait) {
+            TtyState::HungUp => return Ok(()),
+            TtyState::Quiet => {
+                // A resize arrives as a signal, not as input: crossterm has it.
+                if !event::poll(Duration::ZERO).context("reading the terminal")? {
+                    continue;
+                }
+            }
+            TtyState::Input => {
+                if !event::poll(Duration::ZERO).context("reading the terminal")? {
+                    continue;
+                }
+            }
         }
         match event::read().context("reading the terminal")? {
             Event::Key(key) => {
@@ -159,4 +173,33 @@ where
         }
     }
     Ok(())
+}
+
+/// What the terminal did within a wait.
+enum TtyState {
+    Input,
+    Quiet,
+    /// Its other end closed: nothing can be shown or typed any more.
+    HungUp,
+}
+
+/// Waits up to `wait` for input on the terminal (standard input), or its hanging up.
+fn wait_for_terminal(wait: Duration) -> TtyState {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = wait.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd, living across the call.
+    let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+    if ready <= 0 {
+        // Timed out, or interrupted by a signal (a resize): nothing to read.
+        return TtyState::Quiet;
+    }
+    if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        TtyState::HungUp
+    } else {
+        TtyState::Input
+    }
 }
