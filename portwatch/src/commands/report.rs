@@ -125,20 +125,8 @@ impl Sink for ModelSink {
         flows: &[FlowCount],
         close_waits: &[CloseWaitSocket],
     ) {
-        match self.filter.netns {
-            None => self.model.apply_counts(from_ns, to_ns, flows, close_waits),
-            Some(netns) => {
-                let flows: Vec<FlowCount> =
-                    flows.iter().filter(|f| f.netns == netns).cloned().collect();
-                let close_waits: Vec<CloseWaitSocket> = close_waits
-                    .iter()
-                    .filter(|c| c.netns == netns)
-                    .copied()
-                    .collect();
-                self.model
-                    .apply_counts(from_ns, to_ns, &flows, &close_waits);
-            }
-        }
+        self.model
+            .apply_counts_in(self.filter.netns, from_ns, to_ns, flows, close_waits);
     }
 }
 

@@ -86,20 +86,8 @@ impl Sink for TopSink {
         close_waits: &[CloseWaitSocket],
     ) {
         let mut live = lock(&self.shared.live);
-        match self.netns {
-            None => live.model.apply_counts(from_ns, to_ns, flows, close_waits),
-            Some(netns) => {
-                let flows: Vec<FlowCount> =
-                    flows.iter().filter(|f| f.netns == netns).cloned().collect();
-                let close_waits: Vec<CloseWaitSocket> = close_waits
-                    .iter()
-                    .filter(|c| c.netns == netns)
-                    .copied()
-                    .collect();
-                live.model
-                    .apply_counts(from_ns, to_ns, &flows, &close_waits);
-            }
-        }
+        live.model
+            .apply_counts_in(self.netns, from_ns, to_ns, flows, close_waits);
     }
 
     fn counters_every(&self) -> Option<Duration> {

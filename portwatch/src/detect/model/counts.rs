@@ -52,6 +52,28 @@ impl Model {
     /// flow (its orphaned sockets closing) stay with that life, as records keep a
     /// socket's owner. A PID reused toward the same destination within the flow's
     /// life adds to the old life: the kernel's key cannot tell the two apart.
+    /// [`Model::apply_counts`] for the flows and sockets of network namespace `netns`
+    /// only (`--netns`), or all of them.
+    pub fn apply_counts_in(
+        &mut self,
+        netns: Option<u32>,
+        from_ns: u64,
+        to_ns: u64,
+        flows: &[FlowCount],
+        close_waits: &[CloseWaitSocket],
+    ) {
+        let Some(netns) = netns else {
+            return self.apply_counts(from_ns, to_ns, flows, close_waits);
+        };
+        let flows: Vec<FlowCount> = flows.iter().filter(|f| f.netns == netns).cloned().collect();
+        let close_waits: Vec<CloseWaitSocket> = close_waits
+            .iter()
+            .filter(|c| c.netns == netns)
+            .copied()
+            .collect();
+        self.apply_counts(from_ns, to_ns, &flows, &close_waits);
+    }
+
     fn flow_process(&mut self, flow: &FlowCount) -> Process {
         let id = FlowId {
             pid: flow.pid,
