@@ -241,7 +241,11 @@ fn churn(portwatch: &Path, workload: &Path, out_dir: &Path, args: BenchArgs) -> 
         lifetime: args.lifetime,
         rate: args.rate,
     };
-    let _stats = args.bpf_stats.then(BpfStats::enable).transpose()?;
+    let _stats = if args.bpf_stats {
+        BpfStats::enable()?
+    } else {
+        BpfStats::disable()?
+    };
 
     let netns = Netns::create(NETNS)?;
     let actors = Actors {
@@ -636,13 +640,17 @@ fn listen_overflows(server_pid: u32) -> u64 {
     procfs::netstat(server_pid, "TcpExt", "ListenOverflows").unwrap_or(0)
 }
 
-/// Turns on the kernel's per-program run-time statistics while it lives: with a
-/// BPF_ENABLE_STATS descriptor where the kernel has it (a reference, which other
-/// processes' writes to the sysctl cannot undo), else with kernel.bpf_stats_enabled,
-/// whose old setting is restored when dropped.
+/// The kernel's per-program run-time statistics, as the invocation wants them while it
+/// lives. On (`--bpf-stats`): with a BPF_ENABLE_STATS descriptor where the kernel has it
+/// (a reference, which other processes' writes to the sysctl cannot undo), else with
+/// kernel.bpf_stats_enabled. Off otherwise: a kernel.bpf_stats_enabled left at 1 by
+/// someone else makes every eBPF program read the clock twice per call (in a VM, the
+/// paravirtual clock: tens of ns), which would be charged to the agents. Whatever the
+/// sysctl said is restored when dropped.
 enum BpfStats {
     Descriptor(#[allow(dead_code)] std::os::fd::OwnedFd),
     Sysctl { old: String },
+    Untouched,
 }
 
 const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
@@ -654,6 +662,20 @@ impl BpfStats {
         }
         let old = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
         fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
+        Ok(BpfStats::Sysctl { old })
+    }
+
+    fn disable() -> Result<BpfStats> {
+        let old = fs::read_to_string(BPF_STATS).unwrap_or_default();
+        if old.trim() != "1" {
+            return Ok(BpfStats::Untouched);
+        }
+        eprintln!(
+            "xtask: bench: kernel.bpf_stats_enabled was 1 (set outside the benchmark): \
+             turned off for this invocation, so the agents' programs do not pay for \
+             statistics nobody reads; restored at the end"
+        );
+        fs::write(BPF_STATS, "0").context("disabling kernel.bpf_stats_enabled")?;
         Ok(BpfStats::Sysctl { old })
     }
 }
