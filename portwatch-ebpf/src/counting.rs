@@ -11,16 +11,14 @@
 //! record goes on with records to its CLOSE (`ENTRY_REPORTED`), so userspace's copy of
 //! it never goes stale; every transition is counted exactly once, in the kernel or by
 //! userspace from its record.
-use core::intrinsics::{AtomicOrdering, atomic_xadd};
-
-use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST};
+use aya_ebpf::{EbpfContext, bindings::BPF_NOEXIST, helpers::bpf_get_smp_processor_id};
 use portwatch_common::{
     CloseWaitEntry, Collect, Counter, ENTRY_CLOSE_WAIT_LEFT, ENTRY_CLOSED_FIRST, ENTRY_ESTABLISHED,
     ENTRY_REPORTED, FlowKey, LIFETIME_BUCKETS, Origin, SocketEntry, lifetime_bucket, tcp_state,
 };
 
 use crate::{
-    CLOSE_WAITS, FLOW_SCRATCH, FLOWS, count,
+    CLOSE_WAITS, Clock, FLOW_SCRATCH, FLOWS, count,
     state::{Change, addr_bytes, established, follow},
 };
 
@@ -35,13 +33,51 @@ pub(crate) fn enabled() -> bool {
     unsafe { core::ptr::read_volatile(&COLLECT) == Collect::Counts as u32 }
 }
 
-/// Transitions the counting path needs nothing from: FIN_WAIT1 -> FIN_WAIT2 counts
-/// nothing and changes no owner, so it costs no lookup. (A socket userspace follows
-/// record by record then shows FIN_WAIT1 until its CLOSE, whose record says it was in
-/// FIN_WAIT2.)
+/// Transitions the counting path needs nothing from, so they cost no read and no
+/// lookup:
+/// - FIN_WAIT1 -> FIN_WAIT2 counts nothing and changes no owner. (A socket userspace
+///   follows record by record then shows FIN_WAIT1 until its CLOSE, whose record says
+///   it was in FIN_WAIT2.)
+/// - LISTEN -> SYN_RECV: a passive socket's entry is made at SYN_RECV -> ESTABLISHED
+///   instead, where it opens and is counted (in the same softirq, microseconds later),
+///   with its own addresses (on 5.10 to 6.12 the socket still holds its listener's at
+///   LISTEN -> SYN_RECV). One transition of the ten a connection makes.
 #[inline(always)]
 pub(crate) fn ignores(old_state: u8, new_state: u8) -> bool {
-    old_state == tcp_state::FIN_WAIT1 && new_state == tcp_state::FIN_WAIT2
+    (old_state == tcp_state::FIN_WAIT1 && new_state == tcp_state::FIN_WAIT2)
+        || (old_state == tcp_state::LISTEN && new_state == tcp_state::SYN_RECV)
+}
+
+/// Whether a socket seen first at this transition opens here: on the counting path a
+/// passive socket's entry is made at SYN_RECV -> ESTABLISHED (see [`ignores`]).
+#[inline(always)]
+pub(crate) fn opens_passive(old_state: u8, new_state: u8) -> bool {
+    enabled() && old_state == tcp_state::SYN_RECV && new_state == tcp_state::ESTABLISHED
+}
+
+/// Counts the open of a passive socket whose entry was just made at SYN_RECV ->
+/// ESTABLISHED (flagged established). Returns whether it must go to userspace as a
+/// record instead (`FLOWS` full), in which case its entry is marked followed.
+#[inline(always)]
+pub(crate) fn count_passive_open<C: EbpfContext>(
+    ctx: &C,
+    change: &Change,
+    entry: &SocketEntry,
+    clock: &Clock,
+) -> bool {
+    let delta = Delta {
+        opened: true,
+        ..Delta::default()
+    };
+    if add(ctx, change, entry, &delta, clock) {
+        return false;
+    }
+    if let Some(entry) = crate::SOCKETS.get_ptr_mut(change.sock) {
+        // SAFETY: the map's value, which this socket's transitions alone write (they
+        // are serialised by the socket lock).
+        follow(unsafe { &mut *entry });
+    }
+    true
 }
 
 /// What one transition adds to its flow's counts.
@@ -69,7 +105,7 @@ pub(crate) fn count_change<C: EbpfContext>(
     ctx: &C,
     change: &Change,
     entry: &mut SocketEntry,
-    now: u64,
+    clock: &Clock,
 ) -> bool {
     if entry.flags & ENTRY_REPORTED != 0 {
         return true;
@@ -88,7 +124,7 @@ pub(crate) fn count_change<C: EbpfContext>(
             return false;
         }
         (ESTABLISHED, CLOSE_WAIT) => {
-            if !remember_close_wait(ctx, change, entry, now) {
+            if !remember_close_wait(ctx, change, entry, clock.now()) {
                 follow(entry);
                 return true;
             }
@@ -111,14 +147,14 @@ pub(crate) fn count_change<C: EbpfContext>(
             if established(entry) {
                 delta.closed = true;
                 if entry.opened_ns != 0 {
-                    delta.lifetime_ns = now.saturating_sub(entry.opened_ns);
+                    delta.lifetime_ns = clock.now().saturating_sub(entry.opened_ns);
                 }
             }
             delta.time_wait = old == FIN_WAIT2 || old == CLOSING;
         }
         _ => return false,
     }
-    if add(ctx, change, entry, &delta, now) {
+    if add(ctx, change, entry, &delta, clock) {
         false
     } else {
         follow(entry);
@@ -140,7 +176,7 @@ fn add<C: EbpfContext>(
     change: &Change,
     entry: &SocketEntry,
     delta: &Delta,
-    now: u64,
+    clock: &Clock,
 ) -> bool {
     let passive = entry.owner.origin == Origin::Passive as u8;
     let key = FlowKey {
@@ -157,6 +193,8 @@ fn add<C: EbpfContext>(
         family: change.family,
         origin: entry.owner.origin,
         _pad: 0,
+        // SAFETY: no preconditions; aya marks raw helpers unsafe.
+        cpu: unsafe { bpf_get_smp_processor_id() },
     };
     let counts = match FLOWS.get_ptr_mut(&key) {
         Some(counts) => counts,
@@ -171,12 +209,12 @@ fn add<C: EbpfContext>(
             unsafe {
                 (*initial).cgroup_id = entry.owner.cgroup_id;
                 (*initial).comm = entry.owner.comm;
-                (*initial).created_ns = now;
+                (*initial).created_ns = clock.now();
             }
             // SAFETY: `initial` is a valid FlowCounts for the insert to copy.
             let inserted = FLOWS.insert(&key, unsafe { &*initial }, u64::from(BPF_NOEXIST));
             if inserted.is_err() {
-                // Another CPU may have created it meanwhile; otherwise the map is full.
+                // Full (no other CPU creates this CPU's key).
                 match FLOWS.get_ptr_mut(&key) {
                     Some(counts) => counts,
                     None => {
@@ -193,57 +231,38 @@ fn add<C: EbpfContext>(
         }
     };
     // SAFETY: `counts` points at the map's value, which outlives this program run (hash
-    // map values are freed after an RCU grace period). Several CPUs add to one flow, so
-    // every add is atomic; the result is unused, which compiles to BPF's atomic add
-    // (BPF_XADD), available on every kernel portwatch runs on.
+    // map values are freed after an RCU grace period). The key names this CPU, and the
+    // kernel runs one instance of a program per CPU at a time (a nested call is skipped
+    // and counted as a recursion miss), so nothing else writes these counts meanwhile:
+    // plain adds are exact. Userspace reads each 8-byte count whole.
     unsafe {
-        let counts = &*counts;
         if delta.opened {
-            bump(&counts.opened, 1);
+            (*counts).opened += 1;
         }
         if delta.closed {
-            bump(&counts.closed, 1);
+            (*counts).closed += 1;
         }
         if delta.closed_first {
-            bump(&counts.closed_first, 1);
+            (*counts).closed_first += 1;
         }
         if delta.peer_closed_first {
-            bump(&counts.peer_closed_first, 1);
+            (*counts).peer_closed_first += 1;
         }
         if delta.close_wait_left {
-            bump(&counts.close_wait_left, 1);
+            (*counts).close_wait_left += 1;
         }
         if delta.time_wait {
-            bump(&counts.time_wait, 1);
+            (*counts).time_wait += 1;
         }
         if delta.lifetime_ns != 0 {
-            bump(&counts.lifetime_sum_ns, delta.lifetime_ns);
+            (*counts).lifetime_sum_ns += delta.lifetime_ns;
             let bucket = lifetime_bucket(delta.lifetime_ns);
             if bucket < LIFETIME_BUCKETS {
-                bump(&counts.lifetime_log2[bucket], 1);
+                (*counts).lifetime_log2[bucket] += 1;
             }
         }
     }
     true
-}
-
-/// Atomically adds `value` to the counter at `counter`.
-///
-/// The intrinsic rather than `AtomicU64::fetch_add`: the BPF target declares no
-/// compare-and-swap, so core offers no atomic read-modify-write methods on it, while
-/// LLVM lowers an add whose result is unused to BPF's own atomic add.
-///
-/// # Safety
-/// `counter` must be a map value's field, valid and 8-byte aligned.
-#[inline(always)]
-unsafe fn bump(counter: &u64, value: u64) {
-    // SAFETY: per this function's contract.
-    let _ = unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-            counter as *const u64 as *mut u64,
-            value,
-        )
-    };
 }
 
 /// Keeps a socket that entered CLOSE_WAIT in `CLOSE_WAITS`. False if it had no room.

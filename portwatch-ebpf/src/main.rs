@@ -8,9 +8,6 @@
 //! - `exit`: `sched:sched_process_exit`, so userspace never blames a reused PID.
 #![no_std]
 #![no_main]
-// `atomic_xadd` (see `counting::bump`); the crate is built with -Z build-std already.
-#![allow(internal_features)]
-#![feature(core_intrinsics)]
 
 mod accept;
 mod connect;
@@ -31,7 +28,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use portwatch_common::{
     COMM_LEN, COUNTER_SLOTS, CloseWaitEntry, Counter, FlowCounts, FlowKey, ListenerKey,
-    NetnsOffsets, Owner, PeerKey, READER_ASLEEP, SockCommonHead, SockLayout, SocketEntry,
+    NetnsOffsets, Owner, PeerKey, READER_ASLEEP, SockLayout, SocketEntry,
 };
 
 /// Ring buffer to userspace. Its size is set at load time (`--ring-buffer-size`).
@@ -228,10 +225,6 @@ static FLOWS: HashMap<FlowKey, FlowCounts> = HashMap::with_max_entries(16384, 0)
 #[map]
 static FLOW_SCRATCH: PerCpuArray<FlowCounts> = PerCpuArray::with_max_entries(1, 0);
 
-/// The BTF-typed state program's copy of `struct sock_common`'s head, one per CPU.
-#[map]
-static SOCK_HEAD: PerCpuArray<SockCommonHead> = PerCpuArray::with_max_entries(1, 0);
-
 /// Counting path: sockets in CLOSE_WAIT now, by `struct sock` address. Size set at
 /// load time.
 #[map]
@@ -240,6 +233,36 @@ static CLOSE_WAITS: HashMap<u64, CloseWaitEntry> = HashMap::with_max_entries(655
 /// Threads inside accept(), with the user buffer that will receive the peer address.
 #[map]
 static ACCEPTS: HashMap<u64, u64> = HashMap::with_max_entries(16384, 0);
+
+/// The time of the transition being handled, read from the clock on first use only.
+///
+/// The clock is not free: in a VM, `bpf_ktime_get_ns` reads the paravirtual clock, which
+/// a perf profile put at a tenth of the state program's cost when read on every
+/// transition. The counting path needs the time on about half of them (opens, closes,
+/// CLOSE_WAIT, a new flow).
+pub(crate) struct Clock {
+    ns: core::cell::Cell<u64>,
+}
+
+impl Clock {
+    #[inline(always)]
+    pub(crate) fn new() -> Clock {
+        Clock {
+            ns: core::cell::Cell::new(0),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn now(&self) -> u64 {
+        if self.ns.get() == 0 {
+            // SAFETY: bpf_ktime_get_ns has no preconditions; aya marks all raw helpers
+            // unsafe.
+            self.ns
+                .set(unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() });
+        }
+        self.ns.get()
+    }
+}
 
 /// The current task as a socket owner.
 #[inline(always)]

@@ -21,9 +21,11 @@
 //!
 //! What happens next depends on `COLLECT` (see `counting`): one record per transition,
 //! or counts, with records only for what userspace must see one at a time.
+use core::mem::offset_of;
+
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -34,7 +36,7 @@ use portwatch_common::{
 };
 
 use crate::{
-    EVENTS, LISTENERS, PEERS, SOCK_HEAD, SOCKETS, count, counting, current_owner, field, netns_of,
+    Clock, EVENTS, LISTENERS, PEERS, SOCKETS, count, counting, current_owner, field, netns_offsets,
     read_kernel_u16, sock_layout, sock_netns,
 };
 
@@ -104,62 +106,83 @@ pub fn inet_sock_set_state_btf(ctx: BtfTracePointContext) -> u32 {
     if counting::enabled() && counting::ignores(old_state as u8, new_state as u8) {
         return 0;
     }
-    if sock == 0 || read_kernel_u16(sock + u64::from(sock_layout().protocol)) != IPPROTO_TCP {
+    if sock == 0 || btf_load::<u16>(sock, sock_layout().protocol as usize) != IPPROTO_TCP {
         return 0;
     }
-    // In a per-CPU slot, not on the stack: with the counting path's keys and entries
-    // the stack would pass the 512 bytes 5.10's verifier allows.
-    let Some(head) = SOCK_HEAD.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: bpf_probe_read_kernel checks the kernel address and fails cleanly;
-    // `head` is a per-CPU map value of size_of::<SockCommonHead>() writable bytes that
-    // only this program on this CPU uses (preemption is disabled while it runs).
-    // Userspace attached this program only after checking the kernel's layout of these
-    // bytes against it.
-    let failed = unsafe {
-        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
-            head.cast(),
-            core::mem::size_of::<SockCommonHead>() as u32,
-            sock as *const core::ffi::c_void,
+    // Plain loads through the BTF-typed pointer, which the verifier checks against the
+    // kernel's `struct sock` and turns into fault-handling loads: a few ns each, where
+    // one bpf_probe_read_kernel costs tens (a helper call, then copy_from_kernel_nofault
+    // in a VM, the largest share of this program's time in a perf profile).
+    let family = btf_load::<u16>(sock, offset_of!(SockCommonHead, family));
+    let (saddr, daddr) = if family == AF_INET6 {
+        let saddr = offset_of!(SockCommonHead, v6_rcv_saddr);
+        let daddr = offset_of!(SockCommonHead, v6_daddr);
+        (
+            [btf_load(sock, saddr), btf_load(sock, saddr + 8)],
+            [btf_load(sock, daddr), btf_load(sock, daddr + 8)],
+        )
+    } else {
+        (
+            [
+                u64::from(btf_load::<u32>(sock, offset_of!(SockCommonHead, rcv_saddr))),
+                0,
+            ],
+            [
+                u64::from(btf_load::<u32>(sock, offset_of!(SockCommonHead, daddr))),
+                0,
+            ],
         )
     };
-    if failed != 0 {
-        return 0;
-    }
-    // SAFETY: as above; read once into a copy of the fields used.
-    let head = unsafe { &*head };
-    let (saddr, daddr) = if head.family == AF_INET6 {
-        (head.v6_rcv_saddr, head.v6_daddr)
-    } else {
-        ([head.rcv_saddr as u64, 0], [head.daddr as u64, 0])
-    };
     // What the classic tracepoint reports: `inet_sport`, which `skc_num` equals but
-    // while the socket is being unhashed (then one more read).
-    let sport = if head.num != 0 {
-        head.num
+    // while the socket is being unhashed (then one more read: `inet_sport` lies past
+    // `struct sock`, where the verifier allows no plain load).
+    let num = btf_load::<u16>(sock, offset_of!(SockCommonHead, num));
+    let sport = if num != 0 {
+        num
     } else {
         u16::from_be(read_kernel_u16(sock + u64::from(sock_layout().inet_sport)))
+    };
+    let netns = if netns_offsets().enabled == 0 {
+        0
+    } else {
+        let net = btf_load::<u64>(sock, offset_of!(SockCommonHead, net));
+        if net == 0 {
+            0
+        } else {
+            btf_load::<u32>(net, netns_offsets().net_inum as usize)
+        }
     };
     let change = Change {
         sock,
         old_state: old_state as u8,
         new_state: new_state as u8,
         sport,
-        dport: u16::from_be(head.dport),
-        family: head.family,
+        dport: u16::from_be(btf_load(sock, offset_of!(SockCommonHead, dport))),
+        family,
         saddr,
         daddr,
-        netns: netns_of(head.net),
+        netns,
     };
     on_change(&ctx, &change);
     0
 }
 
+/// A plain load of a `T` at `offset` bytes into the kernel object at `base`, a pointer
+/// the verifier knows the BTF type of (the BTF-typed tracepoint's `struct sock *`, or a
+/// pointer loaded from one). The verifier rejects the program unless `offset` is a
+/// constant it can see (a literal, or a frozen load-time global) and a `T` there lies
+/// within one field of that type; a faulting load yields 0. Userspace checked every
+/// offset used against the kernel's BTF before loading.
+#[inline(always)]
+fn btf_load<T>(base: u64, offset: usize) -> T {
+    // SAFETY: see above: the verifier rewrites this load into one that cannot fault
+    // the kernel, after checking it against the type; `T` is a plain integer.
+    unsafe { core::ptr::read_volatile((base + offset as u64) as *const T) }
+}
+
 #[inline(always)]
 fn on_change<C: EbpfContext>(ctx: &C, change: &Change) {
-    // SAFETY: bpf_ktime_get_ns has no preconditions; aya marks all raw helpers unsafe.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let clock = Clock::new();
     let (old_state, new_state) = (change.old_state, change.new_state);
     if counting::enabled() && counting::ignores(old_state, new_state) {
         return;
@@ -173,7 +196,7 @@ fn on_change<C: EbpfContext>(ctx: &C, change: &Change) {
     let by_syscall = made_by_syscall(old_state, new_state);
     let actor = by_syscall && (pid_tgid >> 32) != 0;
 
-    let tracked = track(ctx, change, &listener, now, actor);
+    let tracked = track(ctx, change, &listener, &clock, actor);
     if new_state == tcp_state::LISTEN {
         remember_listener(ctx, &listener, &tracked.owner);
     } else if old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE {
@@ -205,7 +228,7 @@ fn on_change<C: EbpfContext>(ctx: &C, change: &Change) {
     unsafe {
         (*event).kind = EventKind::State as u32;
         (*event).flags = flags;
-        (*event).ts_ns = now;
+        (*event).ts_ns = clock.now();
         (*event).sock = change.sock;
         (*event).in_state_ns = tracked.in_state_ns;
         (*event).opened_ns = tracked.opened_ns;
@@ -266,14 +289,14 @@ struct Tracked {
     report: bool,
 }
 
-/// Updates the socket's entry in `SOCKETS` for a transition at `now` and returns what
-/// the event should carry.
+/// Updates the socket's entry in `SOCKETS` for a transition at `clock`'s time and
+/// returns what the event should carry.
 #[inline(always)]
 fn track<C: EbpfContext>(
     ctx: &C,
     change: &Change,
     listener: &ListenerKey,
-    now: u64,
+    clock: &Clock,
     actor: bool,
 ) -> Tracked {
     let (sock, old_state, new_state) = (change.sock, change.old_state, change.new_state);
@@ -291,19 +314,27 @@ fn track<C: EbpfContext>(
         // SAFETY: the map returned a valid pointer to the value; tracepoints for one
         // socket are serialised by the socket lock, so nothing else writes it now.
         let entry = unsafe { &mut *entry };
-        let in_state_ns = now.saturating_sub(entry.state_since_ns);
+        // Records carry how long the socket was in its last state; on the counting
+        // path only a socket userspace follows record by record keeps that time, so
+        // the clock is read only where a count needs it. One that starts being
+        // followed here says in its first record that the time is unknown.
+        let timed = !counting::enabled() || entry.flags & ENTRY_REPORTED != 0;
         if actor && !owner_is_certain(&entry.owner) {
             let origin = entry.owner.origin;
             entry.owner = current_owner(OwnerSource::Syscall, origin);
         }
         let report = if counting::enabled() {
-            counting::count_change(ctx, change, entry, now)
+            counting::count_change(ctx, change, entry, clock)
         } else {
             true
         };
         let tracked = Tracked {
-            in_state_ns,
-            in_state_known: true,
+            in_state_ns: if timed {
+                clock.now().saturating_sub(entry.state_since_ns)
+            } else {
+                0
+            },
+            in_state_known: timed,
             opened_ns: entry.opened_ns,
             owner: entry.owner,
             report,
@@ -312,17 +343,20 @@ fn track<C: EbpfContext>(
             // The socket is done (or became a time-wait mini-socket, which this
             // tracepoint never reports; the event carries its owner to userspace).
             let _ = SOCKETS.remove(sock);
-        } else {
-            entry.state_since_ns = now;
+        } else if report {
+            entry.state_since_ns = clock.now();
         }
         return tracked;
     }
 
     // First sight of this socket: either it is new, or it predates portwatch.
+    let now = clock.now();
+    let passive_open = counting::opens_passive(old_state, new_state);
     let (origin, opened_ns) = match (old_state, new_state) {
         (tcp_state::CLOSE, tcp_state::SYN_SENT) => (Origin::Active, now),
         (tcp_state::CLOSE, tcp_state::LISTEN) => (Origin::Listener, now),
         (tcp_state::LISTEN, tcp_state::SYN_RECV) => (Origin::Passive, now),
+        _ if passive_open => (Origin::Passive, now),
         // Accepted, with its LISTEN -> SYN_RECV missed (see above). (A simultaneous
         // open also passes through SYN_RECV, but is too rare to guess for.)
         (tcp_state::SYN_RECV, tcp_state::ESTABLISHED) => (Origin::Passive, 0),
@@ -346,18 +380,26 @@ fn track<C: EbpfContext>(
     // Counting: userspace follows record by record every socket that did not open
     // under portwatch's eyes (it knows them from its startup snapshot), and listeners
     // (few, and it keeps them to charge never-accepted sockets to).
-    let followed = !opening || new_state == tcp_state::LISTEN;
+    let followed = !(opening || passive_open) || new_state == tcp_state::LISTEN;
     let mut report = true;
     if new_state != tcp_state::CLOSE {
         let entry = SocketEntry {
             state_since_ns: now,
             opened_ns,
             owner,
-            flags: if followed { ENTRY_REPORTED } else { 0 },
+            flags: if followed {
+                ENTRY_REPORTED
+            } else if passive_open {
+                ENTRY_ESTABLISHED
+            } else {
+                0
+            },
             _pad: 0,
         };
         if SOCKETS.insert(sock, entry, 0).is_err() {
             count(ctx, Counter::SocketTableFull);
+        } else if passive_open {
+            report = counting::count_passive_open(ctx, change, &entry, clock);
         } else if !followed {
             report = false;
         }

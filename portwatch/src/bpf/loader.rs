@@ -355,11 +355,14 @@ fn recursion_misses(fdinfo: &str) -> Option<u64> {
         .and_then(|count| count.trim().parse().ok())
 }
 
-/// How many flows (owner and destination) the counting path's `FLOWS` holds: a quarter
-/// of the sockets, at least 4096. Past it, transitions go to the ring buffer as
-/// records, so a full map costs records rather than counts.
+/// How many flows (owner and destination, per CPU that counted for it) the counting
+/// path's `FLOWS` holds: a quarter of the sockets, at least 4096, and at least 1024 per
+/// CPU, for a few hundred busy flows that every CPU counts for. Past it, transitions
+/// go to the ring buffer as records, so a full map costs records rather than counts.
 fn flow_capacity(max_sockets: u32) -> u32 {
-    (max_sockets / 4).max(4096)
+    let cpus = aya::util::nr_cpus().unwrap_or(1);
+    let per_cpus = u32::try_from(cpus.saturating_mul(1024)).unwrap_or(u32::MAX);
+    (max_sockets / 4).max(4096).max(per_cpus.min(1 << 18))
 }
 
 /// From the kernel's BTF, in one reading: where the programs find network namespaces,

@@ -190,6 +190,7 @@ mod tests {
             family: AF_INET,
             origin: portwatch_common::Origin::Active as u8,
             _pad: 0,
+            cpu: 1,
         };
         let mut before = FlowCounts::ZERO;
         before.opened = 10;
