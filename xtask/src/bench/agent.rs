@@ -326,12 +326,20 @@ impl Running {
                 .with_context(|| format!("writing {}", self.output.display()))?;
         }
         let programs = procfs::bpf_objects(self.process.pid).1;
+        // An agent that ended on its own (top whose screen could not start, say) did not
+        // trace the whole run, whatever its exit status.
+        let ended_early = self.process.has_exited()?;
         self.process.interrupt()?;
         let finished = self.process.finish(Duration::from_secs(120))?;
-        if !finished.success {
+        if ended_early || !finished.success {
             bail!(
-                "{} failed after SIGINT: {}",
+                "{} {}: {}",
                 self.agent.label(),
+                if ended_early {
+                    "exited before it was stopped"
+                } else {
+                    "failed after SIGINT"
+                },
                 finished.said.join("\n")
             );
         }

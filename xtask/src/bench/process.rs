@@ -155,6 +155,11 @@ impl Process {
             .with_context(|| format!("writing to {}", self.name))
     }
 
+    /// True once the process has exited (not reaped yet: `finish` still reads its cost).
+    pub fn has_exited(&self) -> Result<bool> {
+        exited_unreaped(self.pid)
+    }
+
     /// Sends SIGINT, as Ctrl-C would.
     pub fn interrupt(&self) -> Result<()> {
         let pid = libc::pid_t::try_from(self.pid)?;
