@@ -1,7 +1,8 @@
-//! The tracers under test: portwatch (report and serve on the counting path, their
+//! The tracers under test: portwatch (report, serve and top on the counting path, their
 //! default, and on the per-record path; stream) and libbpf-tools' tcpstates and tcplife.
 //! Each runs as the user would run it, with its output going to a file (serve: scraped
-//! once a second), and is stopped with SIGINT, as Ctrl-C would.
+//! once a second; top: drawn on a pseudo-terminal, see `pty`), and is stopped with
+//! SIGINT, as Ctrl-C would.
 use std::{
     fs::{self, File},
     io::{BufRead as _, BufReader},
@@ -17,6 +18,7 @@ use serde::Serialize;
 use super::{
     process::{Finished, Listen, Process},
     procfs::{self, ProgramRuns},
+    pty::Pty,
     scrape::{self, Scraper},
 };
 
@@ -36,6 +38,11 @@ pub enum Agent {
     Serve,
     /// The same with `--collect records`.
     ServeRecords,
+    /// `portwatch top --interval 1s` on a 120x40 pseudo-terminal whose screen is read
+    /// and thrown away: the counting path (its default). It prints no counts.
+    Top,
+    /// The same with `--collect records`.
+    TopRecords,
     /// libbpf-tools `tcpstates > file`: one line per transition.
     Tcpstates,
     /// libbpf-tools `tcplife > file`: one line per socket closed.
@@ -50,6 +57,8 @@ impl Agent {
             Agent::Stream => "portwatch stream --format json",
             Agent::Serve => "portwatch serve (counts, scraped 1/s)",
             Agent::ServeRecords => "portwatch serve (records, scraped 1/s)",
+            Agent::Top => "portwatch top (counts, redrawn 1/s)",
+            Agent::TopRecords => "portwatch top (records, redrawn 1/s)",
             Agent::Tcpstates => "libbpf-tools tcpstates",
             Agent::Tcplife => "libbpf-tools tcplife",
         }
@@ -63,6 +72,8 @@ impl Agent {
             Agent::Stream => "stream",
             Agent::Serve => "serve",
             Agent::ServeRecords => "serve-records",
+            Agent::Top => "top",
+            Agent::TopRecords => "top-records",
             Agent::Tcpstates => "tcpstates",
             Agent::Tcplife => "tcplife",
         }
@@ -76,6 +87,8 @@ impl Agent {
                 | Agent::Stream
                 | Agent::Serve
                 | Agent::ServeRecords
+                | Agent::Top
+                | Agent::TopRecords
         )
     }
 
@@ -83,7 +96,7 @@ impl Agent {
     /// only for the few it cannot count, so its events are no measure of the workload;
     /// its connections are.
     pub fn counts(self) -> bool {
-        matches!(self, Agent::Report | Agent::Serve)
+        matches!(self, Agent::Report | Agent::Serve | Agent::Top)
     }
 
     /// The modes meant to run always, on every host: the syscall row's target (at most
@@ -100,10 +113,16 @@ impl Agent {
         matches!(self, Agent::Report | Agent::ReportRecords)
     }
 
+    fn is_top(self) -> bool {
+        matches!(self, Agent::Top | Agent::TopRecords)
+    }
+
     /// The collect flag it runs with (its own default otherwise).
     fn collect_args(self) -> &'static [&'static str] {
         match self {
-            Agent::ReportRecords | Agent::ServeRecords => &["--collect", "records"],
+            Agent::ReportRecords | Agent::ServeRecords | Agent::TopRecords => {
+                &["--collect", "records"]
+            }
             _ => &[],
         }
     }
@@ -121,6 +140,9 @@ impl Agent {
             Agent::Serve | Agent::ServeRecords => {
                 format!("portwatch serve --listen 127.0.0.1:0{flags} (GET /metrics every 1 s)")
             }
+            Agent::Top | Agent::TopRecords => format!(
+                "portwatch top --interval 1s{flags} (on a {TOP_COLUMNS}x{TOP_ROWS} pseudo-terminal)"
+            ),
             Agent::Tcpstates => "stdbuf -oL tcpstates > FILE".into(),
             Agent::Tcplife => "stdbuf -oL tcplife > FILE".into(),
         }
@@ -133,12 +155,19 @@ impl Agent {
             | Agent::ReportRecords
             | Agent::Stream
             | Agent::Serve
-            | Agent::ServeRecords => "portwatch",
+            | Agent::ServeRecords
+            | Agent::Top
+            | Agent::TopRecords => "portwatch",
             Agent::Tcpstates => "tcpstates",
             Agent::Tcplife => "tcplife",
         }
     }
 }
+
+/// The size of top's terminal: a usual window, larger than the 80x24 at which top
+/// already leaves columns out (docs/top.md), so it draws about what a user would see.
+const TOP_COLUMNS: u16 = 120;
+const TOP_ROWS: u16 = 40;
 
 /// Options given to every portwatch agent (the peers have none).
 #[derive(Clone, Debug, Default)]
@@ -186,14 +215,16 @@ pub struct Stopped {
 
 /// Starts `agent`, output to `output`, and waits until it traces.
 pub fn start(agent: Agent, portwatch: &Path, output: &Path, options: &Options) -> Result<Running> {
-    let file = File::create(output).with_context(|| format!("creating {}", output.display()))?;
-    let mut command = if agent.is_portwatch() {
+    let command = if agent.is_portwatch() {
         let mut command = Command::new(portwatch);
         if agent.is_report() {
             // Longer than any run: SIGINT ends it, and it still reports.
             command.args(["report", "--format", "json", "--duration", "24h"]);
         } else if agent.is_serve() {
             command.args(["serve", "--listen", "127.0.0.1:0"]);
+        } else if agent.is_top() {
+            // Its default interval, pinned: what a redraw costs depends on it.
+            command.args(["top", "--interval", "1s"]);
         } else {
             command.args(["stream", "--format", "json"]);
         }
@@ -206,8 +237,7 @@ pub fn start(agent: Agent, portwatch: &Path, output: &Path, options: &Options) -
         command.args(["-oL", agent.program()]);
         command
     };
-    command.stdout(file);
-    let mut process = Process::spawn(command, agent.label(), Listen::Stderr)?;
+    let mut process = spawn(agent, command, output)?;
     let attach_timeout = Duration::from_secs(60);
     let mut scraper = None;
     if agent.is_serve() {
@@ -233,6 +263,23 @@ pub fn start(agent: Agent, portwatch: &Path, output: &Path, options: &Options) -
         output: output.to_owned(),
         scraper,
     })
+}
+
+/// Starts the agent's process, its stdout to `output`, or for top on a terminal of its
+/// own (its output is a screen, not a result). Its stderr carries its messages either
+/// way: top's too, which writes them there as long as stderr is not its terminal.
+fn spawn(agent: Agent, mut command: Command, output: &Path) -> Result<Process> {
+    if !agent.is_top() {
+        let file =
+            File::create(output).with_context(|| format!("creating {}", output.display()))?;
+        command.stdout(file);
+        return Process::spawn(command, agent.label(), Listen::Stderr);
+    }
+    let pty = Pty::open(TOP_COLUMNS, TOP_ROWS)?;
+    let stdin = pty.attach(&mut command)?;
+    let process = Process::spawn_with_stdin(command, agent.label(), Listen::Stderr, stdin)?;
+    pty.play_terminal()?;
+    Ok(process)
 }
 
 /// Longer than the second between portwatch's readings of the kernel's counts.
@@ -279,12 +326,20 @@ impl Running {
                 .with_context(|| format!("writing {}", self.output.display()))?;
         }
         let programs = procfs::bpf_objects(self.process.pid).1;
+        // An agent that ended on its own (top whose screen could not start, say) did not
+        // trace the whole run, whatever its exit status.
+        let ended_early = self.process.has_exited()?;
         self.process.interrupt()?;
         let finished = self.process.finish(Duration::from_secs(120))?;
-        if !finished.success {
+        if ended_early || !finished.success {
             bail!(
-                "{} failed after SIGINT: {}",
+                "{} {}: {}",
                 self.agent.label(),
+                if ended_early {
+                    "exited before it was stopped"
+                } else {
+                    "failed after SIGINT"
+                },
                 finished.said.join("\n")
             );
         }
@@ -298,7 +353,7 @@ impl Running {
     }
 }
 
-/// What an agent saw of the workload.
+/// What an agent saw of the workload. top prints no counts: all is 0 or None for it.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Observed {
     /// Events the agent counts for the workload: for portwatch report every record it
@@ -306,8 +361,9 @@ pub struct Observed {
     pub events: u64,
     /// Every event the agent received, the host's other traffic included.
     pub events_total: u64,
-    /// Events lost on the way from the kernel (ring or perf buffer full).
-    pub dropped: u64,
+    /// Events lost on the way from the kernel (ring or perf buffer full); None where
+    /// the agent does not say (top shows it only on its screen).
+    pub dropped: Option<u64>,
     /// portwatch report and serve: connections opened and closed, as charged to the
     /// client and to the server process (serve: to their commands).
     pub connections: Option<Connections>,
@@ -356,6 +412,8 @@ pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -
             observe_report(&stopped.output, client_pid, server_pid)
         }
         Agent::Serve | Agent::ServeRecords => observe_serve(&stopped.output),
+        // Its counts are on a screen drawn for a person, not in any output to read.
+        Agent::Top | Agent::TopRecords => Ok(Observed::default()),
         Agent::Stream => {
             let needles = [format!("\"sport\":{port},"), format!("\"dport\":{port},")];
             let (events, _) = count_lines(&stopped.output, |line| {
@@ -365,7 +423,7 @@ pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -
             Ok(Observed {
                 events,
                 events_total,
-                dropped,
+                dropped: Some(dropped),
                 connections: None,
                 entries_per_process: None,
             })
@@ -388,7 +446,7 @@ pub fn observe(stopped: &Stopped, port: u16, client_pid: u32, server_pid: u32) -
                 events,
                 // Minus the header.
                 events_total: total.saturating_sub(1),
-                dropped: lost_events(&stopped.finished.said),
+                dropped: Some(lost_events(&stopped.finished.said)),
                 connections: None,
                 entries_per_process: None,
             })
@@ -416,7 +474,7 @@ fn observe_serve(output: &Path) -> Result<Observed> {
     Ok(Observed {
         events: seen,
         events_total: seen,
-        dropped: count("portwatch_events_dropped_total"),
+        dropped: Some(count("portwatch_events_dropped_total")),
         connections: Some(Connections {
             client_opened: of(opened, "churn-"),
             client_closed: of(closed, "churn-"),
@@ -456,7 +514,7 @@ fn observe_report(output: &Path, client_pid: u32, server_pid: u32) -> Result<Obs
     Ok(Observed {
         events: seen,
         events_total: seen,
-        dropped: number(&report["events"]["dropped"]),
+        dropped: Some(number(&report["events"]["dropped"])),
         entries_per_process: Some(split_entries),
         connections: Some(Connections {
             client_opened,

@@ -17,6 +17,7 @@ mod netns;
 mod process;
 mod procfs;
 mod profile;
+mod pty;
 mod scale;
 mod scrape;
 mod summary;
@@ -64,16 +65,16 @@ pub struct BenchArgs {
     #[arg(long, conflicts_with_all = ["runs", "duration"])]
     quick: bool,
 
-    /// The agents to compare with the bare workload (comma-separated). report and
-    /// serve run on their default, counting path; report-records and serve-records with
-    /// `--collect records` (one record per transition, the syscalls:* accept and
-    /// connect tracepoints attached). Peers that are not installed are left out, with a
-    /// note.
+    /// The agents to compare with the bare workload (comma-separated). report, serve
+    /// and top run on their default, counting path; report-records, serve-records and
+    /// top-records with `--collect records` (one record per transition, the syscalls:*
+    /// accept and connect tracepoints attached). top runs on a pseudo-terminal of its
+    /// own and prints no counts. Peers that are not installed are left out, with a note.
     #[arg(
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "report,report-records,stream,serve,serve-records,tcpstates,tcplife"
+        default_value = "report,report-records,stream,serve,serve-records,top,tcpstates,tcplife"
     )]
     agents: Vec<Agent>,
 

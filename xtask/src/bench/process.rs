@@ -50,14 +50,25 @@ pub enum Listen {
 
 impl Process {
     /// Starts `command`; `listen` is read line by line, the other output goes where
-    /// `command` already sends it (or nowhere).
-    pub fn spawn(mut command: Command, name: &str, listen: Listen) -> Result<Process> {
+    /// `command` already sends it (or nowhere). Its stdin is a pipe we hold.
+    pub fn spawn(command: Command, name: &str, listen: Listen) -> Result<Process> {
+        Process::spawn_with_stdin(command, name, listen, Stdio::piped())
+    }
+
+    /// The same with `stdin` as its standard input (a terminal, say); `tell` works only
+    /// if that is `Stdio::piped()`.
+    pub fn spawn_with_stdin(
+        mut command: Command,
+        name: &str,
+        listen: Listen,
+        stdin: Stdio,
+    ) -> Result<Process> {
         match listen {
             Listen::Stdout => command.stdout(Stdio::piped()),
             Listen::Stderr => command.stderr(Stdio::piped()),
         };
         let mut child = command
-            .stdin(Stdio::piped())
+            .stdin(stdin)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         let stream: Box<dyn Read + Send> = match listen {
@@ -142,6 +153,11 @@ impl Process {
         writeln!(stdin, "{line}")
             .and_then(|()| stdin.flush())
             .with_context(|| format!("writing to {}", self.name))
+    }
+
+    /// True once the process has exited (not reaped yet: `finish` still reads its cost).
+    pub fn has_exited(&self) -> Result<bool> {
+        exited_unreaped(self.pid)
     }
 
     /// Sends SIGINT, as Ctrl-C would.

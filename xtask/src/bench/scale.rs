@@ -270,7 +270,8 @@ pub fn run(portwatch: &Path, workload: &Path, out_dir: &Path, args: &ScaleArgs) 
         replaced,
         peak_rss_kib: stopped.finished.peak_rss_kib,
         report_events_seen: observed.events_total,
-        report_events_dropped: observed.dropped,
+        // report always says how many it dropped.
+        report_events_dropped: observed.dropped.unwrap_or(0),
         report_untracked: untracked,
         phases,
         timeline,

@@ -72,6 +72,8 @@ impl AgentRun {
         let per_connection = match stopped.agent {
             // The kernel counts; it sends records only for what it cannot count.
             Agent::Report | Agent::Serve => None,
+            // top shows its counts on a screen only: nothing to check.
+            Agent::Top | Agent::TopRecords => None,
             // portwatch report counts every record: transitions and accept owners.
             Agent::ReportRecords | Agent::ServeRecords => {
                 Some(calibration.transitions_per_connection + calibration.accepts_per_connection)
@@ -163,8 +165,9 @@ pub struct Row {
     pub max_entries_per_process: Option<u64>,
     /// The check against the truth: every run's count within 0.1 % of the truth
     /// (connections where the agent counts them, else events) and nothing dropped.
+    /// None for an agent that gives no count to check (top).
     pub truth_ok: Option<bool>,
-    /// Most events one run dropped.
+    /// Most events one run dropped; None if the agent does not say (top).
     pub max_dropped: Option<u64>,
     /// Most program calls one run's kernel skipped (recursion misses).
     pub max_missed: Option<u64>,
@@ -340,6 +343,8 @@ impl Summary {
             });
             let losses = match (row.max_dropped, row.max_missed) {
                 (Some(dropped), Some(missed)) => format!("{dropped}/{missed}"),
+                // The kernel counts misses whether or not the agent counts its drops.
+                (None, Some(missed)) => format!("-/{missed}"),
                 _ => "-".into(),
             };
             let cost = match row.cost_overhead_pct {
@@ -407,7 +412,8 @@ impl Summary {
              against the client's count; truth: every run within {TRUTH_TOLERANCE_PCT} % of \
              the truth (conns where counted, else events) and nothing dropped; drop/miss: \
              the most one run lost to a full buffer / to the kernel skipping a nested BPF \
-             program call"
+             program call; -: the agent gives no such count (top shows its counts only on \
+             its screen)"
         );
         if let Some(other) = Spread::of(self.runs.iter().map(Run::other_cpus)) {
             let retried = self.runs.iter().filter(|r| r.attempt > 1).count() / 2;
@@ -558,7 +564,7 @@ fn agent_row(agent: Agent, options: &Options, runs: &[Run]) -> Row {
             Some(100.0 * connections.least() as f64 / run.client.made.max(1) as f64)
         })
         .min_by(f64::total_cmp);
-    let max_dropped = traced.iter().map(|(_, a)| a.observed.dropped).max();
+    let max_dropped = traced.iter().filter_map(|(_, a)| a.observed.dropped).max();
     let within =
         |&(seen, expected): &(u64, u64)| 100.0 * distance(seen, expected) <= TRUTH_TOLERANCE_PCT;
     let counts_within = if connections.is_empty() {
@@ -569,7 +575,11 @@ fn agent_row(agent: Agent, options: &Options, runs: &[Run]) -> Row {
     } else {
         connections.iter().all(within)
     };
-    let truth_ok = (!traced.is_empty()).then(|| counts_within && max_dropped == Some(0));
+    // Something to check: connections or events the agent counted, and what they
+    // should be.
+    let checkable =
+        !connections.is_empty() || traced.iter().any(|(_, a)| a.expected_events.is_some());
+    let truth_ok = checkable.then(|| counts_within && max_dropped == Some(0));
     let bpf_ns = {
         let (ns, calls) = traced
             .iter()
@@ -656,6 +666,50 @@ mod tests {
         let even = Spread::of([4.0, 1.0, 2.0, 3.0]).unwrap();
         assert_eq!(even.median, 2.5);
         assert!(Spread::of([]).is_none());
+    }
+
+    fn run(round: u32, agent: Option<Agent>, made: u64) -> Run {
+        Run {
+            round,
+            attempt: 1,
+            pair: Agent::Top,
+            agent,
+            client: ClientRun {
+                pid: 1,
+                made,
+                seconds: 1.0,
+                no_local_port: 0,
+                cpu_s: 0.5,
+            },
+            server_cpu_s: 0.5,
+            other_cpu_s: 0.0,
+            listen_overflows: 0,
+            agent_run: agent.map(|_| AgentRun {
+                cpu_s: 0.01,
+                peak_rss_kib: 2048,
+                observed: Observed::default(),
+                expected_events: None,
+                transitions: made * 10,
+                missed: 3,
+                programs: Vec::new(),
+            }),
+        }
+    }
+
+    /// top prints no counts: nothing to hold against the truth, no drops to show, but
+    /// its cost and the kernel's misses are measured like any agent's.
+    #[test]
+    fn an_agent_without_counts_has_no_truth() {
+        let runs = vec![run(0, None, 1000), run(0, Some(Agent::Top), 990)];
+        let row = agent_row(Agent::Top, &Options::default(), &runs);
+        assert_eq!(row.truth_ok, None);
+        assert_eq!(row.max_dropped, None);
+        assert_eq!(row.max_missed, Some(3));
+        assert_eq!(row.worst_events_seen, None);
+        assert_eq!(row.worst_connections_counted, None);
+        let overhead = row.overhead_pct.unwrap().median;
+        assert!((overhead - 1.0).abs() < 1e-9, "{overhead}");
+        assert_eq!(row.peak_rss_mib, Some(2.0));
     }
 
     #[test]

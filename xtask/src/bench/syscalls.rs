@@ -7,7 +7,7 @@
 //! time and CPU time (user + system, from wait4's rusage, to the microsecond) are
 //! compared within the pair. While any `syscalls:*` tracepoint has a program attached,
 //! every system call of every process takes the kernel's tracing slow path: this row is
-//! where that shows, and where portwatch's always-on modes (report and serve on the
+//! where that shows, and where portwatch's always-on modes (report, serve and top on the
 //! counting path, which attach none) are held to at most 1 % slower.
 use std::{
     io::Read as _,
@@ -109,7 +109,7 @@ pub struct SyscallRow {
     pub slowdown_wall_pct: Option<Spread>,
     /// The same from dd's CPU time.
     pub slowdown_cpu_pct: Option<Spread>,
-    /// The target for the always-on modes (report and serve, counting path).
+    /// The target for the always-on modes (report, serve and top, counting path).
     pub target_pct: Option<f64>,
     /// Whether the median wall slowdown is within the target.
     pub meets_target: Option<bool>,
@@ -269,6 +269,8 @@ mod tests {
             self::row(Agent::Tcplife, &Default::default(), &runs).meets_target,
             None
         );
+        // top on the counting path is always-on too; on records it is not.
+        assert!(Agent::Top.always_on() && !Agent::TopRecords.always_on());
     }
 
     #[test]
