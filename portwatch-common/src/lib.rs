@@ -379,8 +379,10 @@ pub struct FlowCounts {
     /// The owner's cgroup and comm when the key was created.
     pub cgroup_id: u64,
     pub comm: [u8; COMM_LEN],
-    /// When the key was created (`bpf_ktime_get_ns()`): tells which life of a PID the
-    /// counts belong to when it exited, and another process got it, in one interval.
+    /// When the first socket this key counted opened (`bpf_ktime_get_ns()`; the key's
+    /// creation if that is unknown): a time in its owner's life, which tells which life
+    /// of a PID the counts belong to when it exited, and another process got it, in
+    /// one interval.
     pub created_ns: u64,
 }
 

@@ -209,7 +209,15 @@ fn add<C: EbpfContext>(
             unsafe {
                 (*initial).cgroup_id = entry.owner.cgroup_id;
                 (*initial).comm = entry.owner.comm;
-                (*initial).created_ns = clock.now();
+                // A time in the owner's life, which is what userspace uses it for:
+                // this CPU's copy of a flow may be made at a close that runs after
+                // its process exited (exit closes the files after
+                // sched_process_exit), while the socket opened in that life.
+                (*initial).created_ns = if entry.opened_ns != 0 {
+                    entry.opened_ns
+                } else {
+                    clock.now()
+                };
             }
             // SAFETY: `initial` is a valid FlowCounts for the insert to copy.
             let inserted = FLOWS.insert(&key, unsafe { &*initial }, u64::from(BPF_NOEXIST));
