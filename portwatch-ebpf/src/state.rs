@@ -194,9 +194,14 @@ fn on_change<C: EbpfContext>(ctx: &C, change: &Change) {
     };
     let pid_tgid = bpf_get_current_pid_tgid();
     let by_syscall = made_by_syscall(old_state, new_state);
-    let actor = by_syscall && (pid_tgid >> 32) != 0;
+    // The process acting on the socket in a system call; 0 if none.
+    let actor_tgid = if by_syscall {
+        (pid_tgid >> 32) as u32
+    } else {
+        0
+    };
 
-    let tracked = track(ctx, change, &listener, &clock, actor);
+    let tracked = track(ctx, change, &listener, &clock, actor_tgid);
     if new_state == tcp_state::LISTEN {
         remember_listener(ctx, &listener, &tracked.owner);
     } else if old_state == tcp_state::LISTEN && new_state == tcp_state::CLOSE {
@@ -297,8 +302,9 @@ fn track<C: EbpfContext>(
     change: &Change,
     listener: &ListenerKey,
     clock: &Clock,
-    actor: bool,
+    actor_tgid: u32,
 ) -> Tracked {
+    let actor = actor_tgid != 0;
     let (sock, old_state, new_state) = (change.sock, change.old_state, change.new_state);
     // A socket that is opening cannot have an entry (its last one went at CLOSE), so
     // the lookup is skipped: two of the ten a loopback connection costs. Should a
@@ -320,8 +326,15 @@ fn track<C: EbpfContext>(
         // followed here says in its first record that the time is unknown.
         let timed = !counting::enabled() || entry.flags & ENTRY_REPORTED != 0;
         if actor && !owner_is_certain(&entry.owner) {
-            let origin = entry.owner.origin;
-            entry.owner = current_owner(OwnerSource::Syscall, origin);
+            if entry.owner.tgid == actor_tgid {
+                // The process that listened is the one acting (a server that accepts
+                // its own connections, the usual case): only the source changes, and
+                // its name and cgroup need no reading again.
+                entry.owner.source = OwnerSource::Syscall as u8;
+            } else {
+                let origin = entry.owner.origin;
+                entry.owner = current_owner(OwnerSource::Syscall, origin);
+            }
         }
         let report = if counting::enabled() {
             counting::count_change(ctx, change, entry, clock)
