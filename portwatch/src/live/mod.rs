@@ -95,6 +95,17 @@ impl LiveModel {
     /// What the model says at `now_ns`. Runs under the caller's lock, so it copies out
     /// numbers only: no /proc, no formatting.
     pub fn sample(&self, now_ns: u64, settings: &PortBudget, thresholds: &Thresholds) -> Sample {
+        self.sample_and_findings(now_ns, settings, thresholds).0
+    }
+
+    /// [`sample`](Self::sample), and the findings of the report it was made from: one
+    /// report for both, for callers (top) that show the findings themselves.
+    pub fn sample_and_findings(
+        &self,
+        now_ns: u64,
+        settings: &PortBudget,
+        thresholds: &Thresholds,
+    ) -> (Sample, Vec<report::Finding>) {
         let model = &self.model;
         let no_workload = |_: u32| None;
         let context = Context {
@@ -196,7 +207,7 @@ impl LiveModel {
             .collect();
 
         let events = &report.events;
-        Sample {
+        let sample = Sample {
             now_ns,
             processes,
             destinations,
@@ -212,7 +223,8 @@ impl LiveModel {
                 evicted_processes: events.evicted.processes,
                 evicted_destinations: events.evicted.destinations,
             },
-        }
+        };
+        (sample, report.findings)
     }
 }
 

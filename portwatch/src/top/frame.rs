@@ -16,7 +16,7 @@ use crate::{
     detect::{
         model::{Destination, UNKNOWN},
         ports::PortBudget,
-        report::{self, Context, Finding, Thresholds},
+        report::{Finding, Thresholds},
     },
     event::{Comm, Origin},
     live::{LiveModel, Sample},
@@ -90,19 +90,8 @@ impl Frame {
         thresholds: &Thresholds,
         request: Request,
     ) -> Frame {
-        let sample = live.sample(now_ns, settings, thresholds);
+        let (sample, findings) = live.sample_and_findings(now_ns, settings, thresholds);
         let model = &live.model;
-        let no_workload = |_: u32| None;
-        let context = Context {
-            settings,
-            thresholds,
-            dropped: live.kernel.dropped,
-            undecodable: live.undecodable,
-            untracked: live.kernel.untracked,
-            skipped: live.kernel.skipped,
-            workload: &no_workload,
-        };
-        let findings = report::build(model, now_ns, &context).findings;
         let median_lifetime_s = model
             .processes
             .iter()
