@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PORTWATCH, expect_line, require_privileges, workload};
+use common::{PORTWATCH, expect_line, netns::NetNs, require_privileges, workload};
 
 /// How long the screen may take to show what happened: a few 1 s redraws, and
 /// attaching the programs first.
@@ -279,6 +279,44 @@ fn live_top(collect: &str) {
     assert_eq!(sockets, 5, "{screen}");
     tmux.send(&["Escape"]);
     tmux.await_screen("the table again", |s| s.contains("PROCESSES"));
+
+    tmux.send(&["q"]);
+    assert_shell_is_back(&tmux);
+}
+
+/// top reads the port range of a namespace made after it started (a pod scheduled
+/// later), as serve does: the port-budget panel shows that namespace's destination full
+/// at its own 4 ports, not at a fraction of the host's range.
+#[test]
+fn top_reads_the_port_range_of_a_namespace_made_after_it_started() {
+    require_privileges();
+    let tmux = Tmux::start("netns-later", 160, 40);
+    run_top(&tmux, "");
+    tmux.await_screen("top's first frame", |s| s.contains("PORT BUDGET"));
+
+    let ns = NetNs::new();
+    ns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let _server = ns.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
+    let mut client = ns.workload(&[
+        "hold-client",
+        "--connect",
+        "127.0.0.1:5000",
+        "--count",
+        "8",
+        "--count-no-local-port",
+    ]);
+    let held = expect_line(&mut client, "held");
+    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let screen = tmux.await_screen("the namespace's destination at its 4 ports", |s| {
+        s.lines()
+            .any(|l| l.contains("127.0.0.1:5000") && l.contains(" 4/4 "))
+    });
+    assert!(
+        screen
+            .lines()
+            .any(|l| l.contains("127.0.0.1:5000") && l.contains("FULL")),
+        "{screen}"
+    );
 
     tmux.send(&["q"]);
     assert_shell_is_back(&tmux);

@@ -12,9 +12,12 @@
 //! Where the records come from is the [`LiveModel::apply`] caller's business: today the
 //! per-record kernel path, later an aggregated one. Pure code: records, a clock value
 //! and settings in, numbers out.
+mod settings;
+
 use std::{collections::BTreeMap, net::IpAddr};
 
 use rustc_hash::FxHashMap;
+pub use settings::NamespaceSettings;
 
 use crate::{
     detect::{

@@ -3,6 +3,7 @@
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 pub mod kernel_objects;
+pub mod netns;
 
 use std::{
     collections::HashMap,

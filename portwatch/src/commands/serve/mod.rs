@@ -12,7 +12,7 @@ mod http;
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -24,7 +24,7 @@ use crate::{
     clock::monotonic_ns,
     commands::trace::{self, Sink},
     detect::{ports::PortBudget, report::Thresholds},
-    live::{KernelLoss, LiveModel},
+    live::{KernelLoss, LiveModel, NamespaceSettings},
     output::metrics::Exporter,
     sockets::table::Seed,
 };
@@ -36,62 +36,8 @@ pub use http::Limits as HttpLimits;
 pub struct Shared {
     live: Mutex<LiveModel>,
     exporter: Mutex<Exporter>,
-    settings: Mutex<Settings>,
+    settings: Mutex<NamespaceSettings>,
     thresholds: Thresholds,
-}
-
-/// The port settings of every namespace, kept up to date at scrape time (never on the
-/// tracing thread): a namespace that appears after the start (a pod started since) is
-/// read at the first scrape that finds a destination in it, retried at most every
-/// [`MISSING_RETRY`] when it cannot be; every namespace is read again every
-/// [`REREAD`], for settings changed meanwhile.
-#[derive(Debug)]
-struct Settings {
-    budget: PortBudget,
-    read_at: Instant,
-    missing_tried: Option<Instant>,
-}
-
-/// How often every namespace's settings are read again.
-const REREAD: Duration = Duration::from_secs(60);
-/// How often namespaces whose settings could not be read are tried again.
-const MISSING_RETRY: Duration = Duration::from_secs(10);
-
-impl Settings {
-    fn new(budget: PortBudget) -> Self {
-        Settings {
-            budget,
-            read_at: Instant::now(),
-            missing_tried: None,
-        }
-    }
-
-    /// Brings the settings up to date for destinations in `namespaces`.
-    fn refresh(&mut self, namespaces: std::collections::BTreeSet<u32>) {
-        let now = Instant::now();
-        if now.duration_since(self.read_at) >= REREAD {
-            if let Ok(host) = crate::detect::ports::PortSettings::read() {
-                self.budget.host = host;
-            }
-            self.budget.read_namespaces();
-            self.read_at = now;
-            self.missing_tried = None;
-            return;
-        }
-        let missing = |budget: &PortBudget| {
-            namespaces
-                .iter()
-                .any(|netns| !budget.by_netns.contains_key(netns))
-        };
-        let due = self
-            .missing_tried
-            .is_none_or(|tried| now.duration_since(tried) >= MISSING_RETRY);
-        if due && missing(&self.budget) {
-            self.budget.read_missing(namespaces.iter().copied());
-            // One gone already, or not enterable: not again on every scrape.
-            self.missing_tried = missing(&self.budget).then_some(now);
-        }
-    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -194,7 +140,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             args.series_limits(),
             env!("CARGO_PKG_VERSION"),
         )),
-        settings: Mutex::new(Settings::new(settings)),
+        settings: Mutex::new(NamespaceSettings::new(settings)),
         thresholds: args.detection.thresholds(),
     });
     let mut sink = ServeSink {

@@ -11,9 +11,9 @@ use crate::{
     bpf::KernelCounters,
     clock::monotonic_ns,
     commands::trace::Sink,
-    detect::{ports::PortBudget, report::Thresholds},
+    detect::report::Thresholds,
     event::{CloseWaitSocket, Event, FlowCount, decode},
-    live::{KernelLoss, LiveModel},
+    live::{KernelLoss, LiveModel, NamespaceSettings},
     sockets::table::Seed,
     top::{
         frame::{Frame, Request},
@@ -26,7 +26,9 @@ use super::ui::Source;
 /// What the tracing loop and the screen share.
 pub struct Shared {
     pub live: Mutex<LiveModel>,
-    pub settings: PortBudget,
+    /// Read again on the screen's thread as namespaces come and settings change, as
+    /// serve does at its scrapes.
+    pub settings: Mutex<NamespaceSettings>,
     pub thresholds: Thresholds,
 }
 
@@ -123,13 +125,17 @@ impl Source for LiveSource {
     fn frame(&mut self, request: Request) -> (Frame, Clock) {
         let shared = &self.shared;
         let now = monotonic_ns();
+        let namespaces = lock(&shared.live).namespaces();
+        let mut settings = lock(&shared.settings);
+        settings.refresh(namespaces);
         let frame = Frame::take(
             &lock(&shared.live),
             now,
-            &shared.settings,
+            &settings.budget,
             &shared.thresholds,
             request,
         );
+        drop(settings);
         let elapsed_s = now.saturating_sub(self.start_ns) as f64 / 1e9;
         (frame, Clock::Live { elapsed_s })
     }

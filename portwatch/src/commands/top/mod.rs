@@ -33,7 +33,7 @@ use crate::{
     cli::TopArgs,
     commands::{StopSignal, trace},
     detect::ports::PortBudget,
-    live::LiveModel,
+    live::{LiveModel, NamespaceSettings},
     record,
     top::state::State,
 };
@@ -97,7 +97,7 @@ async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
     let settings = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
     let shared = Arc::new(live::Shared {
         live: Mutex::new(LiveModel::new(0, args.limits())),
-        settings,
+        settings: Mutex::new(NamespaceSettings::new(settings)),
         thresholds: args.detection.thresholds(),
     });
     let stop = Arc::new(AtomicBool::new(false));

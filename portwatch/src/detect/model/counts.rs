@@ -40,6 +40,12 @@ impl Model {
         for flow in flows {
             self.flow(flow, from_ns, to_ns);
         }
+        // Closes after every open of the reading: each CPU counts in its own copy of a
+        // flow, so one reading may list a socket's close (one CPU's copy) before its open
+        // (another's), and an open count taken below zero would stay wrong.
+        for flow in flows {
+            self.flow_closes(flow);
+        }
         self.table
             .sync_close_waits(close_waits, &self.exits_since_reading, to_ns);
         self.exits_since_reading.clear();
@@ -141,7 +147,7 @@ impl Model {
         } else {
             activity.closed_passive += flow.closed;
         }
-        activity.counted_open = (activity.counted_open + flow.opened).saturating_sub(flow.closed);
+        activity.counted_open += flow.opened;
         activity.closed_first += flow.closed_first;
         activity.peer_closed_first += flow.peer_closed_first;
         activity.close_wait_entered += flow.peer_closed_first;
@@ -163,7 +169,7 @@ impl Model {
             }
             let toward = self.destinations.entry(destination).or_default();
             toward.last_ns = to_ns;
-            toward.counted_open = (toward.counted_open + flow.opened).saturating_sub(flow.closed);
+            toward.counted_open += flow.opened;
             toward
                 .opened
                 .record_many(flow.opened, from_ns, to_ns, start_ns);
@@ -191,6 +197,36 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Takes a flow's closes off the connections counted open, by its owner and (active
+    /// flows) toward its destination; after [`Model::flow`] has added every open of the
+    /// reading.
+    fn flow_closes(&mut self, flow: &FlowCount) {
+        if flow.closed == 0 {
+            return;
+        }
+        let process = if flow.pid != 0 {
+            self.flow_process(flow)
+        } else {
+            UNKNOWN
+        };
+        if let Some(activity) = self.processes.get_mut(&process) {
+            activity.counted_open = activity.counted_open.saturating_sub(flow.closed);
+        }
+        if flow.origin == Some(Origin::Active) {
+            let destination = Destination {
+                netns: flow.netns,
+                saddr: flow.saddr,
+                daddr: flow.daddr,
+                dport: flow.dport,
+            };
+            if let Some(toward) = self.destinations.get_mut(&destination) {
+                toward.counted_open = toward.counted_open.saturating_sub(flow.closed);
+            }
+        }
+    }
+}
+
 /// How many of the exits of `pid` recorded since the last reading came after `ts_ns`.
 pub(crate) fn exits_after(
     recent: &rustc_hash::FxHashMap<u32, Vec<u64>>,
@@ -200,4 +236,61 @@ pub(crate) fn exits_after(
     recent.get(&pid).map_or(0, |exits| {
         exits.iter().filter(|&&exit| exit > ts_ns).count() as u32
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use portwatch_common::LIFETIME_BUCKETS;
+
+    use super::*;
+    use crate::event::Comm;
+
+    fn flow(opened: u64, closed: u64, created_ns: u64) -> FlowCount {
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        FlowCount {
+            netns: 1,
+            saddr: localhost,
+            sport: 0,
+            daddr: localhost,
+            dport: 8080,
+            origin: Some(Origin::Active),
+            pid: 42,
+            comm: Comm::default(),
+            cgroup_id: 0,
+            opened,
+            closed,
+            closed_first: closed,
+            peer_closed_first: 0,
+            close_wait_left: 0,
+            time_wait: closed,
+            lifetimes: [0; LIFETIME_BUCKETS],
+            lifetime_sum_ns: 0,
+            created_ns,
+        }
+    }
+
+    /// One reading lists one CPU's copy of a flow with 200 closes before another CPU's
+    /// copy with the same 200 connections' opens: none is open after it.
+    #[test]
+    fn closes_read_before_their_opens_leave_nothing_open() {
+        let mut model = Model::new(0);
+        model.apply_counts(0, 1_000, &[flow(0, 200, 10), flow(200, 0, 20)], &[]);
+        let activity = model
+            .processes
+            .iter()
+            .find(|(process, _)| process.pid == 42)
+            .map(|(_, activity)| activity)
+            .expect("the flows' process");
+        assert_eq!(activity.counted_open, 0);
+        assert_eq!(activity.time_wait_created.count(), 200);
+        let toward = model.destinations.values().next().expect("the destination");
+        assert_eq!(toward.counted_open, 0);
+
+        // Opens still count as open when their closes have not come yet.
+        model.apply_counts(1_000, 2_000, &[flow(0, 0, 10), flow(5, 0, 20)], &[]);
+        let toward = model.destinations.values().next().unwrap();
+        assert_eq!(toward.counted_open, 5);
+    }
 }
