@@ -232,23 +232,13 @@ fn stream_lines_carry_the_namespace() {
 #[test]
 fn a_namespace_port_range_is_its_own_budget() {
     require_privileges();
-    let ns = NetNs::new();
-    ns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let ns = NetNs::with_four_ports();
     let _server = ns.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
     let (portwatch, stderr) = start_portwatch(
         &["report", "--format", "json", "--duration", "3s"],
         Stdio::piped(),
     );
-    let mut client = ns.workload(&[
-        "hold-client",
-        "--connect",
-        "127.0.0.1:5000",
-        "--count",
-        "8",
-        "--count-no-local-port",
-    ]);
-    let held = expect_line(&mut client, "held");
-    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let client = ns.exhaust_ports();
     let report = report_json(portwatch, stderr);
     let exhausted: Vec<&Value> = report["findings"]
         .as_array()
@@ -605,8 +595,7 @@ fn a_pods_process_is_named_by_its_pod() {
 #[test]
 fn failed_connects_count_only_in_their_own_namespace() {
     require_privileges();
-    let (full, other) = (NetNs::new(), NetNs::new());
-    full.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let (full, other) = (NetNs::with_four_ports(), NetNs::new());
     let _server = full.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
     let _other_server = other.workload(&["echo-server", "--listen", "127.0.0.1:5000"]);
     let reports = [&full, &other].map(|ns| {
@@ -623,16 +612,7 @@ fn failed_connects_count_only_in_their_own_namespace() {
             Stdio::piped(),
         )
     });
-    let mut client = full.workload(&[
-        "hold-client",
-        "--connect",
-        "127.0.0.1:5000",
-        "--count",
-        "8",
-        "--count-no-local-port",
-    ]);
-    let held = expect_line(&mut client, "held");
-    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let client = full.exhaust_ports();
     let mut churn = other.workload(&[
         "churn-client",
         "--connect",
@@ -719,19 +699,9 @@ fn serve_reads_the_port_range_of_a_namespace_made_after_it_started() {
     // A first scrape reads the settings as they are: the namespace does not exist yet.
     assert!(scrape().contains("portwatch_build_info"));
 
-    let ns = NetNs::new();
-    ns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let ns = NetNs::with_four_ports();
     let _server = ns.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
-    let mut client = ns.workload(&[
-        "hold-client",
-        "--connect",
-        "127.0.0.1:5000",
-        "--count",
-        "8",
-        "--count-no-local-port",
-    ]);
-    let held = expect_line(&mut client, "held");
-    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let _client = ns.exhaust_ports();
     let label = format!("netns=\"{}\"", ns.inode());
     let value = |metrics: &str, name: &str| -> Option<f64> {
         metrics

@@ -295,19 +295,9 @@ fn top_reads_the_port_range_of_a_namespace_made_after_it_started() {
     // (The port-budget panel shows only once there is a destination.)
     tmux.await_screen("top's first frame", |s| s.contains("PROCESSES"));
 
-    let ns = NetNs::new();
-    ns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+    let ns = NetNs::with_four_ports();
     let _server = ns.workload(&["leak-server", "--listen", "127.0.0.1:5000"]);
-    let mut client = ns.workload(&[
-        "hold-client",
-        "--connect",
-        "127.0.0.1:5000",
-        "--count",
-        "8",
-        "--count-no-local-port",
-    ]);
-    let held = expect_line(&mut client, "held");
-    assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+    let _client = ns.exhaust_ports();
     let screen = tmux.await_screen("the namespace's destination at its 4 ports", |s| {
         s.lines()
             .any(|l| l.contains("127.0.0.1:5000") && l.contains(" 4/4 "))

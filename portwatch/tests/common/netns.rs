@@ -69,3 +69,32 @@ pub fn ip(args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// The address of the server in [`NetNs::exhaust_ports`]' scenario.
+pub const EXHAUSTED_SERVER: &str = "127.0.0.1:5000";
+
+impl NetNs {
+    /// A namespace whose ephemeral range holds only 4 ports.
+    pub fn with_four_ports() -> NetNs {
+        let ns = NetNs::new();
+        ns.sysctl("net.ipv4.ip_local_port_range=40000 40003");
+        ns
+    }
+
+    /// Runs a hold-client that asks for 8 connections to [`EXHAUSTED_SERVER`] (which
+    /// must be listening) and, in a [`NetNs::with_four_ports`] namespace, gets 4: the
+    /// other 4 connect() calls fail with EADDRNOTAVAIL. Keep the client to keep the 4.
+    pub fn exhaust_ports(&self) -> WorkloadProcess {
+        let mut client = self.workload(&[
+            "hold-client",
+            "--connect",
+            EXHAUSTED_SERVER,
+            "--count",
+            "8",
+            "--count-no-local-port",
+        ]);
+        let held = super::expect_line(&mut client, "held");
+        assert_eq!(held[2], "4", "the namespace ran out of ports: {held:?}");
+        client
+    }
+}
