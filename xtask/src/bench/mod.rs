@@ -12,6 +12,8 @@
 //!
 //! `cargo xtask bench --scale` is the memory run instead (see `scale`).
 mod agent;
+mod args;
+mod bpf_stats;
 mod calibrate;
 mod netns;
 mod process;
@@ -27,154 +29,22 @@ mod workload;
 use std::{fs, path::Path, thread, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
-use clap::Args;
 
 use self::{
     agent::Agent,
     netns::Netns,
     summary::{AgentRun, Run},
     syscalls::SyscallRun,
-    workload::{Actors, CloseFirst, Limit, Shape},
+    workload::{Actors, Limit, Shape},
 };
 use crate::setup;
+
+pub use args::BenchArgs;
+use args::Rows;
 
 /// Packages the benchmark drives besides the build's: the peers, and `ip netns`.
 const BENCH_PACKAGES: &[(&str, &str)] = &[("iproute2", "ip"), ("libbpf-tools", "tcpstates")];
 const NETNS: &str = "portwatch-bench";
-
-/// What `cargo xtask bench` measures (`--rows`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum Rows {
-    /// Connection churn, bare and under each agent.
-    Churn,
-    /// A syscall-bound process with no TCP, bare and with each agent attached.
-    Syscalls,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Rounds: each runs every agent once, paired with a bare run.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
-    runs: u32,
-
-    /// Length of each workload run, e.g. 5s.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    duration: Duration,
-
-    /// A quick look: 3 rounds of 3 s (about two minutes with every agent).
-    #[arg(long, conflicts_with_all = ["runs", "duration"])]
-    quick: bool,
-
-    /// The agents to compare with the bare workload (comma-separated). report, serve
-    /// and top run on their default, counting path; report-records, serve-records and
-    /// top-records with `--collect records` (one record per transition, the syscalls:*
-    /// accept and connect tracepoints attached). top runs on a pseudo-terminal of its
-    /// own and prints no counts. Peers that are not installed are left out, with a note.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "report,report-records,stream,serve,serve-records,top,tcpstates,tcplife"
-    )]
-    agents: Vec<Agent>,
-
-    /// What to measure (comma-separated): `churn`, the connection churn pairs;
-    /// `syscalls`, the syscall row (a process making system calls and no TCP,
-    /// `dd if=/dev/zero of=/dev/null bs=1 count=N`, bare and under each agent, in
-    /// pairs, after the churn pairs).
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "churn,syscalls"
-    )]
-    rows: Vec<Rows>,
-
-    /// Leave out the syscall row (the same as `--rows churn`).
-    #[arg(long, conflicts_with = "rows")]
-    no_syscall_row: bool,
-
-    /// The syscall row's dd count: bytes copied one at a time, two system calls each.
-    #[arg(long, default_value_t = 3_000_000, value_parser = clap::value_parser!(u64).range(1..))]
-    syscall_count: u64,
-
-    /// Pass `--state-hook HOOK` to every portwatch agent (auto: the BTF-typed
-    /// tracepoint where possible; classic). Default: portwatch's own default (an older
-    /// `--agent-binary` may not know the flag).
-    #[arg(long, value_name = "HOOK", value_parser = ["auto", "classic"])]
-    state_hook: Option<String>,
-
-    /// Client threads, each with one connection in flight (the server gets as many
-    /// workers).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
-    threads: u16,
-
-    /// Request-response exchanges per connection; 0: connect and close.
-    #[arg(long, default_value_t = 0)]
-    requests: u32,
-
-    /// Which side closes first, and so holds the TIME_WAIT. `client` with 0 requests
-    /// is open-loop (the client does not wait for the server) and overflows the
-    /// server's accept queue at full speed.
-    #[arg(long, value_enum, default_value_t = CloseFirst::Server)]
-    close_first: CloseFirst,
-
-    /// How long each connection stays open, e.g. 1ms. Default: closed at once.
-    #[arg(long, value_parser = parse_duration)]
-    lifetime: Option<Duration>,
-
-    /// Target connections per second over all threads; 0: flat out.
-    #[arg(long, default_value_t = 0.0)]
-    rate: f64,
-
-    /// Also measure each eBPF program's run time per call (turns the kernel's
-    /// statistics on for the run, with BPF_ENABLE_STATS, else kernel.bpf_stats_enabled;
-    /// they cost a little themselves), and print a table of each agent's programs.
-    /// Calls the kernel skipped (recursion misses) are counted either way.
-    #[arg(long)]
-    bpf_stats: bool,
-
-    /// Run a pair again when the rest of the machine (other processes) used more than
-    /// this many CPUs more during one half than during the other.
-    #[arg(long, default_value_t = 0.25)]
-    max_noise: f64,
-
-    /// Before each pair, wait up to this long for the machine to be idle (other
-    /// processes using under 0.2 CPUs), so that pairs run in the quiet spells of a
-    /// shared machine. 0: do not wait.
-    #[arg(long, default_value = "60s", value_parser = parse_duration_or_zero)]
-    quiet_wait: Duration,
-
-    /// Attempts per pair before keeping a noisy one (marked in the JSON).
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
-    attempts: u32,
-
-    /// The portwatch binary to measure as the agent, e.g. an older build to compare
-    /// with (default: this workspace's release build; the workload always comes from
-    /// this workspace's portwatch-workload).
-    #[arg(long, value_name = "PATH")]
-    agent_binary: Option<std::path::PathBuf>,
-
-    /// Keep every agent's output file under target/bench/runs (a stream run writes
-    /// hundreds of MB).
-    #[arg(long)]
-    keep_output: bool,
-
-    /// Run the memory and scale benchmark instead: hold many connections under
-    /// `portwatch report`, then churn through them.
-    #[arg(long, conflicts_with = "profile")]
-    scale: bool,
-
-    /// Profile instead of measuring pairs: one run bare and one under each agent, each
-    /// while `perf record -a -g` samples the whole machine, and a table of where the
-    /// samples fell (workload, eBPF programs, maps, ring buffer, tracing glue, the
-    /// agent's process, idle). Installs Debian's linux-perf.
-    #[arg(long)]
-    profile: bool,
-
-    #[command(flatten)]
-    scale_args: scale::ScaleArgs,
-}
 
 pub fn run(workspace: &Path, args: BenchArgs) -> Result<()> {
     if !setup::is_root() {
@@ -243,9 +113,9 @@ fn churn(portwatch: &Path, workload: &Path, out_dir: &Path, args: BenchArgs) -> 
         rate: args.rate,
     };
     let _stats = if args.bpf_stats {
-        BpfStats::enable()?
+        bpf_stats::BpfStats::enable()?
     } else {
-        BpfStats::disable()?
+        bpf_stats::BpfStats::disable()?
     };
 
     let netns = Netns::create(NETNS)?;
@@ -300,7 +170,7 @@ fn churn(portwatch: &Path, workload: &Path, out_dir: &Path, args: BenchArgs) -> 
             // Warm up the machine before the first measured run.
             context.run_once(0, None, Agent::Report, Duration::from_secs(1), None)?;
             if args.profile {
-                return profile_runs(&context, &agents, duration, out_dir);
+                return profile::runs(&context, &agents, duration, out_dir);
             }
             let results = pairing.run("churn", |round, mode, pair| {
                 context.run_once(round, mode, pair, duration, None)
@@ -488,40 +358,6 @@ fn syscall_run(
     })
 }
 
-/// `--profile`: one run bare, then one under each agent, each recorded by perf.
-fn profile_runs(
-    context: &RunContext,
-    agents: &[Agent],
-    duration: Duration,
-    out_dir: &Path,
-) -> Result<()> {
-    let mut breakdowns = Vec::new();
-    let modes = std::iter::once(None).chain(agents.iter().map(|&agent| Some(agent)));
-    for mode in modes {
-        let label = mode.map_or("bare", Agent::label);
-        let short = mode.map_or("bare", Agent::short_label);
-        let path = out_dir.join(format!("perf-{short}.data"));
-        let pair = mode.unwrap_or(Agent::Report);
-        wait_for_quiet(Duration::from_secs(60));
-        let run = context.run_once(0, mode, pair, duration, Some(&path))?;
-        eprintln!(
-            "xtask: bench: profiled {label}: {:.0} conn/s, {}",
-            run.client.rate(),
-            path.display()
-        );
-        breakdowns.push(profile::breakdown(short, &path, WORKLOAD_COMMS)?);
-    }
-    print!("{}", profile::table(&breakdowns));
-    let json = serde_json::to_string_pretty(&breakdowns)?;
-    let path = out_dir.join("profile-latest.json");
-    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
-    eprintln!(
-        "xtask: bench: breakdown in {}; `perf report -i <file>` shows every symbol",
-        path.display()
-    );
-    Ok(())
-}
-
 /// The workload's processes and threads, by comm (see portwatch-workload's roles).
 const WORKLOAD_COMMS: &[&str] = &["churn-client", "echo-"];
 
@@ -639,61 +475,6 @@ fn wait_for_quiet(timeout: Duration) {
 
 fn listen_overflows(server_pid: u32) -> u64 {
     procfs::netstat(server_pid, "TcpExt", "ListenOverflows").unwrap_or(0)
-}
-
-/// The kernel's per-program run-time statistics, as the invocation wants them while it
-/// lives. On (`--bpf-stats`): with a BPF_ENABLE_STATS descriptor where the kernel has it
-/// (a reference, which other processes' writes to the sysctl cannot undo), else with
-/// kernel.bpf_stats_enabled. Off otherwise: a kernel.bpf_stats_enabled left at 1 by
-/// someone else makes every eBPF program read the clock twice per call (in a VM, the
-/// paravirtual clock: tens of ns), which would be charged to the agents. Whatever the
-/// sysctl said is restored when dropped.
-enum BpfStats {
-    Descriptor(#[allow(dead_code)] std::os::fd::OwnedFd),
-    Sysctl { old: String },
-    Untouched,
-}
-
-const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
-
-impl BpfStats {
-    fn enable() -> Result<BpfStats> {
-        if let Some(fd) = procfs::enable_bpf_stats() {
-            return Ok(BpfStats::Descriptor(fd));
-        }
-        let old = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
-        fs::write(BPF_STATS, "1").context("enabling kernel.bpf_stats_enabled")?;
-        Ok(BpfStats::Sysctl { old })
-    }
-
-    fn disable() -> Result<BpfStats> {
-        let old = fs::read_to_string(BPF_STATS).unwrap_or_default();
-        if old.trim() != "1" {
-            return Ok(BpfStats::Untouched);
-        }
-        eprintln!(
-            "xtask: bench: kernel.bpf_stats_enabled was 1 (set outside the benchmark): \
-             turned off for this invocation, so the agents' programs do not pay for \
-             statistics nobody reads; restored at the end"
-        );
-        fs::write(BPF_STATS, "0").context("disabling kernel.bpf_stats_enabled")?;
-        Ok(BpfStats::Sysctl { old })
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        if let BpfStats::Sysctl { old } = self {
-            let _ = fs::write(BPF_STATS, old.trim());
-        }
-    }
-}
-
-fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
-    match text {
-        "0" => Ok(Duration::ZERO),
-        _ => parse_duration(text),
-    }
 }
 
 /// Durations are parsed as portwatch parses its own.

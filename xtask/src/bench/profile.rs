@@ -17,6 +17,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 
+use super::{Agent, RunContext, WORKLOAD_COMMS, wait_for_quiet};
+
 /// Samples per second per CPU: enough for a few thousand samples in a 5 s run.
 const FREQUENCY: &str = "1999";
 
@@ -195,6 +197,40 @@ fn truncate(text: &str, width: usize) -> &str {
     text.char_indices()
         .nth(width)
         .map_or(text, |(index, _)| &text[..index])
+}
+
+/// `--profile`: one run bare, then one under each agent, each recorded by perf.
+pub(super) fn runs(
+    context: &RunContext,
+    agents: &[Agent],
+    duration: Duration,
+    out_dir: &Path,
+) -> Result<()> {
+    let mut breakdowns = Vec::new();
+    let modes = std::iter::once(None).chain(agents.iter().map(|&agent| Some(agent)));
+    for mode in modes {
+        let label = mode.map_or("bare", Agent::label);
+        let short = mode.map_or("bare", Agent::short_label);
+        let path = out_dir.join(format!("perf-{short}.data"));
+        let pair = mode.unwrap_or(Agent::Report);
+        wait_for_quiet(Duration::from_secs(60));
+        let run = context.run_once(0, mode, pair, duration, Some(&path))?;
+        eprintln!(
+            "xtask: bench: profiled {label}: {:.0} conn/s, {}",
+            run.client.rate(),
+            path.display()
+        );
+        breakdowns.push(breakdown(short, &path, WORKLOAD_COMMS)?);
+    }
+    print!("{}", table(&breakdowns));
+    let json = serde_json::to_string_pretty(&breakdowns)?;
+    let path = out_dir.join("profile-latest.json");
+    std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "xtask: bench: breakdown in {}; `perf report -i <file>` shows every symbol",
+        path.display()
+    );
+    Ok(())
 }
 
 #[cfg(test)]
