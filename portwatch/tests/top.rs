@@ -325,6 +325,79 @@ fn sigterm_restores_the_terminal() {
     assert_shell_is_back(&tmux);
 }
 
+/// Paused, top has nothing to draw until something happens, and waits without a timer:
+/// a resize (a signal, not input) must still wake it to redraw at the new size. Also
+/// checks it does sleep: its screen's thread used to wake ten times a second, which a
+/// churning host paid for (BENCHMARKS.md).
+#[test]
+fn paused_top_sleeps_and_still_redraws_on_a_resize() {
+    require_privileges();
+    let tmux = Tmux::start("resize", 120, 40);
+    run_top(&tmux, "--paused");
+    tmux.await_screen("top's paused screen", |s| s.contains("PAUSED"));
+    let top = tmux.child("portwatch");
+
+    let wakeups = || screen_thread_wakeups(top);
+    let before = wakeups();
+    // A window to count wakeups in, not a wait for something to happen.
+    std::thread::sleep(Duration::from_secs(2));
+    let woke = wakeups() - before;
+    assert!(
+        woke <= 2,
+        "paused and untouched, top's screen thread woke {woke} times in 2 s"
+    );
+
+    let status = tmux
+        .command()
+        .args(["resize-window", "-t", "top", "-x", "90", "-y", "30"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "tmux resize-window");
+    // Drawn for 120 columns, the header's right end (its loss counters) is cut off at
+    // 90; drawn again for 90, it ends there.
+    tmux.await_screen("top redrawn at 90 columns", |s| {
+        s.lines().next().is_some_and(|header| {
+            header.contains("PAUSED") && header.trim_end().ends_with("skipped -")
+        })
+    });
+
+    // Back to the size the shell had, which the check of the terminal's settings
+    // after top compares with.
+    let status = tmux
+        .command()
+        .args(["resize-window", "-t", "top", "-x", "120", "-y", "40"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "tmux resize-window");
+    tmux.await_screen("top redrawn at 120 columns", |s| {
+        s.lines().next().is_some_and(|header| {
+            let header = header.trim_end();
+            header.chars().count() > 90 && header.ends_with("skipped -")
+        })
+    });
+    tmux.send(&["q"]);
+    assert_shell_is_back(&tmux);
+}
+
+/// How many times top's screen thread has gone to sleep and been woken.
+fn screen_thread_wakeups(top: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{top}/task")).unwrap();
+    for task in tasks.flatten() {
+        let path = task.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != "top-screen" {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap();
+        return status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|count| count.trim().parse().ok())
+            .expect("voluntary_ctxt_switches in the thread's status");
+    }
+    panic!("top (pid {top}) has no top-screen thread");
+}
+
 /// The SSH session or the terminal goes away: top ends (it used to spin on the closed
 /// terminal at full speed on one CPU, forever, inside crossterm's poll).
 #[test]

@@ -9,7 +9,9 @@
 //! Every way out restores the terminal: `q` or Ctrl-C end the screen's loop, whose
 //! guard restores it, and this side drops the tracer (detaching the programs); SIGTERM,
 //! SIGINT and SIGHUP end the tracing loop (or the replay's wait), which tells the
-//! screen to stop; a panic on either thread runs the restoring panic hook first.
+//! screen to stop (its [`bell::Bell`]); a panic on either thread runs the restoring
+//! panic hook first.
+mod bell;
 mod live;
 mod replay;
 mod terminal;
@@ -18,14 +20,12 @@ mod ui;
 use std::{
     io::{self, IsTerminal as _},
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::{Arc, Mutex},
     thread::JoinHandle,
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
+use bell::Bell;
 use tokio::sync::oneshot;
 use ui::Source as _;
 
@@ -70,7 +70,7 @@ fn require_terminal() -> Result<()> {
 fn spawn_screen(
     mut source: Box<dyn ui::Source + Send>,
     options: ui::Options,
-    stop: Arc<AtomicBool>,
+    bell: Arc<Bell>,
     done: oneshot::Sender<()>,
 ) -> Result<JoinHandle<Result<()>>> {
     std::thread::Builder::new()
@@ -78,12 +78,13 @@ fn spawn_screen(
         .spawn(move || {
             let _done = done;
             let mut guard = terminal::TerminalGuard::enter()?;
-            ui::run(&mut guard.terminal, &mut *source, options, &stop)
+            ui::run(&mut guard.terminal, &mut *source, options, &bell)
         })
         .context("starting the screen's thread")
 }
 
-/// Waits for the screen's thread, which `stop` has told to end, and passes on its error.
+/// Waits for the screen's thread, which its bell has told to end, and passes on its
+/// error.
 fn join_screen(screen: Option<JoinHandle<Result<()>>>) -> Result<()> {
     match screen.map(JoinHandle::join) {
         None | Some(Ok(Ok(()))) => Ok(()),
@@ -100,15 +101,16 @@ async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
         settings: Mutex::new(NamespaceSettings::new(settings)),
         thresholds: args.detection.thresholds(),
     });
-    let stop = Arc::new(AtomicBool::new(false));
+    let bell = Arc::new(Bell::new().context("making the screen's wakeup socket")?);
+    let resizes = bell::ring_on_resize(bell.clone()).context("watching for resizes")?;
     let (done, screen_done) = oneshot::channel();
     let screen: Arc<Mutex<Option<JoinHandle<Result<()>>>>> = Arc::default();
     let start_screen = {
-        let (shared, stop, screen) = (shared.clone(), stop.clone(), screen.clone());
+        let (shared, bell, screen) = (shared.clone(), bell.clone(), screen.clone());
         move || {
             let start_ns = shared.live.lock().map_or(0, |live| live.model.start_ns);
             let source = live::LiveSource { shared, start_ns };
-            let handle = spawn_screen(Box::new(source), options, stop, done)?;
+            let handle = spawn_screen(Box::new(source), options, bell, done)?;
             *screen.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
             Ok(())
         }
@@ -125,7 +127,8 @@ async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
         // The user quit: dropping the tracing loop detaches the programs.
         _ = screen_done => Ok(()),
     };
-    stop.store(true, Ordering::Relaxed);
+    bell.stop();
+    resizes.abort();
     let handle = screen.lock().unwrap_or_else(|e| e.into_inner()).take();
     let shown = join_screen(handle);
     if let Some(err) = sink.failed.take() {
@@ -146,13 +149,15 @@ async fn replay(path: &Path, args: &TopArgs, options: ui::Options) -> Result<()>
     .with_context(|| format!("replaying {}", path.display()))?;
     source.set_paused(args.paused);
     let mut signals = StopSignal::install(None).context("installing signal handlers")?;
-    let stop = Arc::new(AtomicBool::new(false));
+    let bell = Arc::new(Bell::new().context("making the screen's wakeup socket")?);
+    let resizes = bell::ring_on_resize(bell.clone()).context("watching for resizes")?;
     let (done, screen_done) = oneshot::channel();
-    let screen = spawn_screen(Box::new(source), options, stop.clone(), done)?;
+    let screen = spawn_screen(Box::new(source), options, bell.clone(), done)?;
     tokio::select! {
         () = signals.requested() => {}
         _ = screen_done => {}
     }
-    stop.store(true, Ordering::Relaxed);
+    bell.stop();
+    resizes.abort();
     join_screen(Some(screen))
 }

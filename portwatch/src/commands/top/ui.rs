@@ -5,10 +5,7 @@
 //! Redraws happen when a frame is taken, a key is pressed or the terminal is resized:
 //! never per kernel event.
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     time::{Duration, Instant},
 };
 
@@ -20,6 +17,7 @@ use ratatui::{
 };
 use rustc_hash::FxHashMap;
 
+use super::bell::Bell;
 use crate::{
     process::Process,
     top::{
@@ -47,10 +45,6 @@ pub trait Source {
     fn workload(&mut self, pid: u32) -> Option<String>;
 }
 
-/// How long a key wait lasts at most, so that a stop asked for elsewhere (SIGTERM,
-/// the tracing loop ending) is seen within this.
-const STOP_CHECK: Duration = Duration::from_millis(100);
-
 pub struct Options {
     pub state: State,
     /// `--pid`: only these in the table.
@@ -62,7 +56,7 @@ pub fn run<B: Backend>(
     terminal: &mut Terminal<B>,
     source: &mut dyn Source,
     options: Options,
-    stop: &Arc<AtomicBool>,
+    bell: &Bell,
 ) -> Result<()>
 where
     B::Error: Send + Sync + 'static,
@@ -76,7 +70,7 @@ where
     let mut redraw = true;
     // The rows on screen, in order, for the keys that move the selection.
     let mut rows = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
+    while !bell.stopped() {
         let now = Instant::now();
         let wanted = Request {
             focus: match state.view {
@@ -120,24 +114,15 @@ where
             redraw = false;
         }
 
-        let wait = if state.paused {
-            STOP_CHECK
-        } else {
-            due.saturating_duration_since(Instant::now())
-                .min(STOP_CHECK)
-        };
+        // Until the next frame; while paused, until a key, a resize or a stop rings.
+        let wait = (!state.paused).then(|| due.saturating_duration_since(Instant::now()));
         // The wait is ours, not crossterm's: once the terminal hangs up (the SSH
         // session, the tmux server went away), crossterm's poll rereads the closed
         // terminal in a loop and never returns, at full speed on one CPU.
-        match wait_for_terminal(wait) {
+        match wait_for_terminal(wait, bell) {
             TtyState::HungUp => return Ok(()),
-            TtyState::Quiet => {
-                // A resize arrives as a signal, not as input: crossterm has it.
-                if !event::poll(Duration::ZERO).context("reading the terminal")? {
-                    continue;
-                }
-            }
-            TtyState::Input => {
+            // A resize reaches crossterm as a signal, not as input: it has it queued.
+            TtyState::Input | TtyState::Quiet => {
                 if !event::poll(Duration::ZERO).context("reading the terminal")? {
                     continue;
                 }
@@ -178,28 +163,41 @@ where
 /// What the terminal did within a wait.
 enum TtyState {
     Input,
+    /// The wait ended, the bell rang or a signal came: nothing typed.
     Quiet,
     /// Its other end closed: nothing can be shown or typed any more.
     HungUp,
 }
 
-/// Waits up to `wait` for input on the terminal (standard input), or its hanging up.
-fn wait_for_terminal(wait: Duration) -> TtyState {
-    let mut fd = libc::pollfd {
-        fd: libc::STDIN_FILENO,
+/// Waits up to `wait` (None: for as long as it takes) for input on the terminal
+/// (standard input), its hanging up, or `bell`.
+fn wait_for_terminal(wait: Option<Duration>, bell: &Bell) -> TtyState {
+    let watch = |fd: BorrowedFd<'_>| libc::pollfd {
+        fd: fd.as_raw_fd(),
         events: libc::POLLIN,
         revents: 0,
     };
-    let millis = wait.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd, living across the call.
-    let ready = unsafe { libc::poll(&mut fd, 1, millis) };
+    let mut fds = [watch(std::io::stdin().as_fd()), watch(bell.fd())];
+    // Rounded up, so a frame due in under a millisecond is not waited for in a spin
+    // of zero-length polls.
+    let millis = wait.map_or(-1, |wait| {
+        wait.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+    });
+    // SAFETY: two valid pollfds, living across the call.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    if fds[1].revents != 0 {
+        bell.quiet();
+    }
     if ready <= 0 {
-        // Timed out, or interrupted by a signal (a resize): nothing to read.
+        // Timed out, or interrupted by a signal (a resize).
         return TtyState::Quiet;
     }
-    if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+    let terminal = fds[0].revents;
+    if terminal & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
         TtyState::HungUp
-    } else {
+    } else if terminal & libc::POLLIN != 0 {
         TtyState::Input
+    } else {
+        TtyState::Quiet
     }
 }
