@@ -6,12 +6,9 @@
 //! tested.
 mod common;
 
-use std::{
-    collections::BTreeSet,
-    process::{Command, Stdio},
-};
+use std::{collections::BTreeSet, process::Stdio};
 
-use common::{finish_report, require_privileges, start_portwatch, workload, workload_binary};
+use common::{finish_report, netns, require_privileges, start_portwatch, workload};
 use serde_json::Value;
 
 const LEAKS: u64 = 6;
@@ -146,32 +143,7 @@ fn counts_and_records_give_the_same_report() {
     churner.wait_line("done").unwrap();
 
     // A destination out of ports, in a namespace of its own with 4 of them.
-    let script = r#"
-ip link set lo up
-sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
-"$WORKLOAD" leak-server --listen 127.0.0.1:5000 | {
-    read -r ready server_pid port
-    "$WORKLOAD" hold-client --connect 127.0.0.1:5000 --count 8 --count-no-local-port \
-        --exit-when-held
-    status=$?
-    kill "$server_pid"
-    exit "$status"
-}
-"#;
-    let output = Command::new("unshare")
-        .args(["--net", "sh", "-c", script])
-        .env("WORKLOAD", workload_binary())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let said = String::from_utf8(output.stdout).unwrap();
-    let words: Vec<&str> = said.split_whitespace().collect();
-    let exhauster: u32 = words[1].parse().unwrap();
-    assert_eq!(words[6], "4", "the namespace ran out of ports: {said}");
+    let exhauster = netns::exhaust_ports_in_a_throwaway_namespace();
 
     // Past the close-wait age, so the leak is a finding on both.
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -257,7 +229,10 @@ sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
     }
     assert_eq!(process(recorded, churner.pid)["connections_opened"], CHURNS);
     assert_eq!(process(recorded, churner.pid)["time_wait_created"], CHURNS);
-    assert_eq!(process(counted, exhauster)["failed_connects"], 4);
+    assert_eq!(
+        process(counted, exhauster)["failed_connects"],
+        netns::FAILED_CONNECTS
+    );
     // The quitter's connection outlived it: both paths know it exited.
     assert_eq!(process(counted, quitter_pid)["alive"], false);
     assert_eq!(process(recorded, quitter_pid)["alive"], false);

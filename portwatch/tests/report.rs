@@ -5,9 +5,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{
-    PORTWATCH, finish_report, require_privileges, start_portwatch, workload, workload_binary,
-};
+use common::{PORTWATCH, finish_report, netns, require_privileges, start_portwatch, workload};
 use serde_json::Value;
 
 fn findings_for(report: &Value, pid: u32) -> Vec<&Value> {
@@ -154,38 +152,7 @@ fn a_tiny_port_range_in_a_namespace_is_reported_as_exhausted() {
         &["report", "--format", "json", "--duration", "3s"],
         Stdio::piped(),
     );
-    // A network namespace with 4 local ports: the fifth connection to one destination
-    // fails with EADDRNOTAVAIL. The server says `ready` once it listens; then the
-    // client runs, says `ready <pid> ...` and `held <opened> <seconds> <failed>`, and
-    // exits; then the server is stopped.
-    let script = r#"
-ip link set lo up
-sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
-"$WORKLOAD" leak-server --listen 127.0.0.1:5000 | {
-    read -r ready server_pid port
-    "$WORKLOAD" hold-client --connect 127.0.0.1:5000 --count 8 --count-no-local-port \
-        --exit-when-held
-    status=$?
-    kill "$server_pid"
-    exit "$status"
-}
-"#;
-    let output = Command::new("unshare")
-        .args(["--net", "sh", "-c", script])
-        .env("WORKLOAD", workload_binary())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let said = String::from_utf8(output.stdout).unwrap();
-    let words: Vec<&str> = said.split_whitespace().collect();
-    // ready <pid> 5000 held <opened> <seconds> <failed>
-    assert_eq!((words[0], words[3]), ("ready", "held"), "{said}");
-    let (pid, failed): (u32, u64) = (words[1].parse().unwrap(), words[6].parse().unwrap());
-    assert_eq!(failed, 4, "the namespace ran out of ports: {said}");
+    let pid = netns::exhaust_ports_in_a_throwaway_namespace();
 
     let (_, stdout) = finish_report(portwatch, stderr);
     let report: Value = serde_json::from_str(&stdout).unwrap();
@@ -196,7 +163,7 @@ sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
     assert_eq!(exhausted.len(), 1, "{report:#}");
     let finding = exhausted[0];
     assert_eq!(finding["severity"], "critical");
-    assert_eq!(finding["failed_connects"], failed);
+    assert_eq!(finding["failed_connects"], netns::FAILED_CONNECTS);
     assert_eq!(finding["exhaustion_eta_s"], 0.0);
     assert_eq!(
         (finding["daddr"].as_str(), finding["dport"].as_u64()),

@@ -65,6 +65,17 @@ impl Tmux {
         assert!(status.success(), "tmux send-keys {keys:?}");
     }
 
+    /// Resizes the terminal, as a user dragging its window would (top gets SIGWINCH).
+    fn resize(&self, width: u16, height: u16) {
+        let status = self
+            .command()
+            .args(["resize-window", "-t", "top"])
+            .args(["-x", &width.to_string(), "-y", &height.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "tmux resize-window {width}x{height}");
+    }
+
     /// Runs a shell command line in the session.
     fn type_line(&self, line: &str) {
         self.send(&["-l", line]);
@@ -347,12 +358,7 @@ fn paused_top_sleeps_and_still_redraws_on_a_resize() {
         "paused and untouched, top's screen thread woke {woke} times in 2 s"
     );
 
-    let status = tmux
-        .command()
-        .args(["resize-window", "-t", "top", "-x", "90", "-y", "30"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "tmux resize-window");
+    tmux.resize(90, 30);
     // Drawn for 120 columns, the header's right end (its loss counters) is cut off at
     // 90; drawn again for 90, it ends there.
     tmux.await_screen("top redrawn at 90 columns", |s| {
@@ -363,12 +369,7 @@ fn paused_top_sleeps_and_still_redraws_on_a_resize() {
 
     // Back to the size the shell had, which the check of the terminal's settings
     // after top compares with.
-    let status = tmux
-        .command()
-        .args(["resize-window", "-t", "top", "-x", "120", "-y", "40"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "tmux resize-window");
+    tmux.resize(120, 40);
     tmux.await_screen("top redrawn at 120 columns", |s| {
         s.lines().next().is_some_and(|header| {
             let header = header.trim_end();

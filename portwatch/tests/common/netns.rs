@@ -98,3 +98,47 @@ impl NetNs {
         client
     }
 }
+
+/// Connections [`exhaust_ports_in_a_throwaway_namespace`]'s client could not make.
+pub const FAILED_CONNECTS: u64 = 4;
+
+/// The exhausted destination in a throwaway namespace (`unshare --net`) with 4 local
+/// ports: a leak-server, and a hold-client that asks it for 8 connections and gets 4,
+/// the fifth to eighth connect() failing with EADDRNOTAVAIL. Both have exited when it
+/// returns the client's PID.
+pub fn exhaust_ports_in_a_throwaway_namespace() -> u32 {
+    // The server says `ready` once it listens; then the client runs, says `ready <pid>
+    // ...` and `held <opened> <seconds> <failed>`, and exits; then the server is stopped.
+    let script = r#"
+ip link set lo up
+sysctl -qw net.ipv4.ip_local_port_range="40000 40003"
+"$WORKLOAD" leak-server --listen 127.0.0.1:5000 | {
+    read -r ready server_pid port
+    "$WORKLOAD" hold-client --connect 127.0.0.1:5000 --count 8 --count-no-local-port \
+        --exit-when-held
+    status=$?
+    kill "$server_pid"
+    exit "$status"
+}
+"#;
+    let output = Command::new("unshare")
+        .args(["--net", "sh", "-c", script])
+        .env("WORKLOAD", workload_binary())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let said = String::from_utf8(output.stdout).unwrap();
+    let words: Vec<&str> = said.split_whitespace().collect();
+    // ready <pid> 5000 held <opened> <seconds> <failed>
+    assert_eq!((words[0], words[3]), ("ready", "held"), "{said}");
+    assert_eq!(
+        words[6],
+        FAILED_CONNECTS.to_string(),
+        "the namespace ran out of ports: {said}"
+    );
+    words[1].parse().unwrap()
+}
