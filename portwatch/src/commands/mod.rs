@@ -1,5 +1,6 @@
 //! One module per subcommand: each wires the tracer, the model and an output together.
 pub mod demo;
+pub mod live_feed;
 pub mod record;
 pub mod report;
 pub mod serve;

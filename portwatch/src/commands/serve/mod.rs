@@ -11,7 +11,7 @@ mod http;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -22,9 +22,13 @@ use crate::{
     bpf::KernelCounters,
     cli::ServeArgs,
     clock::monotonic_ns,
-    commands::trace::{self, Sink},
+    commands::{
+        live_feed::{LiveFeed, lock},
+        trace::{self, Sink},
+    },
     detect::{ports::PortBudget, report::Thresholds},
-    live::{KernelLoss, LiveModel, NamespaceSettings},
+    event::{CloseWaitSocket, FlowCount},
+    live::{LiveModel, NamespaceSettings},
     output::metrics::Exporter,
     sockets::table::Seed,
 };
@@ -38,11 +42,6 @@ pub struct Shared {
     exporter: Mutex<Exporter>,
     settings: Mutex<NamespaceSettings>,
     thresholds: Thresholds,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere leaves the numbers as they were: still worth serving.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The collector prometheus-client calls on every scrape: samples the live model, then
@@ -66,7 +65,7 @@ impl Collector for MetricsCollector {
 }
 
 struct ServeSink {
-    collect: portwatch_common::Collect,
+    feed: LiveFeed,
     shared: Arc<Shared>,
     listener: Option<std::net::TcpListener>,
     server: Option<http::Server>,
@@ -74,13 +73,7 @@ struct ServeSink {
 
 impl Sink for ServeSink {
     fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
-        {
-            let mut live = lock(&self.shared.live);
-            live.start(start_ns, seeds);
-            if self.collect == portwatch_common::Collect::Counts {
-                live.model.count_portless_closes_as_failed_connects();
-            }
-        }
+        self.feed.start(&self.shared.live, start_ns, seeds);
         let listener = self
             .listener
             .take()
@@ -95,24 +88,22 @@ impl Sink for ServeSink {
     }
 
     fn record(&mut self, bytes: &[u8]) {
-        // Undecodable records are counted in the model and shown as a counter.
-        let _ = lock(&self.shared.live).apply(bytes);
+        self.feed.record(&self.shared.live, bytes);
     }
 
     fn collect(&self) -> portwatch_common::Collect {
-        self.collect
+        self.feed.collect
     }
 
     fn counts(
         &mut self,
         from_ns: u64,
         to_ns: u64,
-        flows: &[crate::event::FlowCount],
-        close_waits: &[crate::event::CloseWaitSocket],
+        flows: &[FlowCount],
+        close_waits: &[CloseWaitSocket],
     ) {
-        lock(&self.shared.live)
-            .model
-            .apply_counts(from_ns, to_ns, flows, close_waits);
+        self.feed
+            .counts(&self.shared.live, from_ns, to_ns, flows, close_waits);
     }
 
     fn counters_every(&self) -> Option<Duration> {
@@ -120,11 +111,7 @@ impl Sink for ServeSink {
     }
 
     fn counters(&mut self, counters: &KernelCounters) {
-        lock(&self.shared.live).kernel = KernelLoss {
-            dropped: counters.ring_buffer_full,
-            untracked: counters.untracked(),
-            skipped: counters.skipped,
-        };
+        LiveFeed::counters(&self.shared.live, counters);
     }
 }
 
@@ -144,7 +131,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         thresholds: args.detection.thresholds(),
     });
     let mut sink = ServeSink {
-        collect: args.collect.kernel(),
+        feed: LiveFeed {
+            collect: args.collect.kernel(),
+            netns: None,
+        },
         shared,
         listener: Some(listener),
         server: None,

@@ -1,7 +1,7 @@
 //! `top` on this host: the tracing loop feeds the live model through a [`Sink`], as it
 //! does for `serve`, and the screen's thread takes frames from it under the lock.
 use std::{
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -10,10 +10,13 @@ use anyhow::Result;
 use crate::{
     bpf::KernelCounters,
     clock::monotonic_ns,
-    commands::trace::Sink,
+    commands::{
+        live_feed::{LiveFeed, lock},
+        trace::Sink,
+    },
     detect::report::Thresholds,
-    event::{CloseWaitSocket, Event, FlowCount, decode},
-    live::{KernelLoss, LiveModel, NamespaceSettings},
+    event::{CloseWaitSocket, FlowCount},
+    live::{LiveModel, NamespaceSettings},
     sockets::table::Seed,
     top::{
         frame::{Frame, Request},
@@ -32,18 +35,11 @@ pub struct Shared {
     pub thresholds: Thresholds,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic on the other thread leaves the numbers as they were: still worth showing.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// The tracing loop's end: every record, or the kernel's counts, into the model, as
 /// `serve`'s sink does.
 pub struct TopSink {
-    pub collect: portwatch_common::Collect,
+    pub feed: LiveFeed,
     pub shared: Arc<Shared>,
-    /// `--netns`: only this namespace's sockets go into the model.
-    pub netns: Option<u32>,
     /// Starts the screen. Run at the loop's first tick, after the tracing loop's last
     /// line on stderr: that line lands on the terminal before the screen takes it.
     pub start_screen: Option<Box<dyn FnOnce() -> Result<()> + Send>>,
@@ -53,31 +49,16 @@ pub struct TopSink {
 
 impl Sink for TopSink {
     fn start(&mut self, start_ns: u64, seeds: Vec<Seed>) -> Result<()> {
-        let seeds = seeds
-            .into_iter()
-            .filter(|s| self.netns.is_none_or(|netns| netns == s.tuple.netns))
-            .collect();
-        let mut live = lock(&self.shared.live);
-        live.start(start_ns, seeds);
-        if self.collect == portwatch_common::Collect::Counts {
-            live.model.count_portless_closes_as_failed_connects();
-        }
+        self.feed.start(&self.shared.live, start_ns, seeds);
         Ok(())
     }
 
     fn record(&mut self, bytes: &[u8]) {
-        if let Some(netns) = self.netns
-            && let Ok(Event::Transition(transition)) = decode(bytes)
-            && transition.netns != netns
-        {
-            return;
-        }
-        // Undecodable records are counted in the model and shown in the header.
-        let _ = lock(&self.shared.live).apply(bytes);
+        self.feed.record(&self.shared.live, bytes);
     }
 
     fn collect(&self) -> portwatch_common::Collect {
-        self.collect
+        self.feed.collect
     }
 
     fn counts(
@@ -87,9 +68,8 @@ impl Sink for TopSink {
         flows: &[FlowCount],
         close_waits: &[CloseWaitSocket],
     ) {
-        let mut live = lock(&self.shared.live);
-        live.model
-            .apply_counts_in(self.netns, from_ns, to_ns, flows, close_waits);
+        self.feed
+            .counts(&self.shared.live, from_ns, to_ns, flows, close_waits);
     }
 
     fn counters_every(&self) -> Option<Duration> {
@@ -97,11 +77,7 @@ impl Sink for TopSink {
     }
 
     fn counters(&mut self, counters: &KernelCounters) {
-        lock(&self.shared.live).kernel = KernelLoss {
-            dropped: counters.ring_buffer_full,
-            untracked: counters.untracked(),
-            skipped: counters.skipped,
-        };
+        LiveFeed::counters(&self.shared.live, counters);
         if let Some(start_screen) = self.start_screen.take()
             && let Err(err) = start_screen()
         {

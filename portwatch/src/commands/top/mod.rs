@@ -31,7 +31,7 @@ use ui::Source as _;
 
 use crate::{
     cli::TopArgs,
-    commands::{StopSignal, trace},
+    commands::{StopSignal, live_feed::LiveFeed, trace},
     detect::ports::PortBudget,
     live::{LiveModel, NamespaceSettings},
     record,
@@ -116,9 +116,11 @@ async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
         }
     };
     let mut sink = live::TopSink {
-        collect: args.collect.kernel(),
+        feed: LiveFeed {
+            collect: args.collect.kernel(),
+            netns: args.netns,
+        },
         shared,
-        netns: args.netns,
         start_screen: Some(Box::new(start_screen)),
         failed: None,
     };
