@@ -123,12 +123,7 @@ impl Model {
         let activity = activity_of(&mut self.processes, owner.as_ref());
         activity.last_ns = activity.last_ns.max(to_ns);
         let active = flow.origin == Some(Origin::Active);
-        let destination = Destination {
-            netns: flow.netns,
-            saddr: flow.saddr,
-            daddr: flow.daddr,
-            dport: flow.dport,
-        };
+        let destination = Destination::of_flow(flow);
         activity
             .opens
             .record_many(flow.opened, from_ns, to_ns, start_ns);
@@ -195,9 +190,7 @@ impl Model {
                 .add_time_waits(tuple, flow.origin, to_ns, owner, flow.time_wait);
         }
     }
-}
 
-impl Model {
     /// Takes a flow's closes off the connections counted open, by its owner and (active
     /// flows) toward its destination; after [`Model::flow`] has added every open of the
     /// reading.
@@ -213,16 +206,10 @@ impl Model {
         if let Some(activity) = self.processes.get_mut(&process) {
             activity.counted_open = activity.counted_open.saturating_sub(flow.closed);
         }
-        if flow.origin == Some(Origin::Active) {
-            let destination = Destination {
-                netns: flow.netns,
-                saddr: flow.saddr,
-                daddr: flow.daddr,
-                dport: flow.dport,
-            };
-            if let Some(toward) = self.destinations.get_mut(&destination) {
-                toward.counted_open = toward.counted_open.saturating_sub(flow.closed);
-            }
+        if flow.origin == Some(Origin::Active)
+            && let Some(toward) = self.destinations.get_mut(&Destination::of_flow(flow))
+        {
+            toward.counted_open = toward.counted_open.saturating_sub(flow.closed);
         }
     }
 }

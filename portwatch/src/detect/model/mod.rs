@@ -39,6 +39,16 @@ impl Destination {
         }
     }
 
+    /// The destination of an active flow's connections (the counting path).
+    pub(crate) fn of_flow(flow: &crate::event::FlowCount) -> Self {
+        Destination {
+            netns: flow.netns,
+            saddr: flow.saddr,
+            daddr: flow.daddr,
+            dport: flow.dport,
+        }
+    }
+
     /// The destination of a socket this side opened (its local port left out).
     pub fn of_tuple(tuple: &crate::sockets::tuple::Tuple) -> Self {
         Destination {
