@@ -64,6 +64,11 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if field!(args.protocol) != IPPROTO_TCP {
         return 0;
     }
+    let (old_state, new_state) = (field!(args.oldstate) as u8, field!(args.newstate) as u8);
+    // Before the namespace's two kernel reads: the states alone say it needs nothing.
+    if counting::enabled() && counting::ignores(old_state, new_state) {
+        return 0;
+    }
     let sock = field!(args.skaddr);
     let family = field!(args.family);
     let (saddr, daddr) = if family == AF_INET6 {
@@ -80,8 +85,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     };
     let change = Change {
         sock,
-        old_state: field!(args.oldstate) as u8,
-        new_state: field!(args.newstate) as u8,
+        old_state,
+        new_state,
         sport: field!(args.sport),
         dport: field!(args.dport),
         family,
@@ -183,10 +188,8 @@ fn btf_load<T>(base: u64, offset: usize) -> T {
 #[inline(always)]
 fn on_change<C: EbpfContext>(ctx: &C, change: &Change) {
     let clock = Clock::new();
+    // Both programs have returned already for a transition the counting path ignores.
     let (old_state, new_state) = (change.old_state, change.new_state);
-    if counting::enabled() && counting::ignores(old_state, new_state) {
-        return;
-    }
     let listener = ListenerKey {
         netns: change.netns,
         port: change.sport,
