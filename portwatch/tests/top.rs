@@ -22,6 +22,8 @@ use common::{PORTWATCH, expect_line, netns::NetNs, require_privileges, workload}
 /// How long the screen may take to show what happened: a few 1 s redraws, and
 /// attaching the programs first.
 const DEADLINE: Duration = Duration::from_secs(30);
+/// The test shell's prompt, set so a test can wait for the shell to be ready.
+const PROMPT: &str = "top-test$ ";
 
 /// A tmux server of this test's own (its own socket), with one session running a
 /// plain shell in a `width`×`height` terminal; killed when dropped.
@@ -41,10 +43,19 @@ impl Tmux {
             .command()
             .args(["new-session", "-d", "-s", "top"])
             .args(["-x", &width.to_string(), "-y", &height.to_string()])
-            .args(["bash", "--norc", "--noprofile"])
+            .args([
+                "env",
+                &format!("PS1={PROMPT}"),
+                "bash",
+                "--norc",
+                "--noprofile",
+            ])
             .status()
             .expect("running tmux (Debian's `tmux` package; cargo xtask test installs it)");
         assert!(status.success(), "tmux new-session: {status}");
+        // Keys typed before bash has set up its line editor are echoed and then
+        // redrawn over, which once garbled a command line into a false exit marker.
+        tmux.await_screen("the shell's prompt", |s| s.contains(PROMPT.trim_end()));
         tmux
     }
 
@@ -157,13 +168,11 @@ fn run_top(tmux: &Tmux, args: &str) {
 /// The exit code the shell echoed after top (`top-exited-<code>`; the typed command
 /// line's `top-exited-$code` is not one).
 fn exit_code(screen: &str) -> Option<i32> {
-    screen.match_indices("top-exited-").find_map(|(at, word)| {
-        let digits: String = screen[at + word.len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        digits.parse().ok()
-    })
+    // Only a whole line counts: the command line, wrapped or redrawn, can hold the
+    // marker followed by other text.
+    screen
+        .lines()
+        .find_map(|line| line.trim_end().strip_prefix("top-exited-")?.parse().ok())
 }
 
 /// Waits for top to exit with 0, and checks the terminal is as it was before.
