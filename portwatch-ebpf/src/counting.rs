@@ -93,6 +93,19 @@ struct Delta {
     lifetime_ns: u64,
 }
 
+impl Delta {
+    #[inline(always)]
+    fn counts_nothing(&self) -> bool {
+        !(self.opened
+            || self.closed
+            || self.closed_first
+            || self.peer_closed_first
+            || self.close_wait_left
+            || self.time_wait)
+            && self.lifetime_ns == 0
+    }
+}
+
 /// Counts a transition of a socket with an entry. Returns whether it must go to
 /// userspace as a record instead.
 ///
@@ -151,6 +164,11 @@ pub(crate) fn count_change<C: EbpfContext>(
                 }
             }
             delta.time_wait = old == FIN_WAIT2 || old == CLOSING;
+            if delta.counts_nothing() {
+                // A connect refused or timed out before ESTABLISHED: a flow of zeros
+                // would only make userspace show a row of them.
+                return false;
+            }
         }
         _ => return false,
     }
