@@ -1,7 +1,7 @@
 //! PRIVILEGED: the counting path (`report`'s default) and the per-record path (`report
 //! --collect records`, `stream`'s) say the same about one workload of real processes:
-//! a CLOSE_WAIT leaker, a churner, a destination out of ports in a namespace, and an
-//! owner that exits with its connection open. Both reports run at once over the same
+//! a CLOSE_WAIT leaker, a churner, a destination out of ports in a namespace, an
+//! owner that exits with its connection open, and a connect that is refused. Both reports run at once over the same
 //! window, on the BTF-typed hook; a third, on the classic hook, keeps the fallback
 //! tested.
 mod common;
@@ -104,6 +104,30 @@ fn agree(a: &Value, b: &Value, pid: u32) {
     }
 }
 
+/// A process (bash, through its /dev/tcp) whose connect() is refused: toward a port
+/// just bound and closed again, so nothing listens there. Returns its PID.
+fn connect_refused() -> u32 {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new("bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{port}")])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("refused"),
+        "bash's connect to {port}: {}: {stderr}",
+        output.status
+    );
+    pid
+}
+
 #[test]
 fn counts_and_records_give_the_same_report() {
     require_privileges();
@@ -128,6 +152,9 @@ fn counts_and_records_give_the_same_report() {
     quitter
         .wait_success(std::time::Duration::from_secs(10))
         .unwrap();
+
+    // A connect refused: a port bound, no connection made, nothing held.
+    let refused_pid = connect_refused();
 
     // Churn: short connections, this side closing first (TIME_WAIT).
     let echo = workload(&["echo-server", "--listen", "127.0.0.1:0"]);
@@ -233,6 +260,19 @@ fn counts_and_records_give_the_same_report() {
         process(counted, exhauster)["failed_connects"],
         netns::FAILED_CONNECTS
     );
+    // Neither path shows the refused process as a row of zeros.
+    for report in &reports {
+        let pids: Vec<&Value> = report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| &p["pid"])
+            .collect();
+        assert!(
+            !pids.iter().any(|pid| **pid == refused_pid),
+            "{refused_pid} in {pids:?}"
+        );
+    }
     // The quitter's connection outlived it: both paths know it exited.
     assert_eq!(process(counted, quitter_pid)["alive"], false);
     assert_eq!(process(recorded, quitter_pid)["alive"], false);

@@ -198,6 +198,12 @@ fn write_finding(out: &mut impl Write, finding: &Finding) -> io::Result<()> {
 
 fn write_processes(out: &mut impl Write, processes: &[ProcessReport]) -> io::Result<()> {
     writeln!(out, "PROCESSES")?;
+    if processes.is_empty() {
+        return writeln!(
+            out,
+            "(none held a TCP socket or opened or closed a connection)"
+        );
+    }
     writeln!(
         out,
         "{:>7} {:<16} {:>6} {:>10} {:>9} {:>6} {:>9} {:>9} {:>9} {:>7}",
@@ -253,14 +259,11 @@ fn write_processes(out: &mut impl Write, processes: &[ProcessReport]) -> io::Res
                 .map_or("-".into(), |s| format!("{:.0}%", s * 100.0)),
         )?;
     }
-    if !processes.is_empty() {
-        // Said once, because a window's average is what a reader would otherwise assume.
-        writeln!(
-            out,
-            "(rates per second over the time each process was opening or closing connections, not the whole window)"
-        )?;
-    }
-    Ok(())
+    // Said once, because a window's average is what a reader would otherwise assume.
+    writeln!(
+        out,
+        "(rates per second over the time each process was opening or closing connections, not the whole window)"
+    )
 }
 
 /// Splits text into lines of at most `width` characters at spaces.
@@ -421,6 +424,23 @@ mod tests {
         let single = String::from_utf8(out).unwrap();
         assert!(!single.contains("netns"), "{single}");
         assert!(single.lines().nth(2).unwrap().is_empty(), "{single}");
+    }
+
+    #[test]
+    fn a_window_with_no_process_says_so_instead_of_an_empty_table() {
+        let empty = crate::detect::report::tests::report_of(
+            &crate::detect::model::tests::Script::new(),
+            1_000_000_000,
+            0,
+        );
+        let mut out = Vec::new();
+        text(&mut out, &empty).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let table = text.split_once("PROCESSES\n").unwrap().1;
+        assert_eq!(
+            table, "(none held a TCP socket or opened or closed a connection)\n",
+            "{text}"
+        );
     }
 
     #[test]

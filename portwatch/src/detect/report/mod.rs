@@ -88,6 +88,21 @@ pub struct ProcessReport {
     pub failed_connects: u64,
 }
 
+impl ProcessReport {
+    /// A process that holds no socket and whose connections the window counted none
+    /// of: one whose connect attempts all failed before ESTABLISHED (refused, timed
+    /// out) with a port, which leaves no TIME_WAIT behind. Its row would be all zeros.
+    fn shows_nothing(&self) -> bool {
+        self.states.is_empty()
+            && self.connections_opened == 0
+            && self.connections_closed == 0
+            && self.closed_first == 0
+            && self.peer_closed_first == 0
+            && self.time_wait_created == 0
+            && self.failed_connects == 0
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct Lifetimes {
     pub p50: Option<f64>,
@@ -273,6 +288,9 @@ pub fn build(model: &Model, now_ns: u64, context: &Context<'_>) -> Report {
             time_wait_per_s: activity.time_wait_created.rates(&window).active_per_s,
             failed_connects: activity.failed_connects,
         };
+        if report.shows_nothing() {
+            continue;
+        }
         if key != UNKNOWN {
             let who = Who {
                 process: key,

@@ -345,6 +345,22 @@ pub(crate) fn failed_connects() -> Report {
 }
 
 #[test]
+fn a_process_whose_connects_were_all_refused_has_no_row_of_zeros() {
+    let refused = owner(61, "refused", OwnerSource::Connect);
+    let listener = owner(62, "server", OwnerSource::Listen);
+    let mut script = Script::new();
+    let o = Origin::Active;
+    // A port was bound, the peer answered with a reset: nothing opened, nothing held.
+    script.transition(1, 0, Close, SynSent, refused, o, (40000, 5432), Some(0));
+    script.transition(1, 10, SynSent, Close, refused, o, (40000, 5432), Some(0));
+    let l = Origin::Listener;
+    script.transition(2, 0, Close, Listen, listener, l, (8080, 0), Some(0));
+    let report = report_of(&script, SECOND, 0);
+    let pids: Vec<u32> = report.processes.iter().map(|p| p.process.pid).collect();
+    assert_eq!(pids, [62], "only the listener, which holds a socket");
+}
+
+#[test]
 fn failed_connects_are_exhaustion_that_already_happened() {
     let report = failed_connects();
     let exhausted = findings_of(&report, FindingKind::PortExhaustion);
