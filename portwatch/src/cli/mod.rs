@@ -130,11 +130,8 @@ pub struct ReportArgs {
     #[arg(long, value_name = "FILE")]
     pub record: Option<std::path::PathBuf>,
 
-    /// How the kernel hands transitions over: `counts` (the default) costs a churning
-    /// host least and hooks no system call; `records` is one record per transition, as
-    /// `stream` gets them (see docs/kernels.md).
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = CollectMode::Counts)]
-    pub collect: CollectMode,
+    #[command(flatten)]
+    pub collect: CollectArgs,
 
     #[command(flatten)]
     pub detection: DetectionArgs,
@@ -169,11 +166,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_series_destinations: u32,
 
-    /// How the kernel hands transitions over: `counts` (the default) costs a churning
-    /// host least and hooks no system call; `records` is one record per transition, as
-    /// `stream` gets them (see docs/kernels.md).
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = CollectMode::Counts)]
-    pub collect: CollectMode,
+    #[command(flatten)]
+    pub collect: CollectArgs,
 
     #[command(flatten)]
     pub detection: DetectionArgs,
@@ -216,11 +210,8 @@ pub struct TopArgs {
     #[arg(long)]
     pub paused: bool,
 
-    /// How the kernel hands transitions over, as for `serve`: `counts` (the default)
-    /// costs a churning host least and hooks no system call; `records` is one record
-    /// per transition (see docs/kernels.md).
-    #[arg(long, value_enum, value_name = "HOW", default_value_t = CollectMode::Counts)]
-    pub collect: CollectMode,
+    #[command(flatten)]
+    pub collect: CollectArgs,
 
     #[command(flatten)]
     pub detection: DetectionArgs,
@@ -473,7 +464,23 @@ impl KernelArgs {
     }
 }
 
-/// How a summarising command (`report`, `serve`) gets transitions from the kernel.
+/// `--collect`, for the commands that summarise (`report`, `serve`, `top`).
+#[derive(Debug, Args)]
+pub struct CollectArgs {
+    /// How the kernel hands transitions over: `counts` (the default) costs a churning
+    /// host least and hooks no system call; `records` is one record per transition, as
+    /// `stream` gets them (see docs/kernels.md).
+    #[arg(long, value_enum, value_name = "HOW", default_value_t = CollectMode::Counts)]
+    pub collect: CollectMode,
+}
+
+impl CollectArgs {
+    pub fn kernel(&self) -> portwatch_common::Collect {
+        self.collect.kernel()
+    }
+}
+
+/// How a summarising command (`report`, `serve`, `top`) gets transitions from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CollectMode {
     /// Counts per process and destination in the kernel, read every second; records
