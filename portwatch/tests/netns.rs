@@ -283,16 +283,7 @@ fn snapshot_lists_every_namespace() {
     expect_line(&mut client, "done");
     expect_line(&mut leaker, "done");
     let server_b = b.workload(&["echo-server", "--listen", "127.0.0.1:8080"]);
-    let output = Command::new(PORTWATCH)
-        .args(["snapshot", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let snapshot: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let snapshot = portwatch_json(&["snapshot", "--format", "json"]);
     let sockets_of = |pid: u32| -> Vec<Value> {
         snapshot["processes"]
             .as_array()
@@ -315,17 +306,13 @@ fn snapshot_lists_every_namespace() {
         "{snapshot:#}"
     );
     // `--netns PID`: only the namespace of that process.
-    let output = Command::new(PORTWATCH)
-        .args(["snapshot", "--format", "json", "--netns"])
-        .arg(server_b.pid.to_string())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let only_b: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let only_b = portwatch_json(&[
+        "snapshot",
+        "--format",
+        "json",
+        "--netns",
+        &server_b.pid.to_string(),
+    ]);
     let pids: Vec<&Value> = only_b["processes"]
         .as_array()
         .unwrap()
@@ -531,16 +518,7 @@ fn a_pods_process_is_named_by_its_pod() {
     let client = connect("2");
     expect_line(&mut leaker, "done");
 
-    let output = Command::new(PORTWATCH)
-        .args(["snapshot", "--format", "json", "--netns", &ns.name])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let snapshot: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let snapshot = portwatch_json(&["snapshot", "--format", "json", "--netns", &ns.name]);
     let workload_of = |pid: u32| {
         snapshot["processes"]
             .as_array()

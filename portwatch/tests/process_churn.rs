@@ -7,13 +7,13 @@ mod common;
 use std::{
     io::BufReader,
     path::{Path, PathBuf},
-    process::{Child, ChildStderr, Command, Stdio},
+    process::{Child, ChildStderr, Stdio},
     time::{Duration, Instant},
 };
 
 use common::{
-    Finished, PORTWATCH, WORKLOAD_TIMEOUT, WorkloadProcess, expect_line, require_privileges,
-    start_portwatch, wait_for_portwatch, workload, workload_binary,
+    Finished, WORKLOAD_TIMEOUT, WorkloadProcess, expect_line, require_privileges, start_portwatch,
+    wait_for_portwatch, workload, workload_binary,
 };
 use portwatch::{sockets::snapshot, tcp_state::TcpState};
 use portwatch_workload::Launcher;
@@ -282,17 +282,8 @@ fn a_leak_handed_to_a_forked_child_is_the_childs_while_the_parent_is_a_zombie() 
         proc_state(parent.pid) == Some('Z')
     });
 
-    let output = Command::new(PORTWATCH)
-        .args(["snapshot", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "snapshot with a zombie present failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let snapshot = json(&String::from_utf8(output.stdout).unwrap());
+    // With a zombie present.
+    let snapshot = common::portwatch_json(&["snapshot", "--format", "json"]);
     let holders = rows(&snapshot, child);
     assert_eq!(holders.len(), 1, "{snapshot:#}");
     assert_eq!(held(holders[0], "CLOSE_WAIT"), LEAKS, "{:#}", holders[0]);

@@ -8,7 +8,9 @@ use std::{
     process::{Output, Stdio},
 };
 
-use common::{expect_line, require_privileges, start_portwatch, wait_for_portwatch, workload};
+use common::{
+    expect_line, json_of_success, require_privileges, start_portwatch, wait_for_portwatch, workload,
+};
 use serde_json::Value;
 
 const MAGIC_LEN: usize = 8;
@@ -134,13 +136,7 @@ fn a_replay_names_the_recording_machines_workloads_and_never_lies_about_damage()
     drop(feeder);
     drop(unit);
 
-    let output = replay(&recording);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = json_of_success("the replay", &replay(&recording));
     let leak = report["findings"]
         .as_array()
         .unwrap()
@@ -166,17 +162,8 @@ fn a_replay_names_the_recording_machines_workloads_and_never_lies_about_damage()
     // incomplete; everything else still decodes.
     let mut flipped = original.clone();
     flipped[first_record].1[0] = 0x7f;
-    let output = replay(&write_variant(
-        &dir,
-        "flipped.pwrec",
-        &assemble(magic, &flipped),
-    ));
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let flipped_file = write_variant(&dir, "flipped.pwrec", &assemble(magic, &flipped));
+    let report = json_of_success("the replay", &replay(&flipped_file));
     assert_eq!(report["events"]["undecodable"], 1, "{report:#}");
     assert_eq!(report["events"]["incomplete"], true);
     assert_eq!(report["events"]["seen"], clean_seen);

@@ -115,12 +115,7 @@ fn report_names_the_leaker_and_the_churner_and_not_the_healthy_client() {
     // The same window, replayed from its recording without the kernel.
     let replay = common::replay(&record, &["--format", "json", "--close-wait-age", "1s"]);
     std::fs::remove_file(&record).unwrap();
-    assert!(
-        replay.status.success(),
-        "{}",
-        String::from_utf8_lossy(&replay.stderr)
-    );
-    let replayed: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    let replayed = common::json_of_success("the replay", &replay);
     let strip = |report: &Value| {
         // Workloads are looked up from /proc when reporting; the rest must match.
         let mut findings = report["findings"].clone();

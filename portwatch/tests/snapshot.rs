@@ -109,16 +109,7 @@ fn holder_pids(socket: &SnapshotSocket) -> Vec<u32> {
 
 /// Runs `portwatch snapshot --format json` and parses its one object.
 fn snapshot_json() -> Value {
-    let output = Command::new(PORTWATCH)
-        .args(["snapshot", "--format", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "portwatch snapshot failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    common::portwatch_json(&["snapshot", "--format", "json"])
 }
 
 /// The JSON process with `pid`.

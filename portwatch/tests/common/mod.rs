@@ -252,6 +252,30 @@ pub fn expect_line(process: &mut WorkloadProcess, word: &str) -> Vec<String> {
 }
 
 /// `portwatch report --replay <path> <args>`, run to its end.
+/// Runs `portwatch <args>` to its end and returns its stdout as one JSON value; fails
+/// the test, with its exit status and stderr, unless it succeeded.
+pub fn portwatch_json(args: &[&str]) -> serde_json::Value {
+    let output = Command::new(PORTWATCH).args(args).output().unwrap();
+    json_of_success(&format!("portwatch {}", args.join(" ")), &output)
+}
+
+/// A finished command's stdout as one JSON value; fails the test, with the command's
+/// exit status and stderr, unless it succeeded.
+pub fn json_of_success(what: &str, output: &std::process::Output) -> serde_json::Value {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "{what} printed no JSON ({err}): {}",
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
 pub fn replay(path: &Path, args: &[&str]) -> std::process::Output {
     Command::new(PORTWATCH)
         .args(["report", "--replay"])
