@@ -64,6 +64,16 @@ impl Agent {
         }
     }
 
+    /// The most overhead (fewer connections/s than bare, and more CPU per connection)
+    /// issue 12 allows the mode at full churn, in percent; None where it sets none.
+    pub fn overhead_target_pct(self) -> Option<f64> {
+        match self {
+            Agent::Report | Agent::Serve | Agent::Top => Some(5.0),
+            Agent::Stream => Some(20.0),
+            _ => None,
+        }
+    }
+
     /// A column heading.
     pub fn short_label(self) -> &'static str {
         match self {

@@ -4,7 +4,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 
+mod estimate;
 mod table;
+
+pub use estimate::Estimate;
 
 use super::{
     agent::{Agent, Observed, Options, Stopped},
@@ -148,6 +151,12 @@ pub struct Row {
     /// workload keeps busy; less disturbed by other work on a shared machine, which
     /// slows the workload without adding to its CPU time.
     pub cost_overhead_pct: Option<Spread>,
+    /// The two overheads' means over the pairs, with 95 % confidence intervals.
+    pub overhead_mean_pct: Option<Estimate>,
+    pub cost_overhead_mean_pct: Option<Estimate>,
+    /// The overhead the mode's target allows, in percent (see
+    /// `Agent::overhead_target_pct`).
+    pub overhead_target_pct: Option<f64>,
     /// CPU microseconds per connection (workload and agent), median.
     pub cost_us: Spread,
     /// The run whose count was furthest from the truth: seen / expected events (not
@@ -298,6 +307,9 @@ fn bare_row(runs: &[Run]) -> Row {
         connections_per_s: Spread::of(bare.iter().map(|r| r.client.rate())).unwrap_or(ZERO),
         overhead_pct: None,
         cost_overhead_pct: None,
+        overhead_mean_pct: None,
+        cost_overhead_mean_pct: None,
+        overhead_target_pct: None,
         cost_us: Spread::of(bare.iter().map(|r| r.cost_us())).unwrap_or(ZERO),
         worst_events_seen: None,
         worst_events_expected: None,
@@ -337,14 +349,20 @@ fn agent_row(agent: Agent, options: &Options, runs: &[Run]) -> Row {
         runs.iter()
             .find(|r| r.agent.is_none() && r.pair == agent && r.round == run.round)
     };
-    let overheads = traced.iter().filter_map(|(run, _)| {
-        let bare = paired(run)?;
-        Some(100.0 * (1.0 - run.client.rate() / bare.client.rate()))
-    });
-    let cost_overheads = traced.iter().filter_map(|(run, _)| {
-        let bare = paired(run)?;
-        Some(100.0 * (1.0 - bare.cost_us() / run.cost_us()))
-    });
+    let overheads: Vec<f64> = traced
+        .iter()
+        .filter_map(|(run, _)| {
+            let bare = paired(run)?;
+            Some(100.0 * (1.0 - run.client.rate() / bare.client.rate()))
+        })
+        .collect();
+    let cost_overheads: Vec<f64> = traced
+        .iter()
+        .filter_map(|(run, _)| {
+            let bare = paired(run)?;
+            Some(100.0 * (1.0 - bare.cost_us() / run.cost_us()))
+        })
+        .collect();
     let events_distance = |a: &AgentRun| a.accounted().map_or(0.0, |x| (1.0 - x).abs());
     let worst_events = traced
         .iter()
@@ -399,8 +417,11 @@ fn agent_row(agent: Agent, options: &Options, runs: &[Run]) -> Row {
         command: Some(agent.command_line(options)),
         runs: traced.len(),
         connections_per_s: Spread::of(traced.iter().map(|(r, _)| r.client.rate())).unwrap_or(ZERO),
-        overhead_pct: Spread::of(overheads),
-        cost_overhead_pct: Spread::of(cost_overheads),
+        overhead_pct: Spread::of(overheads.iter().copied()),
+        cost_overhead_pct: Spread::of(cost_overheads.iter().copied()),
+        overhead_mean_pct: Estimate::of(&overheads),
+        cost_overhead_mean_pct: Estimate::of(&cost_overheads),
+        overhead_target_pct: agent.overhead_target_pct(),
         cost_us: Spread::of(traced.iter().map(|(r, _)| r.cost_us())).unwrap_or(ZERO),
         worst_events_seen: worst_events.map(|a| a.observed.events),
         worst_events_expected: worst_events.and_then(|a| a.expected_events),

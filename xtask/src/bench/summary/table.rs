@@ -22,6 +22,34 @@ impl Summary {
         out
     }
 
+    /// Each agent's mean overheads with their confidence intervals, and where they lie
+    /// against the mode's target: what a single median cannot say.
+    fn mean_overheads(&self, out: &mut String) {
+        let rows: Vec<_> = self
+            .rows
+            .iter()
+            .filter_map(|row| Some((row, row.overhead_mean_pct?, row.cost_overhead_mean_pct?)))
+            .collect();
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "  mean overhead over the pairs, with its 95 % confidence interval (Student's t):"
+        );
+        for (row, rate, cost) in rows {
+            let verdict = row.overhead_target_pct.map_or(String::new(), |limit| {
+                let verdict = rate.against(limit).max(cost.against(limit));
+                format!("; target at most {limit:.0} %: {}", verdict.word())
+            });
+            let _ = writeln!(
+                out,
+                "    {:<40} conn/s {:.1} ± {:.1} %, CPU/conn {:.1} ± {:.1} % ({} pairs){verdict}",
+                row.mode, rate.mean, rate.ci95, cost.mean, cost.ci95, rate.n
+            );
+        }
+    }
+
     fn churn_table(&self, out: &mut String, calibration: &Calibration) {
         let shape = &self.shape;
         let _ = writeln!(
@@ -118,6 +146,7 @@ impl Summary {
         for note in notes {
             let _ = writeln!(out, "  {note}");
         }
+        self.mean_overheads(out);
         for row in &self.rows {
             if let Some(entries @ 2..) = row.max_entries_per_process {
                 let _ = writeln!(
