@@ -131,16 +131,7 @@ pub struct ReportArgs {
     pub record: Option<std::path::PathBuf>,
 
     #[command(flatten)]
-    pub collect: CollectArgs,
-
-    #[command(flatten)]
-    pub detection: DetectionArgs,
-
-    #[command(flatten)]
-    pub kernel: KernelArgs,
-
-    #[command(flatten)]
-    pub limits: ModelLimitArgs,
+    pub summary: SummaryArgs,
 }
 
 /// `portwatch serve`: see docs/serve.md.
@@ -167,16 +158,7 @@ pub struct ServeArgs {
     pub max_series_destinations: u32,
 
     #[command(flatten)]
-    pub collect: CollectArgs,
-
-    #[command(flatten)]
-    pub detection: DetectionArgs,
-
-    #[command(flatten)]
-    pub kernel: KernelArgs,
-
-    #[command(flatten)]
-    pub limits: ModelLimitArgs,
+    pub summary: SummaryArgs,
 }
 
 /// `portwatch top`: see docs/top.md.
@@ -211,22 +193,7 @@ pub struct TopArgs {
     pub paused: bool,
 
     #[command(flatten)]
-    pub collect: CollectArgs,
-
-    #[command(flatten)]
-    pub detection: DetectionArgs,
-
-    #[command(flatten)]
-    pub kernel: KernelArgs,
-
-    #[command(flatten)]
-    pub limits: ModelLimitArgs,
-}
-
-impl TopArgs {
-    pub fn limits(&self) -> Limits {
-        self.limits.with_sockets(&self.kernel)
-    }
+    pub summary: SummaryArgs,
 }
 
 /// An interval a terminal can keep up with: 100 ms to 1 h.
@@ -256,10 +223,6 @@ impl ModelLimitArgs {
 }
 
 impl ServeArgs {
-    pub fn limits(&self) -> Limits {
-        self.limits.with_sockets(&self.kernel)
-    }
-
     pub fn series_limits(&self) -> crate::output::metrics::SeriesLimits {
         crate::output::metrics::SeriesLimits {
             workloads: self.max_series_workloads as usize,
@@ -281,7 +244,25 @@ impl DetectionArgs {
     }
 }
 
-impl ReportArgs {
+/// What the commands that summarise (`report`, `serve`, `top`) share: how the kernel
+/// hands transitions over, when behaviour becomes a finding, the kernel's buffers and
+/// the model's bounds.
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    #[command(flatten)]
+    pub collect: CollectArgs,
+
+    #[command(flatten)]
+    pub detection: DetectionArgs,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    #[command(flatten)]
+    pub limits: ModelLimitArgs,
+}
+
+impl SummaryArgs {
     pub fn limits(&self) -> Limits {
         self.limits.with_sockets(&self.kernel)
     }

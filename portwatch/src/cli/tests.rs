@@ -75,7 +75,7 @@ fn limits_parse_with_defaults_and_refuse_zero() {
     let report = |args: &[&str]| {
         let cli = Cli::try_parse_from(["portwatch", "report"].iter().chain(args))?;
         match cli.command {
-            Command::Report(args) => Ok::<_, clap::Error>(args.limits()),
+            Command::Report(args) => Ok::<_, clap::Error>(args.summary.limits()),
             other => panic!("parsed as {other:?}"),
         }
     };

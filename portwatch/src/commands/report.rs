@@ -209,15 +209,21 @@ impl Sink for LiveSink {
 async fn live(args: &ReportArgs) -> Result<Report> {
     let mut settings = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
     let mut live = LiveSink {
-        model: ModelSink::new(Model::with_limits(0, args.limits()))
+        model: ModelSink::new(Model::with_limits(0, args.summary.limits()))
             .in_netns(args.netns)
-            .collecting(args.collect.kernel()),
+            .collecting(args.summary.collect.kernel()),
         file: args
             .record
             .as_deref()
             .map(|path| FileSink::new(path, settings.host.clone())),
     };
-    let traced = trace::trace(&args.kernel, Some(args.duration), "tracing", &mut live).await?;
+    let traced = trace::trace(
+        &args.summary.kernel,
+        Some(args.duration),
+        "tracing",
+        &mut live,
+    )
+    .await?;
     // Namespaces that came up while tracing, and settings changed meanwhile.
     settings.read_namespaces();
     let mut sink = live.model;
@@ -235,7 +241,7 @@ async fn live(args: &ReportArgs) -> Result<Report> {
     let workload = |pid: u32| crate::commands::startup::workload(pid);
     let context = Context {
         settings: &settings,
-        thresholds: &args.thresholds(),
+        thresholds: &args.summary.thresholds(),
         dropped: traced.counters.ring_buffer_full,
         undecodable: sink.undecodable,
         untracked: traced.counters.untracked(),
@@ -255,8 +261,11 @@ fn replay(path: &std::path::Path, args: &ReportArgs) -> Result<Report> {
 /// A recording's report: the same code as a live run's, over the recorded records, with
 /// what /proc said taken from the recording (never from this machine's /proc).
 pub fn replay_recording(recording: &Recording, args: &ReportArgs) -> Result<Report> {
-    let mut sink = ModelSink::new(Model::with_limits(recording.header.start_ns, args.limits()))
-        .in_netns(args.netns);
+    let mut sink = ModelSink::new(Model::with_limits(
+        recording.header.start_ns,
+        args.summary.limits(),
+    ))
+    .in_netns(args.netns);
     let seeds = recording
         .header
         .seeds
@@ -284,7 +293,7 @@ pub fn replay_recording(recording: &Recording, args: &ReportArgs) -> Result<Repo
     let budget = recording.budget();
     let context = Context {
         settings: &budget,
-        thresholds: &args.thresholds(),
+        thresholds: &args.summary.thresholds(),
         dropped: trailer.dropped,
         undecodable: sink.undecodable,
         untracked: trailer.untracked,

@@ -122,17 +122,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .local_addr()
         .context("reading the listening address")?;
     let shared = Arc::new(Shared {
-        live: Mutex::new(LiveModel::new(0, args.limits())),
+        live: Mutex::new(LiveModel::new(0, args.summary.limits())),
         exporter: Mutex::new(Exporter::new(
             args.series_limits(),
             env!("CARGO_PKG_VERSION"),
         )),
         settings: Mutex::new(NamespaceSettings::new(settings)),
-        thresholds: args.detection.thresholds(),
+        thresholds: args.summary.thresholds(),
     });
     let mut sink = ServeSink {
         feed: LiveFeed {
-            collect: args.collect.kernel(),
+            collect: args.summary.collect.kernel(),
             netns: None,
         },
         shared,
@@ -140,7 +140,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         server: None,
     };
     let what = format!("serving http://{address}/metrics");
-    trace::trace(&args.kernel, None, &what, &mut sink).await?;
+    trace::trace(&args.summary.kernel, None, &what, &mut sink).await?;
     if let Some(server) = sink.server.take() {
         server.stop();
     }

@@ -97,9 +97,9 @@ fn join_screen(screen: Option<JoinHandle<Result<()>>>) -> Result<()> {
 async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
     let settings = PortBudget::read().context("reading net.ipv4.ip_local_port_range")?;
     let shared = Arc::new(live::Shared {
-        live: Mutex::new(LiveModel::new(0, args.limits())),
+        live: Mutex::new(LiveModel::new(0, args.summary.limits())),
         settings: Mutex::new(NamespaceSettings::new(settings)),
-        thresholds: args.detection.thresholds(),
+        thresholds: args.summary.thresholds(),
     });
     let bell = Arc::new(Bell::new().context("making the screen's wakeup socket")?);
     let resizes = bell::ring_on_resize(bell.clone()).context("watching for resizes")?;
@@ -117,7 +117,7 @@ async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
     };
     let mut sink = live::TopSink {
         feed: LiveFeed {
-            collect: args.collect.kernel(),
+            collect: args.summary.collect.kernel(),
             netns: args.netns,
         },
         shared,
@@ -125,7 +125,7 @@ async fn live(args: &TopArgs, options: ui::Options) -> Result<()> {
         failed: None,
     };
     let traced = tokio::select! {
-        traced = trace::trace(&args.kernel, None, "tracing for top", &mut sink) => traced.map(drop),
+        traced = trace::trace(&args.summary.kernel, None, "tracing for top", &mut sink) => traced.map(drop),
         // The user quit: dropping the tracing loop detaches the programs.
         _ = screen_done => Ok(()),
     };
@@ -144,8 +144,8 @@ async fn replay(path: &Path, args: &TopArgs, options: ui::Options) -> Result<()>
     let recording = record::read(path)?;
     let mut source = replay::ReplaySource::new(
         recording,
-        args.limits(),
-        args.detection.thresholds(),
+        args.summary.limits(),
+        args.summary.thresholds(),
         args.netns,
     )
     .with_context(|| format!("replaying {}", path.display()))?;
