@@ -119,14 +119,13 @@ where
         // The wait is ours, not crossterm's: once the terminal hangs up (the SSH
         // session, the tmux server went away), crossterm's poll rereads the closed
         // terminal in a loop and never returns, at full speed on one CPU.
-        match wait_for_terminal(wait, bell) {
-            TtyState::HungUp => return Ok(()),
-            // A resize reaches crossterm as a signal, not as input: it has it queued.
-            TtyState::Input | TtyState::Quiet => {
-                if !event::poll(Duration::ZERO).context("reading the terminal")? {
-                    continue;
-                }
-            }
+        if wait_for_terminal(wait, bell) == Tty::HungUp {
+            return Ok(());
+        }
+        // Whatever woke the wait, crossterm has what there is to read: typed keys, or a
+        // resize, which reaches it as a signal rather than as input.
+        if !event::poll(Duration::ZERO).context("reading the terminal")? {
+            continue;
         }
         match event::read().context("reading the terminal")? {
             Event::Key(key) => {
@@ -160,18 +159,18 @@ where
     Ok(())
 }
 
-/// What the terminal did within a wait.
-enum TtyState {
-    Input,
-    /// The wait ended, the bell rang or a signal came: nothing typed.
-    Quiet,
+/// The terminal after a wait.
+#[derive(PartialEq, Eq)]
+enum Tty {
+    /// Typed into, or not: the wait ended, the bell rang or a signal came.
+    Open,
     /// Its other end closed: nothing can be shown or typed any more.
     HungUp,
 }
 
 /// Waits up to `wait` (None: for as long as it takes) for input on the terminal
 /// (standard input), its hanging up, or `bell`.
-fn wait_for_terminal(wait: Option<Duration>, bell: &Bell) -> TtyState {
+fn wait_for_terminal(wait: Option<Duration>, bell: &Bell) -> Tty {
     let watch = |fd: BorrowedFd<'_>| libc::pollfd {
         fd: fd.as_raw_fd(),
         events: libc::POLLIN,
@@ -188,16 +187,10 @@ fn wait_for_terminal(wait: Option<Duration>, bell: &Bell) -> TtyState {
     if fds[1].revents != 0 {
         bell.quiet();
     }
-    if ready <= 0 {
-        // Timed out, or interrupted by a signal (a resize).
-        return TtyState::Quiet;
-    }
-    let terminal = fds[0].revents;
-    if terminal & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-        TtyState::HungUp
-    } else if terminal & libc::POLLIN != 0 {
-        TtyState::Input
+    // Not ready: timed out, or interrupted by a signal (a resize).
+    if ready > 0 && fds[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+        Tty::HungUp
     } else {
-        TtyState::Quiet
+        Tty::Open
     }
 }
