@@ -8,7 +8,7 @@ use portwatch_common::Collect;
 
 use crate::{
     bpf::KernelCounters,
-    event::{CloseWaitSocket, Event, FlowCount, decode},
+    event::{CloseWaitSocket, FlowCount},
     live::{KernelLoss, LiveModel},
     sockets::table::Seed,
 };
@@ -39,14 +39,8 @@ impl LiveFeed {
     }
 
     pub fn record(&self, live: &Mutex<LiveModel>, bytes: &[u8]) {
-        if let Some(netns) = self.netns
-            && let Ok(Event::Transition(transition)) = decode(bytes)
-            && transition.netns != netns
-        {
-            return;
-        }
         // Undecodable records are counted in the model, which shows how many.
-        let _ = lock(live).apply(bytes);
+        let _ = lock(live).apply_in(self.netns, bytes);
     }
 
     pub fn counts(

@@ -25,7 +25,7 @@ use crate::{
         ports::PortBudget,
         report::{self, Context, Evidence, FindingKind, Severity, Thresholds},
     },
-    event::{Comm, DecodeError, decode},
+    event::{Comm, DecodeError, Event, decode},
     process::Process,
     sockets::table::Seed,
     tcp_state::TcpState,
@@ -70,9 +70,12 @@ impl LiveModel {
         }
     }
 
-    /// One kernel record. Allocates nothing beyond what the model does.
-    pub fn apply(&mut self, bytes: &[u8]) -> Result<(), DecodeError> {
+    /// One kernel record, unless it is a transition outside `netns` (`--netns`).
+    /// Decodes it once; allocates nothing beyond what the model does. An undecodable
+    /// record is counted (and shown), not applied.
+    pub fn apply_in(&mut self, netns: Option<u32>, bytes: &[u8]) -> Result<(), DecodeError> {
         match decode(bytes) {
+            Ok(Event::Transition(t)) if netns.is_some_and(|netns| t.netns != netns) => Ok(()),
             Ok(event) => {
                 self.model.apply(&event);
                 Ok(())

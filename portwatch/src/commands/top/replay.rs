@@ -108,17 +108,15 @@ impl ReplaySource {
     fn advance_to(&mut self, to_ns: u64) {
         self.at_ns = to_ns.min(self.end_ns()).max(self.at_ns);
         while self.next < self.times.len() && self.times[self.next] <= self.at_ns {
-            apply(
-                &mut self.live,
-                self.netns,
-                &self.recording.records[self.next],
-            );
+            let _ = self
+                .live
+                .apply_in(self.netns, &self.recording.records[self.next]);
             self.next += 1;
         }
         if self.at_ns >= self.end_ns() && !self.ended {
             // Records stamped after the trailer's end (the last batch's) count too.
             for bytes in &self.recording.records[self.next..] {
-                apply(&mut self.live, self.netns, bytes);
+                let _ = self.live.apply_in(self.netns, bytes);
             }
             self.next = self.times.len();
             self.ended = true;
@@ -142,18 +140,6 @@ impl ReplaySource {
             ended: self.ended,
         }
     }
-}
-
-/// One record into the model, unless `--netns` leaves it out.
-fn apply(live: &mut LiveModel, netns: Option<u32>, bytes: &[u8]) {
-    if let Some(netns) = netns
-        && let Ok(Event::Transition(t)) = decode(bytes)
-        && t.netns != netns
-    {
-        return;
-    }
-    // Undecodable records are counted in the model and shown in the header.
-    let _ = live.apply(bytes);
 }
 
 impl Source for ReplaySource {
