@@ -65,7 +65,8 @@ impl Agent {
     }
 
     /// The most overhead (fewer connections/s than bare, and more CPU per connection)
-    /// issue 12 allows the mode at full churn, in percent; None where it sets none.
+    /// the mode may cost at full churn, in percent, as BENCHMARKS.md's Targets table
+    /// sets it; None where it sets none.
     pub fn overhead_target_pct(self) -> Option<f64> {
         match self {
             Agent::Report | Agent::Serve | Agent::Top => Some(5.0),
